@@ -1,0 +1,1 @@
+"""DiffQuant: train trading policies end to end on what they earn (Sharpe through a differentiable simulator)."""

@@ -1,0 +1,154 @@
+"""The canonical tables every source produces (DESIGN section 4), their checks, and safe file writes.
+
+Bars: ``open_time`` (datetime64[ms, UTC], the bar's open), ``open``, ``high``, ``low``, ``close``, ``volume``
+(float64), optional ``num_trades``; strictly increasing stamps, prices > 0, everything finite.
+Funding: ``funding_time`` (datetime64[ms, UTC]), ``funding_rate`` (fraction per event; longs pay when > 0).
+
+Refused (``DataError`` naming the file and the first offending rows): missing or extra columns, unparsable values,
+NaN/inf, non-positive prices, duplicated or unsorted stamps. Gaps and zero-volume runs are legal and only reported
+(see ``quality``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffquant.errors import DataError
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+BAR_COLUMNS = ("open_time", *PRICE_COLUMNS, "volume")
+OPTIONAL_BAR_COLUMNS = ("num_trades",)
+FUNDING_COLUMNS = ("funding_time", "funding_rate")
+TIME_DTYPE = "datetime64[ms, UTC]"
+
+
+def _rows(mask: np.ndarray, limit: int = 5) -> str:
+    idx = np.flatnonzero(mask)
+    shown = ", ".join(str(i) for i in idx[:limit])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"row(s) {shown}{more}"
+
+
+def check_columns(df: pd.DataFrame, required: tuple[str, ...], optional: tuple[str, ...], where: str) -> None:
+    missing = [c for c in required if c not in df.columns]
+    extra = [c for c in df.columns if c not in required and c not in optional]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {missing}")
+        if extra:
+            parts.append(f"unexpected column(s) {extra}")
+        allowed = list(required) + [f"{c} (optional)" for c in optional]
+        raise DataError(f"{where}: {'; '.join(parts)}. Expected columns: {', '.join(allowed)}")
+
+
+def _check_stamps(stamps: pd.Series, name: str, where: str) -> None:
+    if stamps.isna().any():
+        raise DataError(f"{where}: {name} is missing at {_rows(stamps.isna().to_numpy())}")
+    ms = stamps.to_numpy().astype("datetime64[ms]").astype(np.int64)
+    diff = np.diff(ms)
+    if (diff == 0).any():
+        raise DataError(
+            f"{where}: duplicated {name} at {_rows(np.r_[False, diff == 0])}; keep one row per stamp and re-run"
+        )
+    if (diff < 0).any():
+        raise DataError(f"{where}: {name} not increasing at {_rows(np.r_[False, diff < 0])}; sort the file by {name}")
+
+
+def _as_utc_ms(values: pd.Series, name: str, where: str) -> pd.Series:
+    """Integer Unix-ms or datetime-like values -> datetime64[ms, UTC]; refuses what does not parse."""
+    try:
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            out = pd.to_datetime(values, unit="ms", utc=True)
+        else:
+            out = pd.to_datetime(values, utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"{where}: column {name} has unparsable stamps ({exc}); use Unix ms or ISO-8601 UTC") from None
+    return out.astype(TIME_DTYPE)
+
+
+def _as_float(df: pd.DataFrame, col: str, where: str) -> np.ndarray:
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna() & df[col].notna()
+    if bad.any():
+        raise DataError(f"{where}: column {col} has unparsable values at {_rows(bad.to_numpy())}")
+    return values.to_numpy(dtype=np.float64)
+
+
+def validate_bars(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Return ``df`` as canonical bars or raise ``DataError``; ``where`` names the file in every message."""
+    check_columns(df, BAR_COLUMNS, OPTIONAL_BAR_COLUMNS, where)
+    out = pd.DataFrame({"open_time": _as_utc_ms(df["open_time"], "open_time", where)})
+    for col in (*PRICE_COLUMNS, "volume", *[c for c in OPTIONAL_BAR_COLUMNS if c in df.columns]):
+        values = _as_float(df, col, where)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise DataError(f"{where}: column {col} is NaN or infinite at {_rows(bad)}; repair or drop those rows")
+        if col in PRICE_COLUMNS and (values <= 0).any():
+            raise DataError(f"{where}: column {col} is zero or negative at {_rows(values <= 0)}; prices must be > 0")
+        if col not in PRICE_COLUMNS and (values < 0).any():
+            raise DataError(f"{where}: column {col} is negative at {_rows(values < 0)}")
+        out[col] = values
+    _check_stamps(out["open_time"], "open_time", where)
+    return out.reset_index(drop=True)
+
+
+def validate_funding(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Return ``df`` as the canonical funding table or raise ``DataError``."""
+    check_columns(df, FUNDING_COLUMNS, (), where)
+    out = pd.DataFrame({"funding_time": _as_utc_ms(df["funding_time"], "funding_time", where)})
+    rate = _as_float(df, "funding_rate", where)
+    bad = ~np.isfinite(rate)
+    if bad.any():
+        raise DataError(f"{where}: funding_rate is NaN or infinite at {_rows(bad)}")
+    out["funding_rate"] = rate
+    _check_stamps(out["funding_time"], "funding_time", where)
+    return out.reset_index(drop=True)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    actual = sha256(path)
+    if actual != expected:
+        raise DataError(
+            f"{path}: sha256 {actual} does not match the expected {expected}; the file is corrupt or was replaced. "
+            "Restore it (git checkout / re-download) before running the pipeline"
+        )
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path next to ``target``; rename it over ``target`` only if the block succeeds.
+
+    A crash or an error in the block leaves the previous ``target`` (or nothing) in place, never half a file.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet(df: pd.DataFrame, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        df.to_parquet(tmp, index=False)
