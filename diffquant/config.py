@@ -190,6 +190,7 @@ class TrainConfig:
     min_lr: float = _f(1e-7, **NON_NEGATIVE)
     grad_clip: float = _f(1.0, **POSITIVE)
     val_freq: int = _f(2, **_range(1))
+    select_min_rebalances: int = _f(5, **_range(0))  # a val check with fewer trades can not be "best"
     full_bptt: bool = True
     mirror: bool = True
     mirror_prob: float = _f(0.5, **PROBABILITY)
@@ -281,7 +282,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad
-        return _build(tp, value, key)
+        return build_section(tp, value, key)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -335,7 +336,7 @@ def _check_range(value: Any, meta: dict[str, Any], key: str) -> None:
         raise ConfigError(f"{key}: {value} is out of range {'(' if lo_open else '['}{lo_txt}, {hi_txt}]")
 
 
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(known))
@@ -356,7 +357,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config`; missing keys take the defaults (the seed's primary experiment)."""
     if not isinstance(raw, dict):
         raise ConfigError("params must be a mapping of sections (data, model, train, ...)")
-    return _build(Config, raw, "").validate()
+    return build_section(Config, raw, "").validate()
 
 
 def load(path: str | Path = "params.yaml") -> Config:

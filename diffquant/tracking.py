@@ -1,0 +1,175 @@
+"""The one module that talks to MLflow (DESIGN section 5).
+
+Store: ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under ``<repo>/mlruns/artifacts`` (absolute paths: DVC
+runs stages from temp copies), or whatever ``MLFLOW_TRACKING_URI`` names (a team server). One experiment
+``diffquant``; one run per pipeline execution, opened by train and continued by threshold-opt and evaluate.
+``mlflow`` is imported lazily so the library stays cheap to import, and telemetry is switched off first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from diffquant.errors import DiffQuantError
+
+EXPERIMENT = "diffquant"
+
+
+class TrackingError(DiffQuantError):
+    """The MLflow store can not be reached or used."""
+
+
+def _mlflow():  # noqa: ANN202 - the module
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    import mlflow
+
+    return mlflow
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"MLflow server {uri} answered /health with HTTP {resp.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={uri} is not reachable ({exc}); start the server or unset MLFLOW_TRACKING_URI to "
+            "use the local store under mlruns/"
+        ) from None
+
+
+def _client_and_experiment(root: Path) -> tuple[Any, str]:
+    mlflow = _mlflow()
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return client, exp.experiment_id
+    location = None if uri.startswith("http") else (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
+    try:
+        return client, client.create_experiment(EXPERIMENT, artifact_location=location)
+    except Exception:  # another process created it first (queued experiments run concurrently)
+        return client, client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """Commit, dirty flag and DVC experiment name of the code that made the run."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    tags = {
+        "git_commit": git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
+    }
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+class Run:
+    """A handle on one MLflow run; all logging is batched (one sqlite transaction per call)."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        entities = _mlflow().entities
+        items = [entities.Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float | int | None], step: int = 0, prefix: str = "") -> None:
+        entities = _mlflow().entities
+        now = int(time.time() * 1000)
+        items = [entities.Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, int | float) and not isinstance(v, bool) and v == v]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def log_history(self, history: list[dict[str, Any]], skip: set[str] = frozenset({"epoch"})) -> None:
+        """Per-epoch curves: every numeric field of every record, at step = epoch, in one batch per chunk."""
+        entities = _mlflow().entities
+        now = int(time.time() * 1000)
+        items = [entities.Metric(k, float(v), now, int(rec["epoch"])) for rec in history for k, v in rec.items()
+                 if k not in skip and isinstance(v, int | float) and not isinstance(v, bool) and v == v]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        entities = _mlflow().entities
+        self.client.log_batch(self.run_id, tags=[entities.RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def start_run(root: Path, run_name: str, tags: Mapping[str, str]) -> Run:
+    client, exp_id = _client_and_experiment(root)
+    run = client.create_run(exp_id, run_name=run_name, tags={**git_tags(root), **tags})
+    return Run(client, run.info.run_id)
+
+
+def open_run(root: Path, run_id: str) -> Run:
+    """Continue a run opened by an earlier stage (threshold-opt and evaluate log into train's run)."""
+    client, _ = _client_and_experiment(root)
+    try:
+        client.get_run(run_id)
+    except Exception as exc:
+        raise TrackingError(
+            f"MLflow run {run_id} (from outputs/train/run.json) is not in {tracking_uri(root)}: {exc}. "
+            "Re-run the train stage (dvc repro -f train) to open a new run"
+        ) from None
+    return Run(client, run_id)
+
+
+@contextmanager
+def child_run(parent: Run, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Run]:
+    """A nested run (e.g. one threshold trial) under ``parent``."""
+    run = parent.client.create_run(
+        parent.client.get_run(parent.run_id).info.experiment_id,
+        run_name=run_name,
+        tags={"mlflow.parentRunId": parent.run_id, **(tags or {})},
+    )
+    child = Run(parent.client, run.info.run_id)
+    try:
+        yield child
+    except BaseException:
+        child.finish("FAILED")
+        raise
+    child.finish()
+
+
+def search_runs(root: Path) -> Any:
+    """All runs of the experiment as a DataFrame (``params.*``, ``metrics.*``, ``tags.*`` columns)."""
+    mlflow = _mlflow()
+    _, exp_id = _client_and_experiment(root)
+    return mlflow.search_runs(experiment_ids=[exp_id], output_format="pandas")

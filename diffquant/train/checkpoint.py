@@ -1,0 +1,67 @@
+"""Checkpoints: plain tensors and numbers only, loaded with ``weights_only=True`` (no pickle code can run).
+
+A checkpoint carries what is needed to rebuild its policy (model config, feature names, context) so a checkpoint
+from another configuration is refused with a message instead of failing on a shape mismatch deep inside torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffquant.config import ModelConfig, build_section
+from diffquant.data.contracts import atomic_path
+from diffquant.errors import DiffQuantError
+from diffquant.model.policy import PolicyNetwork
+
+
+class CheckpointError(DiffQuantError):
+    """A checkpoint is missing, corrupt, or belongs to another configuration."""
+
+
+def policy_spec(model_cfg: ModelConfig, feature_names: list[str], context: int) -> dict[str, Any]:
+    """What identifies a policy's architecture and inputs."""
+    return {"model": dataclasses.asdict(model_cfg), "feature_names": list(feature_names), "context": context}
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: an interrupted save never leaves a truncated checkpoint behind."""
+    with atomic_path(Path(path)) as tmp:
+        torch.save(state, tmp)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found; run the train stage first (dvc repro train)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "delete it and re-run the train stage"
+        ) from None
+
+
+def build_policy(state: dict[str, Any], path: Path, expected: dict[str, Any] | None = None) -> PolicyNetwork:
+    """Rebuild the policy stored in ``state``; refuse it if its spec differs from ``expected``."""
+    spec = state.get("policy_spec")
+    if spec is None or "model_state" not in state:
+        raise CheckpointError(f"{path}: no policy_spec/model_state inside; it was not written by DiffQuant's trainer")
+    if expected is not None and spec != expected:
+        diffs = [k for k in expected if spec.get(k) != expected[k]]
+        raise CheckpointError(
+            f"{path}: checkpoint was trained with another configuration (differs in: {', '.join(diffs)}); "
+            "re-run the train stage with the current params, or restore the params it was trained with"
+        )
+    model = PolicyNetwork(build_section(ModelConfig, spec["model"], "model"), len(spec["feature_names"]), spec["context"])
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the policy ({str(exc).splitlines()[0]})") from None
+    return model

@@ -1,0 +1,92 @@
+"""Training episodes as tensors, their mirror images, and the loss of a batch of episodes.
+
+An episode is one training sample of ctx + H bars: H decisions at bars ctx-1 .. ctx+H-2, scored over the H bars
+ctx .. ctx+H-1 under the execution lag (docs/design_notes.md). Returns are computed once from float64 prices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffquant.config import SimConfig
+from diffquant.model.policy import PolicyNetwork
+from diffquant.sim.losses import Objective
+from diffquant.sim.simulator import held_positions, simulate
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    features: Tensor  # (B, ctx + H, F) float32
+    returns: Tensor  # (B, H) simple returns of the H scored bars
+    funding: Tensor  # (B, H) funding rate of the H scored bars
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def index(self, idx: Tensor) -> EpisodeBatch:
+        return EpisodeBatch(self.features[idx], self.returns[idx], self.funding[idx])
+
+    def cat(self, other: EpisodeBatch) -> EpisodeBatch:
+        return EpisodeBatch(*(torch.cat(pair) for pair in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.features, self.returns, self.funding
+
+    def to(self, device: torch.device) -> EpisodeBatch:
+        return EpisodeBatch(*(t.to(device) for t in self.astuple()))
+
+
+def episodes_from_arrays(features: np.ndarray, close: np.ndarray, funding: np.ndarray, context: int) -> EpisodeBatch:
+    """Samples (S, L, F), (S, L), (S, L) -> an EpisodeBatch scoring bars context .. L-1."""
+    returns = close[:, context:] / close[:, context - 1 : -1] - 1.0  # float64 prices -> (S, H)
+    return EpisodeBatch(
+        torch.as_tensor(features, dtype=torch.float32),
+        torch.as_tensor(returns, dtype=torch.float32),
+        torch.as_tensor(funding[:, context:], dtype=torch.float32),
+    )
+
+
+def mirror(batch: EpisodeBatch, perm: Tensor, sign: Tensor) -> EpisodeBatch:
+    """The same episodes in the market reflected in log-price (P -> 1/P, up to scale).
+
+    Log-return features negate (high and low swap: the reflected high is the reflected low), scale-free channels
+    stay, every return r becomes 1/(1+r) - 1 (its log negates), and funding flips sign (in the reflected market
+    longs and shorts trade places). Positions are scored *as they are*: the sign-equivariant policy p(mirror x) =
+    -p(x) then earns exactly what it earns on the original (the seed also negated positions, which rewarded the
+    sign-invariant policy instead, SEED_SPEC 19.1 item 1).
+    """
+    return EpisodeBatch(
+        batch.features[..., perm] * sign,
+        1.0 / (1.0 + batch.returns) - 1.0,
+        -batch.funding,
+    )
+
+
+def episode_pnl(model: PolicyNetwork, batch: EpisodeBatch, sim: SimConfig, horizon: int, full_bptt: bool,
+                reference: bool = False) -> tuple[Tensor, Tensor]:
+    """Decisions (B, H) and net PnL (B, H) of a batch of episodes; ``reference`` uses the step-by-step rollout."""
+    rollout = model.rollout_reference if reference else model.rollout
+    decisions, _ = rollout(batch.features, horizon, full_bptt)
+    held = held_positions(decisions, sim.execution_lag_bars)
+    return decisions, simulate(held, batch.returns, batch.funding, sim).net
+
+
+def batch_loss(model: PolicyNetwork, batch: EpisodeBatch, objective: Objective, sim: SimConfig, horizon: int,
+               full_bptt: bool, mirrored: EpisodeBatch | None = None,
+               reference: bool = False) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Loss of a batch (and its mirror image, averaged 50/50 when given); also the original net PnL for logging.
+
+    Original and mirrored episodes go through the model in one call.
+    """
+    both = batch if mirrored is None else batch.cat(mirrored)
+    decisions, pnl = episode_pnl(model, both, sim, horizon, full_bptt, reference)
+    b = len(batch)
+    loss, terms = objective(pnl[:b], decisions[:b])
+    if mirrored is not None:
+        loss_m, _ = objective(pnl[b:], decisions[b:])
+        loss = 0.5 * (loss + loss_m)
+    return loss, terms, pnl[:b].detach()

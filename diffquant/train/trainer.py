@@ -1,0 +1,192 @@
+"""The training loop: AdamW, warm-up then cosine, clipping, walk-forward validation, resumable checkpoints.
+
+The loop knows nothing of MLflow or files other than its checkpoints: validation is a callable and every finished
+epoch is handed to ``on_epoch`` (the stage logs it). Randomness is reseeded from (seed, epoch) at each epoch start,
+so a run resumed from its last checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from diffquant.config import SimConfig, TrainConfig
+from diffquant.model.policy import PolicyNetwork
+from diffquant.sim.losses import Objective
+from diffquant.train import checkpoint
+from diffquant.train.episodes import EpisodeBatch, batch_loss, mirror
+
+log = logging.getLogger(__name__)
+
+LAST, BEST, FINAL = "last.pt", "best.pt", "final.pt"
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    best_epoch: int | None  # None: no validation check qualified, best.pt is the final model
+    best_val_sharpe: float | None
+    resumed_from: int = 0  # epochs already done when this call started
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is visible; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def make_optimizer(model: PolicyNetwork, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW plus a per-epoch schedule: linear warm-up from ``warmup_start_factor``, then cosine to ``min_lr``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs - cfg.warmup_epochs, 1),
+                                                        eta_min=cfg.min_lr)
+    if cfg.warmup_epochs == 0:
+        return opt, cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=cfg.warmup_start_factor, total_iters=cfg.warmup_epochs)
+    return opt, torch.optim.lr_scheduler.SequentialLR(opt, [warmup, cosine], milestones=[cfg.warmup_epochs])
+
+
+def qualifies(val: dict[str, float], min_rebalances: int) -> bool:
+    """A model that (almost) never trades is not a candidate for "best", whatever its Sharpe (SEED_SPEC 19.1.6)."""
+    return val.get("rebalances", 0) >= min_rebalances and math.isfinite(val.get("sharpe", float("nan")))
+
+
+def fit(
+    model: PolicyNetwork,
+    episodes: EpisodeBatch,
+    validate: Callable[[PolicyNetwork], dict[str, float]],
+    objective: Objective,
+    sim: SimConfig,
+    cfg: TrainConfig,
+    horizon: int,
+    seed: int,
+    out_dir: Path,
+    spec: dict[str, Any],
+    mirror_map: tuple[Tensor, Tensor] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place; checkpoints ``last.pt`` (every epoch), ``best.pt`` and ``final.pt`` in ``out_dir``.
+
+    ``spec`` (``checkpoint.policy_spec`` plus anything else that must match) guards resuming: a ``last.pt`` written
+    under another spec is ignored and training starts over.
+    """
+    device = next(model.parameters()).device
+    out_dir = Path(out_dir)
+    opt, sched = make_optimizer(model, cfg)
+    state = _resume(out_dir / LAST, spec, model, opt, sched)
+    history: list[dict[str, Any]] = state["history"]
+    best_epoch, best_sharpe = state["best_epoch"], state["best_val_sharpe"]
+    start = state["epoch"]
+    if len(episodes) < cfg.batch_size:
+        raise ValueError(f"{len(episodes)} training samples < train.batch_size ({cfg.batch_size}); lower the batch size")
+    episodes = episodes.to(device)
+    perm, sign = (t.to(device) for t in mirror_map) if mirror_map is not None else (None, None)
+
+    bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=not progress, initial=start,
+               total=cfg.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        torch.manual_seed(seed * 1_000_003 + epoch)
+        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **_train_epoch(
+            model, episodes, objective, sim, cfg, horizon, opt, perm, sign)}
+        sched.step()
+        if (epoch + 1) % cfg.val_freq == 0 or epoch + 1 == cfg.epochs:
+            val = validate(model)
+            record.update({f"val_{k}": v for k, v in val.items()})
+            if qualifies(val, cfg.select_min_rebalances) and (best_sharpe is None or val["sharpe"] > best_sharpe):
+                best_epoch, best_sharpe = epoch + 1, float(val["sharpe"])
+                checkpoint.save(out_dir / BEST, _state(model, opt, sched, epoch + 1, history + [record], spec,
+                                                       best_epoch, best_sharpe))
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        checkpoint.save(out_dir / LAST, _state(model, opt, sched, epoch + 1, history, spec, best_epoch, best_sharpe))
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_sharpe=f"{record.get('val_sharpe', float('nan')):.2f}")
+        if on_epoch is not None:
+            on_epoch(record)
+
+    final = _state(model, opt, sched, cfg.epochs, history, spec, best_epoch, best_sharpe)
+    checkpoint.save(out_dir / FINAL, final)
+    if best_epoch is None:
+        log.warning("no validation check qualified as best (>= %d rebalances); best.pt = the final model",
+                    cfg.select_min_rebalances)
+        checkpoint.save(out_dir / BEST, final)
+    return TrainResult(history, best_epoch, best_sharpe, start,
+                       {name: out_dir / f for name, f in (("last", LAST), ("best", BEST), ("final", FINAL))})
+
+
+def _train_epoch(model: PolicyNetwork, episodes: EpisodeBatch, objective: Objective, sim: SimConfig,
+                 cfg: TrainConfig, horizon: int, opt: torch.optim.Optimizer, perm: Tensor | None,
+                 sign: Tensor | None) -> dict[str, float]:
+    model.train()
+    order = torch.randperm(len(episodes), device=episodes.features.device)
+    n_batches = len(episodes) // cfg.batch_size  # drop_last: every batch has the same size
+    losses, pnls = [], []
+    for b in range(n_batches):
+        batch = episodes.index(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+        use_mirror = cfg.mirror and perm is not None and torch.rand(()).item() < cfg.mirror_prob
+        mirrored = mirror(batch, perm, sign) if use_mirror else None
+        loss, _, pnl = batch_loss(model, batch, objective, sim, horizon, cfg.full_bptt, mirrored)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        pnls.append(pnl)
+    pnl = torch.cat(pnls).flatten()
+    return {"train_loss": float(np.mean(losses)), "train_sharpe_per_bar": float(pnl.mean() / pnl.std().clamp_min(1e-12))}
+
+
+def _state(model: PolicyNetwork, opt: torch.optim.Optimizer, sched: Any, epoch: int, history: list[dict[str, Any]],
+           spec: dict[str, Any], best_epoch: int | None, best_sharpe: float | None) -> dict[str, Any]:
+    return {
+        "model_state": model.state_dict(),
+        "optimizer_state": opt.state_dict(),
+        "scheduler_state": sched.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "policy_spec": spec["policy"],
+        "spec": spec,
+        "best_epoch": best_epoch,
+        "best_val_sharpe": best_sharpe,
+    }
+
+
+def _resume(path: Path, spec: dict[str, Any], model: PolicyNetwork, opt: torch.optim.Optimizer,
+            sched: Any) -> dict[str, Any]:
+    fresh = {"epoch": 0, "history": [], "best_epoch": None, "best_val_sharpe": None}
+    if not path.exists():
+        return fresh
+    try:
+        state = checkpoint.load(path)
+    except checkpoint.CheckpointError as exc:
+        log.warning("ignoring unreadable %s, training from scratch: %s", path, exc)
+        return fresh
+    if state.get("spec") != spec:
+        log.info("%s was written under other params; training from scratch", path)
+        return fresh
+    model.load_state_dict(state["model_state"])
+    opt.load_state_dict(state["optimizer_state"])
+    sched.load_state_dict(state["scheduler_state"])
+    log.info("resuming from %s after epoch %d", path, state["epoch"])
+    return state
