@@ -172,6 +172,18 @@ def _state(model: PolicyNetwork, opt: torch.optim.Optimizer, sched: Any, epoch: 
     }
 
 
+def completed_epochs(out_dir: Path, spec: dict[str, Any]) -> int:
+    """Epochs a restarted ``fit`` with this ``spec`` would skip (0 when it would start over)."""
+    path = Path(out_dir) / LAST
+    if not path.exists():
+        return 0
+    try:
+        state = checkpoint.load(path)
+    except checkpoint.CheckpointError:
+        return 0
+    return int(state["epoch"]) if state.get("spec") == spec else 0
+
+
 def _resume(path: Path, spec: dict[str, Any], model: PolicyNetwork, opt: torch.optim.Optimizer,
             sched: Any) -> dict[str, Any]:
     fresh = {"epoch": 0, "history": [], "best_epoch": None, "best_val_sharpe": None}

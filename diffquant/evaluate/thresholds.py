@@ -1,0 +1,78 @@
+"""Hysteresis thresholds tuned on the val quarter with Optuna (TPE), never on test or backtest.
+
+The policy runs once; each trial only re-filters its raw decisions, so a trial costs milliseconds. The search space
+follows the policy's output scale (entries between the 5th and 95th percentile of |raw|, exit and min_delta as
+fractions of the smaller entry), so no trial is wasted on an impossible combination; trials that trade less than
+``min_rebalances`` times are infeasible (a constraint, not a pruned trial). The configured thresholds are the first
+trial, so the result is never worse on val than the defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from diffquant.evaluate.runner import Scorer, Thresholds
+from diffquant.evaluate.walk_forward import Decisions, SeriesLike
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    best: Thresholds
+    metrics: dict[str, float]  # val metrics of ``best``
+    source: str  # "optuna" or "default" (no feasible trial)
+    trials: pd.DataFrame  # one row per trial: number, thresholds, value, rebalances, feasible
+
+
+def _suggest(trial: optuna.Trial, lo: float, hi: float) -> Thresholds:
+    enter_long = trial.suggest_float("enter_long", lo, hi)
+    enter_short = trial.suggest_float("enter_short", lo, hi)
+    smaller = min(enter_long, enter_short)
+    exit_ = trial.suggest_float("exit_fraction", 0.0, 0.95) * smaller
+    min_delta = trial.suggest_float("min_delta_fraction", 0.01, 1.0) * smaller
+    return Thresholds(enter_long, enter_short, exit_, min_delta)
+
+
+def search(series: SeriesLike, decisions: Decisions, scorer: Scorer, default: Thresholds, trials: int,
+           objective: str, min_rebalances: int, seed: int) -> SearchResult:
+    """Maximise ``objective`` (a key of ``compute_metrics``) over the hysteresis thresholds on ``series``."""
+    magnitude = np.abs(decisions.raw[np.isfinite(decisions.raw)])
+    lo, hi = (float(q) for q in np.quantile(magnitude, [0.05, 0.95]))
+    hi = max(hi, lo + 1e-6)
+    rows: list[dict[str, Any]] = []
+
+    def evaluate(th: Thresholds, number: int) -> tuple[float, float]:
+        _, m = scorer.executed(series, decisions, th)
+        rows.append({"number": number, **th.to_dict(), objective: m[objective], "rebalances": m["rebalances"],
+                     "feasible": m["rebalances"] >= min_rebalances, "metrics": m})
+        return m[objective], m["rebalances"]
+
+    def run(trial: optuna.Trial) -> float:
+        value, rebalances = evaluate(_suggest(trial, lo, hi), trial.number + 1)
+        trial.set_user_attr("constraint", [float(min_rebalances - rebalances)])
+        return value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10, trials // 3)),
+                                         constraints_func=lambda t: t.user_attrs["constraint"])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    evaluate(default, 0)  # the configured thresholds, outside the search space on purpose
+    study.optimize(run, n_trials=trials)
+
+    table = pd.DataFrame(rows)
+    feasible = table[table["feasible"]]
+    if feasible.empty:
+        log.warning("no thresholds traded >= %d times on val; keeping the configured ones", min_rebalances)
+        best_row, source = table.iloc[0], "default"
+    else:
+        best_row = feasible.loc[feasible[objective].idxmax()]
+        source = "default" if best_row["number"] == 0 else "optuna"
+    best = Thresholds.from_dict(best_row.to_dict())
+    return SearchResult(best, best_row["metrics"], source, table.drop(columns="metrics"))

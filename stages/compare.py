@@ -1,0 +1,33 @@
+"""Compare stage: one table (markdown + CSV) over every MLflow run of the experiment, with buy-and-hold beside."""
+
+from __future__ import annotations
+
+import logging
+
+from diffquant import tracking
+from diffquant.data.contracts import atomic_path
+from diffquant.evaluate.compare import comparison_table, to_markdown
+from stages._cli import parser, repo_root, run_stage, write_json
+
+log = logging.getLogger("diffquant.stages.compare")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--out", default="outputs/compare")
+    p.add_argument("--metrics", default="outputs/metrics/compare.json")
+    args = p.parse_args(argv)
+    root, out = repo_root(), repo_root() / args.out
+
+    table = comparison_table(tracking.search_runs(root))
+    with atomic_path(out / "compare.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / "compare.md") as tmp:
+        tmp.write_text(to_markdown(table.drop(columns=["run_id", "start_time"])))
+    best = table["test_sharpe"].astype(float).max() if len(table) else None
+    write_json(root / args.metrics, {"runs": len(table), "best_test_sharpe": None if best != best else best})
+    log.info("%d evaluated run(s); table in %s", len(table), out / "compare.md")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,76 @@
+"""Evaluate stage: the chosen checkpoint with the tuned thresholds on test and backtest, beside buy-and-hold and
+flat through the same walk-forward engine, costs and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from diffquant import tracking
+from diffquant.data.contracts import atomic_path
+from diffquant.data.splits import Series
+from diffquant.evaluate.runner import Scorer, Thresholds
+from diffquant.plots import plot_walk_forward
+from diffquant.train import checkpoint
+from stages._cli import load_params, parser, repo_root, run_stage, write_json
+
+log = logging.getLogger("diffquant.stages.evaluate")
+
+SPLITS = ("test", "backtest")
+BASELINES = {"buy_and_hold": 1.0, "flat": 0.0}
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--split", default="data_source/split")
+    p.add_argument("--train-dir", default="outputs/train")
+    p.add_argument("--thresholds", default="outputs/thresholds/thresholds.json")
+    p.add_argument("--out", default="outputs/evaluate")
+    p.add_argument("--metrics", default="outputs/metrics/evaluate.json")
+    args = p.parse_args(argv)
+    root, out = repo_root(), repo_root() / args.out
+    cfg = load_params(args.params)
+
+    path = root / args.train_dir / f"{cfg.eval.checkpoint}.pt"
+    model = checkpoint.build_policy(checkpoint.load(path), path)
+    thresholds = Thresholds.from_dict(json.loads((root / args.thresholds).read_text()))
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    run = tracking.open_run(root, pd.read_json(root / args.train_dir / "run.json", typ="series")["run_id"])
+
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for split in SPLITS:
+        series = Series.load(root / args.split / f"{split}.npz")
+        result, metrics = scorer.policy(model, series, thresholds)
+        baselines = {name: scorer.constant(series, pos) for name, pos in BASELINES.items()}
+        summary[split] = {"policy": metrics, **{name: m for name, (_, m) in baselines.items()}}
+
+        _write_csv(result.record, out / f"{split}_record.csv")
+        _write_csv(result.rebalances, out / f"{split}_rebalances.csv")
+        _write_csv(baselines["buy_and_hold"][0].record, out / f"{split}_buy_and_hold_record.csv")
+        plot_walk_forward(result.record, f"{cfg.experiment}: {split} ({cfg.eval.checkpoint}.pt)",
+                          out / f"{split}.png", benchmark_record=baselines["buy_and_hold"][0].record)
+        run.log_metrics(metrics, prefix=f"{split}_")
+        for name, (_, m) in baselines.items():
+            run.log_metrics(m, prefix=f"{split}_{name}_")
+        for name in (f"{split}_record.csv", f"{split}_rebalances.csv", f"{split}.png"):
+            run.log_artifact(out / name, "evaluate")
+        log.info("%s: Sharpe %+.3f, return %+.2f%%, max DD %.2f%%, %d rebalances | buy-and-hold Sharpe %+.3f, "
+                 "return %+.2f%%", split, metrics["sharpe"], metrics["total_return_pct"], metrics["max_drawdown_pct"],
+                 metrics["rebalances"], summary[split]["buy_and_hold"]["sharpe"],
+                 summary[split]["buy_and_hold"]["total_return_pct"])
+
+    write_json(root / args.metrics, summary)
+    run.log_artifact(root / args.metrics, "evaluate")
+    run.finish()
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,121 @@
+"""Train stage: fit the policy on the train samples, validating by walk-forward on val; opens the MLflow run.
+
+A killed run restarted with the same params resumes from ``last.pt`` and continues the same MLflow run, logging
+only the epochs it has not logged yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from diffquant import tracking
+from diffquant.config import flatten
+from diffquant.data.features import mirror_spec
+from diffquant.data.splits import Samples, Series
+from diffquant.evaluate.runner import Scorer, Thresholds
+from diffquant.model.policy import PolicyNetwork, count_parameters
+from diffquant.plots import plot_history
+from diffquant.sim.losses import Objective
+from diffquant.train import checkpoint
+from diffquant.train.episodes import episodes_from_arrays
+from diffquant.train.trainer import completed_epochs, fit, resolve_device, seed_everything
+from stages._cli import load_params, parser, repo_root, run_stage, write_json
+
+log = logging.getLogger("diffquant.stages.train")
+
+
+def data_hash(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--split", default="data_source/split")
+    p.add_argument("--out", default="outputs/train")
+    p.add_argument("--metrics", default="outputs/metrics/train.json")
+    p.add_argument("--quality", default="data_source/raw/quality.json")
+    args = p.parse_args(argv)
+    root, out = repo_root(), repo_root() / args.out
+    cfg = load_params(args.params)
+    tracking.check_reachable(tracking.tracking_uri(root))  # fail before hours of training, not after
+
+    samples = Samples.load(root / args.split / "train.npz")
+    val = Series.load(root / args.split / "val.npz")
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.seed)
+    model = PolicyNetwork(cfg.model, len(samples.feature_names), cfg.window.context).to(device)
+    objective = Objective(cfg.loss, cfg.sim.smooth_abs_eps)
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    thresholds = Thresholds.from_eval(cfg.eval)
+    mirror = tuple(torch.as_tensor(a) for a in mirror_spec(samples.feature_names)) if cfg.train.mirror else None
+    data_id = data_hash(root / args.split / "train.npz", root / args.split / "val.npz")
+    spec = {
+        "policy": checkpoint.policy_spec(cfg.model, samples.feature_names, cfg.window.context),
+        "train": dataclasses.asdict(cfg.train), "loss": dataclasses.asdict(cfg.loss),
+        "sim": dataclasses.asdict(cfg.sim), "seed": cfg.seed, "data": data_id,
+    }  # fmt: skip
+
+    done = completed_epochs(out, spec)
+    run_file = out / "run.json"
+    if done and run_file.exists():
+        run = tracking.open_run(root, pd.read_json(run_file, typ="series")["run_id"])
+        log.info("resuming MLflow run %s after epoch %d", run.run_id, done)
+    else:
+        run = tracking.start_run(root, cfg.experiment, {"data_hash": data_id, "seed": str(cfg.seed)})
+        run.log_params(flatten(cfg.to_dict()))
+        run.log_params({"objective": repr(objective), "n_parameters": count_parameters(model),
+                        "n_train_samples": len(samples), "device": str(device)})
+        write_json(run_file, {"run_id": run.run_id, "experiment": cfg.experiment})
+
+    def validate(m: PolicyNetwork) -> dict[str, float]:
+        return scorer.policy(m, val, thresholds)[1]
+
+    t0 = time.perf_counter()
+    result = fit(model, episodes_from_arrays(samples.features, samples.close, samples.funding, cfg.window.context),
+                 validate, objective, cfg.sim, cfg.train, cfg.window.horizon, cfg.seed, out, spec, mirror,
+                 on_epoch=lambda rec: run.log_history([rec]))
+    seconds = time.perf_counter() - t0
+
+    history = result.history
+    checked = [r for r in history if "val_sharpe" in r]
+    pd.DataFrame(checked)[["epoch", "train_loss", "val_sharpe", "val_total_return_pct", "val_flat_share",
+                           "val_turnover", "val_rebalances"]].to_csv(out / "val_history.csv", index=False)
+    write_json(out / "history.json", history)
+    plot_history(history, out / "history.png")
+    metrics = {
+        "best_epoch": result.best_epoch or 0,
+        "best_val_sharpe": result.best_val_sharpe if result.best_val_sharpe is not None else checked[-1]["val_sharpe"],
+        "final_val_sharpe": checked[-1]["val_sharpe"],
+        "final_train_loss": history[-1]["train_loss"],
+        "epochs": len(history),
+        "resumed_after_epoch": result.resumed_from,
+        "n_parameters": count_parameters(model),
+        "n_train_samples": len(samples),
+        "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history),
+    }
+    write_json(root / args.metrics, metrics)
+    run.log_metrics({k: v for k, v in metrics.items() if k != "epochs"}, step=len(history))
+    for path in (out / "history.png", out / "history.json", out / "val_history.csv", root / args.params):
+        run.log_artifact(path, "train")
+    for name in ("best", "final"):
+        run.log_artifact(result.checkpoints[name], "checkpoints")
+    if (root / args.quality).exists():
+        run.log_artifact(root / args.quality, "data")
+    log.info("trained %d epochs in %.1f s; best epoch %s (val Sharpe %s); run %s", len(history), seconds,
+             result.best_epoch, result.best_val_sharpe, run.run_id)
+
+
+if __name__ == "__main__":
+    run_stage(main)
