@@ -50,10 +50,20 @@ def check_columns(df: pd.DataFrame, required: tuple[str, ...], optional: tuple[s
         raise DataError(f"{where}: {'; '.join(parts)}. Expected columns: {', '.join(allowed)}")
 
 
+def to_ms(stamps: pd.Series) -> np.ndarray:
+    """UTC timestamps -> int64 Unix ms via datetime64[ms]; never ``// 10**6`` (pandas 3 may hold µs)."""
+    return pd.DatetimeIndex(stamps).as_unit("ms").asi8.copy()
+
+
+def from_ms(ms: np.ndarray) -> pd.Series:
+    """int64 Unix ms -> the canonical ``datetime64[ms, UTC]`` column."""
+    return pd.Series(pd.to_datetime(np.asarray(ms, dtype=np.int64), unit="ms", utc=True)).astype(TIME_DTYPE)
+
+
 def _check_stamps(stamps: pd.Series, name: str, where: str) -> None:
     if stamps.isna().any():
         raise DataError(f"{where}: {name} is missing at {_rows(stamps.isna().to_numpy())}")
-    ms = stamps.to_numpy().astype("datetime64[ms]").astype(np.int64)
+    ms = to_ms(stamps)
     diff = np.diff(ms)
     if (diff == 0).any():
         raise DataError(
@@ -131,6 +141,12 @@ def verify_sha256(path: Path, expected: str) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temp path next to ``target``; rename it over ``target`` only if the block succeeds.
@@ -143,6 +159,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,58 @@
+"""What every stage shares: where the repository is, its params, logging, atomic JSON, and the error contract.
+
+A ``DiffQuantError`` (bad params, bad data) ends a stage with one ERROR line and exit code 2; any other exception is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from diffquant.config import Config, load
+from diffquant.data.contracts import atomic_path
+from diffquant.errors import DiffQuantError
+
+log = logging.getLogger("diffquant.stages")
+
+
+def repo_root() -> Path:
+    """``DVC_ROOT`` when DVC runs the stage (possibly in a temp workspace), else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """An argument parser with ``--params``; a stage adds its own options."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (relative paths start at the repo root)")
+    return p
+
+
+def load_params(path: str | Path = "params.yaml") -> Config:
+    return load(repo_root() / path)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Indented JSON, written atomically; NaN is refused (DVC and other readers cannot parse it)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's ``main`` with logging set up; a ``DiffQuantError`` becomes one ERROR line and exit code 2."""
+    setup_logging()
+    try:
+        main()
+    except DiffQuantError as exc:
+        log.error("%s", exc)
+        sys.exit(2)

@@ -1,0 +1,33 @@
+"""Shared fixtures: small synthetic bar tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+
+START_MS = 1_704_067_200_000  # 2024-01-01 00:00 UTC
+
+
+@pytest.fixture
+def make_bars() -> Callable[..., pd.DataFrame]:
+    """``make_bars(n, minutes)``: a random-walk bar table with Unix-ms ``open_time``, as a user file would hold it."""
+
+    def make(n: int = 48, minutes: int = 5, seed: int = 0) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 1e-3, n)))
+        open_ = np.r_[100.0, close[:-1]]
+        return pd.DataFrame(
+            {
+                "open_time": START_MS + np.arange(n, dtype=np.int64) * minutes * 60_000,
+                "open": open_,
+                "high": np.maximum(open_, close) * 1.0005,
+                "low": np.minimum(open_, close) * 0.9995,
+                "close": close,
+                "volume": rng.uniform(1.0, 10.0, n),
+            }
+        )
+
+    return make
