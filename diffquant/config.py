@@ -316,8 +316,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         return float(value)
     if tp is str:
-        if isinstance(value, dt.date):  # YAML reads 2024-01-01 as a date
-            return value.isoformat()
+        if isinstance(value, dt.date):  # YAML reads an unquoted 2024-01-01 as a date, which DVC can not parse
+            raise ConfigError(f"{key}: write the date in quotes, \"{value.isoformat()}\" (DVC reads params as text)")
         if not isinstance(value, str):
             raise bad
         return value
