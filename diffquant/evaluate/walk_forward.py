@@ -1,0 +1,194 @@
+"""Walk-forward: the one evaluation engine (val during training, threshold search, test, backtest, baselines).
+
+Shapes: N bars of a :class:`~diffquant.data.splits.Series` (quarter plus warm-up), T = N - start quarter bars,
+ctx = the policy's context, F features.
+
+Two steps, kept apart so that threshold search re-runs only the cheap one:
+
+1. :func:`policy_decisions` runs the network once over every window of the series (batched backbone, then the
+   scalar state recursion ``head.scan_numpy``): one raw decision per bar, at its close.
+2. :func:`walk_forward` maps executed decisions (after hysteresis, or a baseline's constant positions) to the
+   positions held per quarter bar and prices them with the one simulator, ``simulate(..., exact=True)``.
+
+Time convention (docs/design_notes.md): the decision of bar k is executed at the close of bar k + L and held during
+bar k + L + 1, L = ``sim.execution_lag_bars``. Row j of the record (every quarter bar j >= start) therefore holds
+the executed decision of bar j - 1 - L and earns r_j = close_j / close_{j-1} - 1, zero across a gap. The book is
+flat before the quarter, so the first row pays the entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diffquant.config import SimConfig
+from diffquant.data.contracts import from_ms
+from diffquant.model.policy import PolicyNetwork, sliding_windows
+from diffquant.sim.simulator import simulate
+
+RECORD_COLUMNS = ("time", "close", "raw_position", "gate", "position", "trade", "gross", "commission", "funding",
+                  "net", "equity")
+
+
+class SeriesLike(Protocol):
+    """The attributes of ``diffquant.data.splits.Series`` this module reads."""
+
+    features: np.ndarray  # (N, F) float32
+    close: np.ndarray  # (N,) float64
+    funding: np.ndarray  # (N,) float64, rate charged during each bar
+    open_time: np.ndarray  # (N,) int64 Unix ms
+    start: int  # index of the quarter's first bar
+
+    @property
+    def gap_before(self) -> np.ndarray: ...  # (N,) bool
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """The policy's output at the close of every bar; NaN where no full window exists yet (k < ctx - 1)."""
+
+    raw: np.ndarray  # (N,) float64 position in (-1, 1)
+    gate: np.ndarray  # (N,) float64 gate in (0, 1)
+
+
+@dataclass(frozen=True)
+class WalkForwardResult:
+    """``record``: one row per quarter bar (columns ``RECORD_COLUMNS``); ``rebalances``: its rows with a trade."""
+
+    record: pd.DataFrame
+    rebalances: pd.DataFrame  # time, from, to, commission
+
+
+def _model_device(model: PolicyNetwork) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _empty_decisions(n: int) -> Decisions:
+    return Decisions(raw=np.full(n, np.nan), gate=np.full(n, np.nan))
+
+
+def policy_decisions(model: PolicyNetwork, series: SeriesLike, batch_size: int = 2048) -> Decisions:
+    """Raw decisions for every bar of ``series``, the fast way (one backbone pass per ``batch_size`` windows).
+
+    Runs in eval mode under ``inference_mode`` on the model's device and restores the model's train/eval mode.
+    The recursion starts flat at the first decision (bar ctx - 1), exactly as :func:`policy_decisions_reference`.
+    ``batch_size`` bounds memory: a batch of windows is batch_size x F x ctx floats after the z-score.
+    """
+    n, ctx = len(series.close), model.context
+    out = _empty_decisions(n)
+    if n < ctx:
+        return out
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            features = torch.as_tensor(series.features, dtype=torch.float32, device=_model_device(model))
+            windows = sliding_windows(features[None], ctx)[0]  # (N - ctx + 1, F, ctx), a view
+            logits = torch.cat([model.encode_channel_major(windows[i : i + batch_size])
+                                for i in range(0, len(windows), batch_size)])  # (N - ctx + 1, 2)
+            positions, gates = model.head.scan_numpy(logits.double().cpu().numpy())
+    finally:
+        model.train(was_training)
+    out.raw[ctx - 1 :] = positions
+    out.gate[ctx - 1 :] = gates
+    return out
+
+
+def policy_decisions_reference(model: PolicyNetwork, series: SeriesLike) -> Decisions:
+    """The plain per-bar loop (the seed's way): one ``model(window, prev_pos, prev_delta)`` call per bar.
+
+    Kept as the obviously-correct reference that :func:`policy_decisions` must equal (tests, benchmark).
+    """
+    n, ctx = len(series.close), model.context
+    out = _empty_decisions(n)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            features = torch.as_tensor(series.features, dtype=torch.float32, device=_model_device(model))
+            prev = features.new_zeros(1)
+            delta = features.new_zeros(1)
+            for k in range(ctx - 1, n):
+                pos, gate = model(features[k - ctx + 1 : k + 1][None], prev, delta)  # window of bars k-ctx+1..k
+                out.raw[k], out.gate[k] = pos.item(), gate.item()
+                delta, prev = pos - prev, pos
+    finally:
+        model.train(was_training)
+    return out
+
+
+def constant_positions(series: SeriesLike, value: float) -> np.ndarray:
+    """Executed decisions of a constant baseline (N,): 1.0 = buy-and-hold, 0.0 = flat, -1.0 = always short."""
+    return np.full(len(series.close), float(value))
+
+
+def walk_forward(series: SeriesLike, executed: np.ndarray, sim_cfg: SimConfig, raw: np.ndarray | None = None,
+                 gate: np.ndarray | None = None) -> WalkForwardResult:
+    """Price executed decisions over the quarter bars of ``series``.
+
+    ``executed`` (N,) is the position decided at the close of each bar (after hysteresis, or a baseline's);
+    ``raw`` and ``gate`` (N,) are only recorded, in the row whose position that bar's decision set. Entries of
+    ``executed`` that no quarter bar holds are ignored; a NaN in one that is held is refused, since it means the
+    series' warm-up is too short for the lag. PnL is float64 throughout.
+    """
+    n, start, lag = len(series.close), int(series.start), sim_cfg.execution_lag_bars
+    executed = np.asarray(executed, dtype=np.float64)
+    if executed.shape != (n,):
+        raise ValueError(f"executed decisions have shape {executed.shape}; the series has {n} bars")
+    if not 1 + lag <= start < n:
+        raise ValueError(
+            f"series.start = {start} with {n} bars: the quarter's first bar needs the close before it and the "
+            f"decision of bar start - 1 - sim.execution_lag_bars ({lag}); rebuild the split with this lag"
+        )
+    src = np.arange(start, n) - 1 - lag  # (T,) the bar whose decision each quarter bar holds
+    held = executed[src]  # (T,)
+    if not np.isfinite(held).all():
+        first = int(src[~np.isfinite(held)][0])
+        raise ValueError(f"no executed decision at bar {first}, which quarter bar {first + 1 + lag} must hold")
+    close = np.asarray(series.close, dtype=np.float64)
+    returns = close[start:] / close[start - 1 : -1] - 1.0  # (T,) r_j = close_j / close_{j-1} - 1
+    returns[np.asarray(series.gap_before)[start:]] = 0.0
+    sim = simulate(
+        torch.from_numpy(held)[None],
+        torch.from_numpy(returns)[None],
+        torch.from_numpy(np.asarray(series.funding, dtype=np.float64)[start:])[None],
+        sim_cfg,
+        exact=True,
+    )
+    net = sim.net[0].numpy()
+    time = from_ms(np.asarray(series.open_time)[start:])
+
+    def recorded(values: np.ndarray | None, name: str) -> np.ndarray:
+        if values is None:
+            return np.full(len(src), np.nan)
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (n,):
+            raise ValueError(f"{name} has shape {values.shape}; the series has {n} bars")
+        return values[src]
+
+    record = pd.DataFrame({
+        "time": time,
+        "close": close[start:],
+        "raw_position": recorded(raw, "raw"),
+        "gate": recorded(gate, "gate"),
+        "position": held,
+        "trade": sim.trades[0].numpy(),
+        "gross": sim.gross[0].numpy(),
+        "commission": sim.commission[0].numpy(),
+        "funding": sim.funding[0].numpy(),
+        "net": net,
+        "equity": np.cumprod(1.0 + net),
+    })
+    before = np.r_[0.0, held[:-1]]  # the book is flat before the quarter
+    traded = held != before
+    rebalances = pd.DataFrame({
+        "time": time[traded].reset_index(drop=True),
+        "from": before[traded],
+        "to": held[traded],
+        "commission": record["commission"].to_numpy()[traded],
+    })
+    return WalkForwardResult(record=record, rebalances=rebalances)

@@ -1,0 +1,78 @@
+"""Figures (PNG) of a walk-forward record and of a training history.
+
+matplotlib is imported inside the functions and figures are drawn on an Agg canvas without pyplot, so importing
+diffquant neither loads matplotlib nor touches its global backend, and plotting works on a headless machine.
+Files are written atomically: a crash leaves the previous figure, never half a PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diffquant.data.contracts import atomic_path
+
+
+def _figure(rows: int, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.subplots(rows, 1, sharex=True)
+    return fig
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def _underwater_pct(equity: np.ndarray) -> np.ndarray:
+    """Drawdown from the running peak in % (<= 0); the peak starts at the initial capital 1.0."""
+    peak = np.maximum.accumulate(np.r_[1.0, equity])[1:]
+    return (equity / peak - 1.0) * 100.0
+
+
+def plot_walk_forward(record: pd.DataFrame, title: str, path: str | Path, benchmark_record: pd.DataFrame | None = None,
+                      benchmark_label: str = "buy and hold") -> None:
+    """Equity, drawdown and positions of a walk-forward ``record``, with an optional benchmark's equity overlaid."""
+    fig = _figure(3, 8.0)
+    ax_eq, ax_dd, ax_pos = fig.axes
+    time = record["time"]
+    equity = record["equity"].to_numpy()
+    ax_eq.plot(time, equity, lw=1.0, label="policy")
+    if benchmark_record is not None:
+        ax_eq.plot(benchmark_record["time"], benchmark_record["equity"], lw=1.0, color="grey", label=benchmark_label)
+    ax_eq.axhline(1.0, color="black", lw=0.5)
+    ax_eq.set_ylabel("equity")
+    ax_eq.legend(loc="upper left")
+    ax_eq.set_title(title)
+    underwater = _underwater_pct(equity)
+    ax_dd.fill_between(time, underwater, 0.0, color="tab:red", alpha=0.4, step="post")
+    ax_dd.set_ylabel("drawdown %")
+    if record["raw_position"].notna().any():
+        ax_pos.plot(time, record["raw_position"], lw=0.5, color="grey", alpha=0.7, label="raw")
+    ax_pos.step(time, record["position"], where="post", lw=0.8, label="held")
+    ax_pos.axhline(0.0, color="black", lw=0.5)
+    ax_pos.set_ylabel("position")
+    ax_pos.legend(loc="upper left")
+    _save(fig, path)
+
+
+def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
+    """Per-epoch ``train_loss`` and ``val_sharpe`` (epochs without validation may omit it or hold None)."""
+    fig = _figure(2, 6.0)
+    ax_loss, ax_val = fig.axes
+    epochs = [h["epoch"] for h in history]
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker=".", lw=1.0)
+    ax_loss.set_ylabel("train loss")
+    validated = [h for h in history if h.get("val_sharpe") is not None]
+    ax_val.plot([h["epoch"] for h in validated], [h["val_sharpe"] for h in validated], marker="o", lw=1.0)
+    ax_val.axhline(0.0, color="black", lw=0.5)
+    ax_val.set_ylabel("val Sharpe")
+    ax_val.set_xlabel("epoch")
+    _save(fig, path)

@@ -1,0 +1,51 @@
+"""Figures are written as complete PNG files, atomically, without importing matplotlib at ``import diffquant``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from diffquant.config import SimConfig
+from diffquant.data.splits import Series
+from diffquant.evaluate.walk_forward import constant_positions, walk_forward
+from diffquant.plots import plot_history, plot_walk_forward
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _series(n: int = 300) -> Series:
+    rng = np.random.default_rng(0)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, n)))
+    open_time = 1_735_689_600_000 + 1_800_000 * np.arange(n, dtype=np.int64)
+    return Series(np.zeros((n, 1), np.float32), close, np.zeros(n), open_time, 10, 1_800_000, ["close"])
+
+
+def _is_png(path: Path) -> bool:
+    return path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG
+
+
+def test_walk_forward_figure(tmp_path: Path) -> None:
+    series = _series()
+    raw = np.sin(np.arange(300) / 20.0)
+    policy = walk_forward(series, np.round(raw, 1), SimConfig(), raw=raw, gate=np.abs(raw)).record
+    hold = walk_forward(series, constant_positions(series, 1.0), SimConfig()).record
+    path = tmp_path / "figs" / "test.png"
+    plot_walk_forward(policy, "test quarter", path, benchmark_record=hold)
+    plot_walk_forward(hold, "buy and hold", tmp_path / "hold.png")
+    assert _is_png(path) and _is_png(tmp_path / "hold.png")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["test.png"]  # no temp file left behind
+
+
+def test_history_figure(tmp_path: Path) -> None:
+    history = [{"epoch": e, "train_loss": 1.0 / e, **({"val_sharpe": 0.1 * e} if e % 2 == 0 else {})}
+               for e in range(1, 8)]
+    plot_history(history, tmp_path / "history.png")
+    assert _is_png(tmp_path / "history.png")
+
+
+def test_importing_plots_does_not_load_matplotlib() -> None:
+    code = "import sys, diffquant.plots; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
