@@ -106,9 +106,12 @@ class SplitConfig:
     def boundaries(self) -> dict[str, tuple[dt.datetime, dt.datetime]]:
         names = ("train_start", "val_start", "test_start", "backtest_start", "backtest_end")
         stamps = [_parse_date(getattr(self, n), f"split.{n}") for n in names]
-        for (a, ta), (b, tb) in zip(zip(names, stamps), zip(names[1:], stamps[1:])):
-            if tb <= ta:
-                raise ConfigError(f"split.{b} ({tb:%Y-%m-%d}) must be after split.{a} ({ta:%Y-%m-%d})")
+        for i in range(1, len(names)):
+            if stamps[i] <= stamps[i - 1]:
+                raise ConfigError(
+                    f"split.{names[i]} ({stamps[i]:%Y-%m-%d}) must be after split.{names[i - 1]} "
+                    f"({stamps[i - 1]:%Y-%m-%d})"
+                )
         splits = ("train", "val", "test", "backtest")
         return {s: (stamps[i], stamps[i + 1]) for i, s in enumerate(splits)}
 
@@ -240,7 +243,8 @@ class Config:
         m = self.model.itransformer
         if self.model.backbone == "itransformer" and m.d_model % m.n_heads:
             raise ConfigError(
-                f"model.itransformer.d_model ({m.d_model}) must be divisible by model.itransformer.n_heads ({m.n_heads})"
+                f"model.itransformer.d_model ({m.d_model}) must be divisible by "
+                f"model.itransformer.n_heads ({m.n_heads})"
             )
         if not self.model.head.dense or min(self.model.head.dense) < 1:
             raise ConfigError("model.head.dense must list at least one positive layer width, e.g. [64, 32]")
@@ -317,7 +321,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is str:
         if isinstance(value, dt.date):  # YAML reads an unquoted 2024-01-01 as a date, which DVC can not parse
-            raise ConfigError(f"{key}: write the date in quotes, \"{value.isoformat()}\" (DVC reads params as text)")
+            raise ConfigError(f'{key}: write the date in quotes, "{value.isoformat()}" (DVC reads params as text)')
         if not isinstance(value, str):
             raise bad
         return value

@@ -9,8 +9,8 @@ runs stages from temp copies), or whatever ``MLFLOW_TRACKING_URI`` names (a team
 from __future__ import annotations
 
 import os
-import time
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -27,7 +27,7 @@ class TrackingError(DiffQuantError):
     """The MLflow store can not be reached or used."""
 
 
-def _mlflow():  # noqa: ANN202 - the module
+def _mlflow():
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     import mlflow
@@ -107,8 +107,11 @@ class Run:
     def log_metrics(self, metrics: Mapping[str, float | int | None], step: int = 0, prefix: str = "") -> None:
         entities = _mlflow().entities
         now = int(time.time() * 1000)
-        items = [entities.Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, int | float) and not isinstance(v, bool) and v == v]
+        items = [
+            entities.Metric(f"{prefix}{k}", float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v
+        ]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
@@ -116,8 +119,12 @@ class Run:
         """Per-epoch curves: every numeric field of every record, at step = epoch, in one batch per chunk."""
         entities = _mlflow().entities
         now = int(time.time() * 1000)
-        items = [entities.Metric(k, float(v), now, int(rec["epoch"])) for rec in history for k, v in rec.items()
-                 if k not in skip and isinstance(v, int | float) and not isinstance(v, bool) and v == v]
+        items = [
+            entities.Metric(k, float(v), now, int(rec["epoch"]))
+            for rec in history
+            for k, v in rec.items()
+            if k not in skip and isinstance(v, int | float) and not isinstance(v, bool) and v == v
+        ]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 

@@ -55,17 +55,28 @@ def main(argv: list[str] | None = None) -> None:
         _write_csv(result.record, out / f"{split}_record.csv")
         _write_csv(result.rebalances, out / f"{split}_rebalances.csv")
         _write_csv(baselines["buy_and_hold"][0].record, out / f"{split}_buy_and_hold_record.csv")
-        plot_walk_forward(result.record, f"{cfg.experiment}: {split} ({cfg.eval.checkpoint}.pt)",
-                          out / f"{split}.png", benchmark_record=baselines["buy_and_hold"][0].record)
+        plot_walk_forward(
+            result.record,
+            f"{cfg.experiment}: {split} ({cfg.eval.checkpoint}.pt)",
+            out / f"{split}.png",
+            benchmark_record=baselines["buy_and_hold"][0].record,
+        )
         run.log_metrics(metrics, prefix=f"{split}_")
         for name, (_, m) in baselines.items():
             run.log_metrics(m, prefix=f"{split}_{name}_")
         for name in (f"{split}_record.csv", f"{split}_rebalances.csv", f"{split}.png"):
             run.log_artifact(out / name, "evaluate")
-        log.info("%s: Sharpe %+.3f, return %+.2f%%, max DD %.2f%%, %d rebalances | buy-and-hold Sharpe %+.3f, "
-                 "return %+.2f%%", split, metrics["sharpe"], metrics["total_return_pct"], metrics["max_drawdown_pct"],
-                 metrics["rebalances"], summary[split]["buy_and_hold"]["sharpe"],
-                 summary[split]["buy_and_hold"]["total_return_pct"])
+        log.info(
+            "%s: Sharpe %+.3f, return %+.2f%%, max DD %.2f%%, %d rebalances | buy-and-hold Sharpe %+.3f, "
+            "return %+.2f%%",
+            split,
+            metrics["sharpe"],
+            metrics["total_return_pct"],
+            metrics["max_drawdown_pct"],
+            metrics["rebalances"],
+            summary[split]["buy_and_hold"]["sharpe"],
+            summary[split]["buy_and_hold"]["total_return_pct"],
+        )
 
     write_json(root / args.metrics, summary)
     run.log_artifact(root / args.metrics, "evaluate")

@@ -32,24 +32,46 @@ def main(argv: list[str] | None = None) -> None:
     model = checkpoint.build_policy(checkpoint.load(path), path)
     val = Series.load(root / args.val)
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    result = search(val, policy_decisions(model, val), scorer, Thresholds.from_eval(cfg.eval), cfg.thresholds.trials,
-                    cfg.thresholds.objective, cfg.train.select_min_rebalances, cfg.seed)
+    result = search(
+        val,
+        policy_decisions(model, val),
+        scorer,
+        Thresholds.from_eval(cfg.eval),
+        cfg.thresholds.trials,
+        cfg.thresholds.objective,
+        cfg.train.select_min_rebalances,
+        cfg.seed,
+    )
 
     with atomic_path(out / "trials.csv") as tmp:
         result.trials.to_csv(tmp, index=False)
-    write_json(out / "thresholds.json", {**result.best.to_dict(), "source": result.source,
-                                         "checkpoint": cfg.eval.checkpoint})
+    write_json(
+        out / "thresholds.json", {**result.best.to_dict(), "source": result.source, "checkpoint": cfg.eval.checkpoint}
+    )
     summary = {f"val_{k}": result.metrics[k] for k in ("sharpe", "total_return_pct", "rebalances", "flat_share")}
-    write_json(root / args.metrics, {**result.best.to_dict(), **summary, "trials": len(result.trials),
-                                     "feasible_trials": int(result.trials["feasible"].sum())})
+    write_json(
+        root / args.metrics,
+        {
+            **result.best.to_dict(),
+            **summary,
+            "trials": len(result.trials),
+            "feasible_trials": int(result.trials["feasible"].sum()),
+        },
+    )
 
     run = tracking.open_run(root, pd.read_json(root / args.train_dir / "run.json", typ="series")["run_id"])
     run.log_metrics({**result.best.to_dict(), "trials": len(result.trials)}, prefix="threshold_")
     run.log_metrics(result.metrics, prefix="tuned_val_")
     run.log_artifact(out / "trials.csv", "thresholds")
     run.log_artifact(out / "thresholds.json", "thresholds")
-    log.info("thresholds (%s): %s; val %s %.3f, %d rebalances", result.source, result.best.to_dict(),
-             cfg.thresholds.objective, result.metrics[cfg.thresholds.objective], result.metrics["rebalances"])
+    log.info(
+        "thresholds (%s): %s; val %s %.3f, %d rebalances",
+        result.source,
+        result.best.to_dict(),
+        cfg.thresholds.objective,
+        result.metrics[cfg.thresholds.objective],
+        result.metrics["rebalances"],
+    )
 
 
 if __name__ == "__main__":

@@ -75,23 +75,49 @@ def main(argv: list[str] | None = None) -> None:
     else:
         run = tracking.start_run(root, cfg.experiment, {"data_hash": data_id, "seed": str(cfg.seed)})
         run.log_params(flatten(cfg.to_dict()))
-        run.log_params({"objective": repr(objective), "n_parameters": count_parameters(model),
-                        "n_train_samples": len(samples), "device": str(device)})
+        run.log_params(
+            {
+                "objective": repr(objective),
+                "n_parameters": count_parameters(model),
+                "n_train_samples": len(samples),
+                "device": str(device),
+            }
+        )
         write_json(run_file, {"run_id": run.run_id, "experiment": cfg.experiment})
 
     def validate(m: PolicyNetwork) -> dict[str, float]:
         return scorer.policy(m, val, thresholds)[1]
 
     t0 = time.perf_counter()
-    result = fit(model, episodes_from_arrays(samples.features, samples.close, samples.funding, cfg.window.context),
-                 validate, objective, cfg.sim, cfg.train, cfg.window.horizon, cfg.seed, out, spec, mirror,
-                 on_epoch=lambda rec: run.log_history([rec]))
+    result = fit(
+        model,
+        episodes_from_arrays(samples.features, samples.close, samples.funding, cfg.window.context),
+        validate,
+        objective,
+        cfg.sim,
+        cfg.train,
+        cfg.window.horizon,
+        cfg.seed,
+        out,
+        spec,
+        mirror,
+        on_epoch=lambda rec: run.log_history([rec]),
+    )
     seconds = time.perf_counter() - t0
 
     history = result.history
     checked = [r for r in history if "val_sharpe" in r]
-    pd.DataFrame(checked)[["epoch", "train_loss", "val_sharpe", "val_total_return_pct", "val_flat_share",
-                           "val_turnover", "val_rebalances"]].to_csv(out / "val_history.csv", index=False)
+    pd.DataFrame(checked)[
+        [
+            "epoch",
+            "train_loss",
+            "val_sharpe",
+            "val_total_return_pct",
+            "val_flat_share",
+            "val_turnover",
+            "val_rebalances",
+        ]
+    ].to_csv(out / "val_history.csv", index=False)
     write_json(out / "history.json", history)
     plot_history(history, out / "history.png")
     metrics = {
@@ -113,8 +139,14 @@ def main(argv: list[str] | None = None) -> None:
         run.log_artifact(result.checkpoints[name], "checkpoints")
     if (root / args.quality).exists():
         run.log_artifact(root / args.quality, "data")
-    log.info("trained %d epochs in %.1f s; best epoch %s (val Sharpe %s); run %s", len(history), seconds,
-             result.best_epoch, result.best_val_sharpe, run.run_id)
+    log.info(
+        "trained %d epochs in %.1f s; best epoch %s (val Sharpe %s); run %s",
+        len(history),
+        seconds,
+        result.best_epoch,
+        result.best_val_sharpe,
+        run.run_id,
+    )
 
 
 if __name__ == "__main__":

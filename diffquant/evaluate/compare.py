@@ -39,7 +39,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished, evaluated runs (``mlflow.search_runs`` frame), newest first; absent values stay empty (NaN)."""
     if runs.empty:
         return pd.DataFrame(columns=[c for c, _ in COLUMNS])
-    table = pd.DataFrame({name: runs[src] if src in runs else pd.NA for name, src in COLUMNS})
+    table = pd.DataFrame({name: runs.get(src, pd.NA) for name, src in COLUMNS})
     if "metrics.test_sharpe" in runs:
         table = table[runs["metrics.test_sharpe"].notna().to_numpy()]
     return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)

@@ -51,14 +51,16 @@ class Scorer:
     timeframe_minutes: int
     days_per_year: int
 
-    def executed(self, series: SeriesLike, decisions: Decisions,
-                 thresholds: Thresholds) -> tuple[WalkForwardResult, dict[str, float]]:
+    def executed(
+        self, series: SeriesLike, decisions: Decisions, thresholds: Thresholds
+    ) -> tuple[WalkForwardResult, dict[str, float]]:
         """Hysteresis on the policy's raw decisions, then walk-forward and metrics."""
         executed = apply_hysteresis(decisions.raw, **thresholds.to_dict())
         return self._score(series, walk_forward(series, executed, self.sim, decisions.raw, decisions.gate))
 
-    def policy(self, model: PolicyNetwork, series: SeriesLike,
-               thresholds: Thresholds) -> tuple[WalkForwardResult, dict[str, float]]:
+    def policy(
+        self, model: PolicyNetwork, series: SeriesLike, thresholds: Thresholds
+    ) -> tuple[WalkForwardResult, dict[str, float]]:
         return self.executed(series, policy_decisions(model, series), thresholds)
 
     def constant(self, series: SeriesLike, position: float) -> tuple[WalkForwardResult, dict[str, float]]:

@@ -40,8 +40,16 @@ def _suggest(trial: optuna.Trial, lo: float, hi: float) -> Thresholds:
     return Thresholds(enter_long, enter_short, exit_, min_delta)
 
 
-def search(series: SeriesLike, decisions: Decisions, scorer: Scorer, default: Thresholds, trials: int,
-           objective: str, min_rebalances: int, seed: int) -> SearchResult:
+def search(
+    series: SeriesLike,
+    decisions: Decisions,
+    scorer: Scorer,
+    default: Thresholds,
+    trials: int,
+    objective: str,
+    min_rebalances: int,
+    seed: int,
+) -> SearchResult:
     """Maximise ``objective`` (a key of ``compute_metrics``) over the hysteresis thresholds on ``series``."""
     magnitude = np.abs(decisions.raw[np.isfinite(decisions.raw)])
     lo, hi = (float(q) for q in np.quantile(magnitude, [0.05, 0.95]))
@@ -50,8 +58,16 @@ def search(series: SeriesLike, decisions: Decisions, scorer: Scorer, default: Th
 
     def evaluate(th: Thresholds, number: int) -> tuple[float, float]:
         _, m = scorer.executed(series, decisions, th)
-        rows.append({"number": number, **th.to_dict(), objective: m[objective], "rebalances": m["rebalances"],
-                     "feasible": m["rebalances"] >= min_rebalances, "metrics": m})
+        rows.append(
+            {
+                "number": number,
+                **th.to_dict(),
+                objective: m[objective],
+                "rebalances": m["rebalances"],
+                "feasible": m["rebalances"] >= min_rebalances,
+                "metrics": m,
+            }
+        )
         return m[objective], m["rebalances"]
 
     def run(trial: optuna.Trial) -> float:
@@ -60,8 +76,9 @@ def search(series: SeriesLike, decisions: Decisions, scorer: Scorer, default: Th
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10, trials // 3)),
-                                         constraints_func=lambda t: t.user_attrs["constraint"])
+    sampler = optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(1, min(10, trials // 3)), constraints_func=lambda t: t.user_attrs["constraint"]
+    )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     evaluate(default, 0)  # the configured thresholds, outside the search space on purpose
     study.optimize(run, n_trials=trials)

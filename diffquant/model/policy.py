@@ -32,8 +32,9 @@ def zscore(windows: Tensor, floor: float = 1e-8) -> Tensor:
 class PolicyHead(nn.Module):
     """Dense layers on the backbone features, then direction and gate logits plus the linear state feedback."""
 
-    def __init__(self, in_dim: int, dense: list[int], dropout: float, tau_dir: float, tau_gate: float,
-                 gate_bias: float) -> None:
+    def __init__(
+        self, in_dim: int, dense: list[int], dropout: float, tau_dir: float, tau_gate: float, gate_bias: float
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for width in dense:

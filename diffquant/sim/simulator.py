@@ -35,8 +35,13 @@ class SimResult:
 
 
 def smooth_abs(x: Tensor, eps: float) -> Tensor:
-    """sqrt(x^2 + eps) - sqrt(eps): smooth at 0, exactly 0 there, |x| - O(sqrt(eps)) far from it."""
-    return torch.sqrt(x * x + eps) - eps**0.5
+    """sqrt(x^2 + eps) - sqrt(eps): smooth at 0, exactly 0 there, |x| - O(sqrt(eps)) far from it.
+
+    sqrt(eps) is rounded in x's dtype, as the first term is: with the float64 ``eps**0.5`` an idle float32 bar cost
+    +-1e-11 for eps like 1e-8, 2e-8 or 3e-6 (negative commission, a flat book earning != 0).
+    """
+    root = torch.sqrt(torch.tensor(eps, dtype=x.dtype)).item()
+    return torch.sqrt(x * x + eps) - root
 
 
 def bar_returns(close: Tensor) -> Tensor:
@@ -79,4 +84,6 @@ def simulate(
         commission = commission + cfg.impact_eta * trades * trades
     gross = held * returns
     funding = held * funding_rate if (cfg.funding and funding_rate is not None) else torch.zeros_like(gross)
-    return SimResult(gross=gross, commission=commission, funding=funding, net=gross - commission - funding, trades=trades)
+    return SimResult(
+        gross=gross, commission=commission, funding=funding, net=gross - commission - funding, trades=trades
+    )

@@ -41,9 +41,10 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CheckpointError(f"{path}: checkpoint not found; run the train stage first (dvc repro train)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+        first_line = (str(exc).splitlines() or [""])[0]  # an empty file raises EOFError with no message
         raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line[:200]}); "
             "delete it and re-run the train stage"
         ) from None
 
@@ -59,7 +60,9 @@ def build_policy(state: dict[str, Any], path: Path, expected: dict[str, Any] | N
             f"{path}: checkpoint was trained with another configuration (differs in: {', '.join(diffs)}); "
             "re-run the train stage with the current params, or restore the params it was trained with"
         )
-    model = PolicyNetwork(build_section(ModelConfig, spec["model"], "model"), len(spec["feature_names"]), spec["context"])
+    model = PolicyNetwork(
+        build_section(ModelConfig, spec["model"], "model"), len(spec["feature_names"]), spec["context"]
+    )
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as exc:

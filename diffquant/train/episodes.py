@@ -31,7 +31,7 @@ class EpisodeBatch:
         return EpisodeBatch(self.features[idx], self.returns[idx], self.funding[idx])
 
     def cat(self, other: EpisodeBatch) -> EpisodeBatch:
-        return EpisodeBatch(*(torch.cat(pair) for pair in zip(self.astuple(), other.astuple())))
+        return EpisodeBatch(*(torch.cat(pair) for pair in zip(self.astuple(), other.astuple(), strict=True)))
 
     def astuple(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.features, self.returns, self.funding
@@ -61,13 +61,14 @@ def mirror(batch: EpisodeBatch, perm: Tensor, sign: Tensor) -> EpisodeBatch:
     """
     return EpisodeBatch(
         batch.features[..., perm] * sign,
-        1.0 / (1.0 + batch.returns) - 1.0,
+        -batch.returns / (1.0 + batch.returns),  # = 1 / (1 + r) - 1 without the cancellation in float32
         -batch.funding,
     )
 
 
-def episode_pnl(model: PolicyNetwork, batch: EpisodeBatch, sim: SimConfig, horizon: int, full_bptt: bool,
-                reference: bool = False) -> tuple[Tensor, Tensor]:
+def episode_pnl(
+    model: PolicyNetwork, batch: EpisodeBatch, sim: SimConfig, horizon: int, full_bptt: bool, reference: bool = False
+) -> tuple[Tensor, Tensor]:
     """Decisions (B, H) and net PnL (B, H) of a batch of episodes; ``reference`` uses the step-by-step rollout."""
     rollout = model.rollout_reference if reference else model.rollout
     decisions, _ = rollout(batch.features, horizon, full_bptt)
@@ -75,9 +76,16 @@ def episode_pnl(model: PolicyNetwork, batch: EpisodeBatch, sim: SimConfig, horiz
     return decisions, simulate(held, batch.returns, batch.funding, sim).net
 
 
-def batch_loss(model: PolicyNetwork, batch: EpisodeBatch, objective: Objective, sim: SimConfig, horizon: int,
-               full_bptt: bool, mirrored: EpisodeBatch | None = None,
-               reference: bool = False) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+def batch_loss(
+    model: PolicyNetwork,
+    batch: EpisodeBatch,
+    objective: Objective,
+    sim: SimConfig,
+    horizon: int,
+    full_bptt: bool,
+    mirrored: EpisodeBatch | None = None,
+    reference: bool = False,
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Loss of a batch (and its mirror image, averaged 50/50 when given); also the original net PnL for logging.
 
     Original and mirrored episodes go through the model in one call.

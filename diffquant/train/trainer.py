@@ -58,8 +58,9 @@ def resolve_device(name: str) -> torch.device:
 def make_optimizer(model: PolicyNetwork, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW plus a per-epoch schedule: linear warm-up from ``warmup_start_factor``, then cosine to ``min_lr``."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs - cfg.warmup_epochs, 1),
-                                                        eta_min=cfg.min_lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(cfg.epochs - cfg.warmup_epochs, 1), eta_min=cfg.min_lr
+    )
     if cfg.warmup_epochs == 0:
         return opt, cosine
     warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=cfg.warmup_start_factor, total_iters=cfg.warmup_epochs)
@@ -99,25 +100,33 @@ def fit(
     best_epoch, best_sharpe = state["best_epoch"], state["best_val_sharpe"]
     start = state["epoch"]
     if len(episodes) < cfg.batch_size:
-        raise ValueError(f"{len(episodes)} training samples < train.batch_size ({cfg.batch_size}); lower the batch size")
+        raise ValueError(
+            f"{len(episodes)} training samples < train.batch_size ({cfg.batch_size}); lower the batch size"
+        )
     episodes = episodes.to(device)
     perm, sign = (t.to(device) for t in mirror_map) if mirror_map is not None else (None, None)
 
-    bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=not progress, initial=start,
-               total=cfg.epochs)
+    bar = tqdm(
+        range(start, cfg.epochs), desc="train", unit="epoch", disable=not progress, initial=start, total=cfg.epochs
+    )
     for epoch in bar:
         t0 = time.perf_counter()
         torch.manual_seed(seed * 1_000_003 + epoch)
-        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **_train_epoch(
-            model, episodes, objective, sim, cfg, horizon, opt, perm, sign)}
+        record = {
+            "epoch": epoch + 1,
+            "lr": opt.param_groups[0]["lr"],
+            **_train_epoch(model, episodes, objective, sim, cfg, horizon, opt, perm, sign),
+        }
         sched.step()
         if (epoch + 1) % cfg.val_freq == 0 or epoch + 1 == cfg.epochs:
             val = validate(model)
             record.update({f"val_{k}": v for k, v in val.items()})
             if qualifies(val, cfg.select_min_rebalances) and (best_sharpe is None or val["sharpe"] > best_sharpe):
                 best_epoch, best_sharpe = epoch + 1, float(val["sharpe"])
-                checkpoint.save(out_dir / BEST, _state(model, opt, sched, epoch + 1, history + [record], spec,
-                                                       best_epoch, best_sharpe))
+                checkpoint.save(
+                    out_dir / BEST,
+                    _state(model, opt, sched, epoch + 1, [*history, record], spec, best_epoch, best_sharpe),
+                )
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         checkpoint.save(out_dir / LAST, _state(model, opt, sched, epoch + 1, history, spec, best_epoch, best_sharpe))
@@ -128,16 +137,31 @@ def fit(
     final = _state(model, opt, sched, cfg.epochs, history, spec, best_epoch, best_sharpe)
     checkpoint.save(out_dir / FINAL, final)
     if best_epoch is None:
-        log.warning("no validation check qualified as best (>= %d rebalances); best.pt = the final model",
-                    cfg.select_min_rebalances)
+        log.warning(
+            "no validation check qualified as best (>= %d rebalances); best.pt = the final model",
+            cfg.select_min_rebalances,
+        )
         checkpoint.save(out_dir / BEST, final)
-    return TrainResult(history, best_epoch, best_sharpe, start,
-                       {name: out_dir / f for name, f in (("last", LAST), ("best", BEST), ("final", FINAL))})
+    return TrainResult(
+        history,
+        best_epoch,
+        best_sharpe,
+        start,
+        {name: out_dir / f for name, f in (("last", LAST), ("best", BEST), ("final", FINAL))},
+    )
 
 
-def _train_epoch(model: PolicyNetwork, episodes: EpisodeBatch, objective: Objective, sim: SimConfig,
-                 cfg: TrainConfig, horizon: int, opt: torch.optim.Optimizer, perm: Tensor | None,
-                 sign: Tensor | None) -> dict[str, float]:
+def _train_epoch(
+    model: PolicyNetwork,
+    episodes: EpisodeBatch,
+    objective: Objective,
+    sim: SimConfig,
+    cfg: TrainConfig,
+    horizon: int,
+    opt: torch.optim.Optimizer,
+    perm: Tensor | None,
+    sign: Tensor | None,
+) -> dict[str, float]:
     model.train()
     order = torch.randperm(len(episodes), device=episodes.features.device)
     n_batches = len(episodes) // cfg.batch_size  # drop_last: every batch has the same size
@@ -154,11 +178,22 @@ def _train_epoch(model: PolicyNetwork, episodes: EpisodeBatch, objective: Object
         losses.append(loss.item())
         pnls.append(pnl)
     pnl = torch.cat(pnls).flatten()
-    return {"train_loss": float(np.mean(losses)), "train_sharpe_per_bar": float(pnl.mean() / pnl.std().clamp_min(1e-12))}
+    return {
+        "train_loss": float(np.mean(losses)),
+        "train_sharpe_per_bar": float(pnl.mean() / pnl.std().clamp_min(1e-12)),
+    }
 
 
-def _state(model: PolicyNetwork, opt: torch.optim.Optimizer, sched: Any, epoch: int, history: list[dict[str, Any]],
-           spec: dict[str, Any], best_epoch: int | None, best_sharpe: float | None) -> dict[str, Any]:
+def _state(
+    model: PolicyNetwork,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    epoch: int,
+    history: list[dict[str, Any]],
+    spec: dict[str, Any],
+    best_epoch: int | None,
+    best_sharpe: float | None,
+) -> dict[str, Any]:
     return {
         "model_state": model.state_dict(),
         "optimizer_state": opt.state_dict(),
@@ -184,8 +219,9 @@ def completed_epochs(out_dir: Path, spec: dict[str, Any]) -> int:
     return int(state["epoch"]) if state.get("spec") == spec else 0
 
 
-def _resume(path: Path, spec: dict[str, Any], model: PolicyNetwork, opt: torch.optim.Optimizer,
-            sched: Any) -> dict[str, Any]:
+def _resume(
+    path: Path, spec: dict[str, Any], model: PolicyNetwork, opt: torch.optim.Optimizer, sched: Any
+) -> dict[str, Any]:
     fresh = {"epoch": 0, "history": [], "best_epoch": None, "best_val_sharpe": None}
     if not path.exists():
         return fresh

@@ -32,8 +32,14 @@ TINY = {
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this interpreter
-    env.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@x",
-               GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@x")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        GIT_AUTHOR_NAME="ci",
+        GIT_AUTHOR_EMAIL="ci@x",
+        GIT_COMMITTER_NAME="ci",
+        GIT_COMMITTER_EMAIL="ci@x",
+    )
     return env
 
 
@@ -53,10 +59,13 @@ def _deep_update(base: dict, update: dict) -> dict:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC copy of the project's tracked files with tiny params, after one ``dvc repro``."""
     dst = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
-        produced = rel.startswith(("outputs/", "mlruns/", "data_source/")) and not rel.startswith("data_source/bundled/")
+        produced = rel.startswith(("outputs/", "mlruns/", "data_source/")) and not rel.startswith(
+            "data_source/bundled/"
+        )
         if (REPO / rel).is_file() and not produced and rel != "dvc.lock":
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dst / rel)
@@ -69,7 +78,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dst
 
 
-def _client(repo: Path):  # noqa: ANN202
+def _client(repo: Path):
     import mlflow
 
     return mlflow.MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
@@ -84,16 +93,32 @@ def _runs(repo: Path) -> list:
 def test_repro_logs_one_complete_run(repo: Path) -> None:
     (run,) = _runs(repo)
     m, p = run.data.metrics, run.data.params
-    for key in ("best_val_sharpe", "test_sharpe", "backtest_sharpe", "test_buy_and_hold_sharpe", "threshold_enter_long",
-                "val_sharpe", "train_loss"):
+    for key in (
+        "best_val_sharpe",
+        "test_sharpe",
+        "backtest_sharpe",
+        "test_buy_and_hold_sharpe",
+        "threshold_enter_long",
+        "val_sharpe",
+        "train_loss",
+    ):
         assert key in m, key
     assert p["loss.lambda_bias"] == "0.25" and p["train.epochs"] == "2"
     assert run.data.tags["git_commit"] != "unknown" and "data_hash" in run.data.tags
     assert [h.step for h in _client(repo).get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
-    artifacts = {a.path for d in ("evaluate", "checkpoints", "train", "thresholds", "data")
-                 for a in _client(repo).list_artifacts(run.info.run_id, d)}
-    for path in ("evaluate/test.png", "evaluate/backtest_record.csv", "checkpoints/best.pt", "train/params.yaml",
-                 "thresholds/trials.csv", "data/quality.json"):
+    artifacts = {
+        a.path
+        for d in ("evaluate", "checkpoints", "train", "thresholds", "data")
+        for a in _client(repo).list_artifacts(run.info.run_id, d)
+    }
+    for path in (
+        "evaluate/test.png",
+        "evaluate/backtest_record.csv",
+        "checkpoints/best.pt",
+        "train/params.yaml",
+        "thresholds/trials.csv",
+        "data/quality.json",
+    ):
         assert path in artifacts, path
     evaluate = json.loads((repo / "outputs/metrics/evaluate.json").read_text())
     assert set(evaluate) == {"test", "backtest"} and "buy_and_hold" in evaluate["test"]
@@ -130,9 +155,22 @@ def test_mlflow_server_lists_the_run(repo: Path) -> None:
     port = _free_port()
     env = {**_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-         f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -144,15 +182,21 @@ def test_mlflow_server_lists_the_run(repo: Path) -> None:
             except OSError:
                 assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
                 time.sleep(0.5)
-        exp = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=diffquant"))
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
-                                     data=json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]]}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        exp = json.load(
+            urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=diffquant")
+        )
+        req = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            method="POST",
+            data=json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         runs = json.load(urllib.request.urlopen(req))["runs"]
         assert runs and all("test_sharpe" in {m["key"] for m in r["data"]["metrics"]} for r in runs)
         run_id = runs[0]["info"]["run_id"]
-        listing = json.load(urllib.request.urlopen(
-            f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}&path=evaluate"))
+        listing = json.load(
+            urllib.request.urlopen(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}&path=evaluate")
+        )
         assert any(f["path"] == "evaluate/test.png" for f in listing["files"])
     finally:
         server.terminate()

@@ -46,8 +46,9 @@ class ITransformer(nn.Module):
 
     channel_major = True
 
-    def __init__(self, n_features: int, context: int, d_model: int, n_heads: int, n_layers: int, d_ff: int,
-                 dropout: float) -> None:
+    def __init__(
+        self, n_features: int, context: int, d_model: int, n_heads: int, n_layers: int, d_ff: int, dropout: float
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(context, d_model)
         self.embed_norm = nn.LayerNorm(d_model)

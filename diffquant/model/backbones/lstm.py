@@ -13,8 +13,14 @@ class BiLSTM(nn.Module):
 
     def __init__(self, n_features: int, hidden: int, layers: int, dropout: float, bidirectional: bool) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(n_features, hidden, layers, batch_first=True, bidirectional=bidirectional,
-                            dropout=dropout if layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            n_features,
+            hidden,
+            layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         self.directions = 2 if bidirectional else 1
         self.out_dim = hidden * self.directions
         self.norm = nn.LayerNorm(self.out_dim)
