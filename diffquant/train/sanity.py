@@ -34,8 +34,9 @@ def _episodes(returns: np.ndarray, features: np.ndarray, context: int) -> Episod
     return episodes_from_arrays(features.astype(np.float32), close, np.zeros_like(close), context)
 
 
-def _train(model: PolicyNetwork, batch: EpisodeBatch, objective: Objective, sim: SimConfig, horizon: int,
-           steps: int, lr: float) -> None:
+def _train(
+    model: PolicyNetwork, batch: EpisodeBatch, objective: Objective, sim: SimConfig, horizon: int, steps: int, lr: float
+) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
@@ -46,25 +47,39 @@ def _train(model: PolicyNetwork, batch: EpisodeBatch, objective: Objective, sim:
         opt.step()
 
 
-def gradient_flow(model: PolicyNetwork, objective: Objective, sim: SimConfig, horizon: int,
-                  gen: torch.Generator) -> CheckResult:
+def gradient_flow(
+    model: PolicyNetwork, objective: Objective, sim: SimConfig, horizon: int, gen: torch.Generator
+) -> CheckResult:
     model = copy.deepcopy(model).eval()
     b, length = 8, model.context + horizon
     returns = 0.001 + 0.003 * torch.randn(b, length, generator=gen, dtype=torch.float64).numpy()
     features = torch.randn(b, length, model.n_features, generator=gen).numpy()
-    loss, _, _ = batch_loss(model, _episodes(returns, features, model.context), objective, sim, horizon,
-                            full_bptt=True)
+    loss, _, _ = batch_loss(model, _episodes(returns, features, model.context), objective, sim, horizon, full_bptt=True)
     loss.backward()
-    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-            or not p.grad.abs().sum() > 0]
+    dead = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0
+    ]
     n = sum(1 for _ in model.parameters())
-    return CheckResult("gradient_flow", not dead, float(n - len(dead)),
-                       f"{n - len(dead)}/{n} parameter tensors get a finite non-zero gradient"
-                       + (f"; dead: {', '.join(dead[:5])}" if dead else ""))
+    return CheckResult(
+        "gradient_flow",
+        not dead,
+        float(n - len(dead)),
+        f"{n - len(dead)}/{n} parameter tensors get a finite non-zero gradient"
+        + (f"; dead: {', '.join(dead[:5])}" if dead else ""),
+    )
 
 
-def trend_bias(model: PolicyNetwork, objective: Objective, sim: SimConfig, horizon: int, direction: int,
-               gen: torch.Generator, steps: int = 50) -> CheckResult:
+def trend_bias(
+    model: PolicyNetwork,
+    objective: Objective,
+    sim: SimConfig,
+    horizon: int,
+    direction: int,
+    gen: torch.Generator,
+    steps: int = 50,
+) -> CheckResult:
     model = copy.deepcopy(model)
     b, length = 8, model.context + horizon
     returns = np.full((b, length), direction * 0.001)
@@ -76,12 +91,24 @@ def trend_bias(model: PolicyNetwork, objective: Objective, sim: SimConfig, horiz
         mean = model(fresh, torch.zeros(64), torch.zeros(64))[0].mean().item()
     name = "long_bias" if direction > 0 else "short_bias"
     passed = np.sign(mean) == direction and abs(mean) > 0.01
-    return CheckResult(name, bool(passed), mean, f"mean position {mean:+.4f} on a {'rising' if direction > 0 else 'falling'} "
-                       "market (needs the trend's sign and |mean| > 0.01)")
+    return CheckResult(
+        name,
+        bool(passed),
+        mean,
+        f"mean position {mean:+.4f} on a {'rising' if direction > 0 else 'falling'} "
+        "market (needs the trend's sign and |mean| > 0.01)",
+    )
 
 
-def signal_use(model: PolicyNetwork, objective: Objective, sim: SimConfig, horizon: int, gen: torch.Generator,
-               steps: int = 150, min_sharpe: float = 0.2) -> CheckResult:
+def signal_use(
+    model: PolicyNetwork,
+    objective: Objective,
+    sim: SimConfig,
+    horizon: int,
+    gen: torch.Generator,
+    steps: int = 150,
+    min_sharpe: float = 0.2,
+) -> CheckResult:
     """Channel 0 at bar k carries the sign of the return that a decision at k earns (bar k + 1 + lag)."""
     model = copy.deepcopy(model)
     b, length, lag = 64, model.context + horizon, sim.execution_lag_bars
@@ -95,17 +122,30 @@ def signal_use(model: PolicyNetwork, objective: Objective, sim: SimConfig, horiz
     with torch.no_grad():
         _, _, pnl = batch_loss(model, batch, objective, sim, horizon, full_bptt=True)
     sharpe = (pnl.mean() / pnl.std().clamp_min(1e-12)).item()
-    return CheckResult("signal_use", sharpe > min_sharpe, sharpe,
-                       f"in-sample per-bar Sharpe {sharpe:+.3f} with the next return announced (needs > {min_sharpe})")
+    return CheckResult(
+        "signal_use",
+        sharpe > min_sharpe,
+        sharpe,
+        f"in-sample per-bar Sharpe {sharpe:+.3f} with the next return announced (needs > {min_sharpe})",
+    )
 
 
-def run_checks(model: PolicyNetwork, objective: Objective, sim: SimConfig, horizon: int, seed: int) -> list[dict]:
+def run_checks(
+    model: PolicyNetwork,
+    objective: Objective,
+    sim: SimConfig,
+    horizon: int,
+    seed: int,
+    *,
+    trend_steps: int = 50,
+    signal_steps: int = 150,
+) -> list[dict]:
     """All checks, each from its own seeded generator so they do not depend on each other's order."""
     torch.manual_seed(seed)
     checks = [
         gradient_flow(model, objective, sim, horizon, torch.Generator().manual_seed(seed)),
-        trend_bias(model, objective, sim, horizon, +1, torch.Generator().manual_seed(seed + 1)),
-        trend_bias(model, objective, sim, horizon, -1, torch.Generator().manual_seed(seed + 2)),
-        signal_use(model, objective, sim, horizon, torch.Generator().manual_seed(seed + 3)),
+        trend_bias(model, objective, sim, horizon, +1, torch.Generator().manual_seed(seed + 1), trend_steps),
+        trend_bias(model, objective, sim, horizon, -1, torch.Generator().manual_seed(seed + 2), trend_steps),
+        signal_use(model, objective, sim, horizon, torch.Generator().manual_seed(seed + 3), signal_steps),
     ]
     return [asdict(c) for c in checks]

@@ -1,0 +1,129 @@
+"""Training speed: one epoch with the batched rollout vs the seed-style step-by-step rollout.
+
+Primary config (iTransformer, 6 features, context 96, horizon 24, hybrid loss, AdamW, clipping) on 910 synthetic
+samples of 120 bars: 14 batches of 64, mirror augmentation with probability 0.5 per batch, seeded per epoch as the
+trainer does. The fast path is ``batch_loss`` -> ``model.rollout`` (all B x H windows in one backbone call); the
+reference path is ``batch_loss(..., reference=True)`` (one backbone call per step, like the seed). The reference is
+timed per batch on a few batches with and without the mirror half and scaled to the epoch's mix of both (said so in
+the output); the fast path is reported both as whole epochs and scaled to the same mix, which the ratio uses.
+Per-batch medians: the machine may be shared.
+
+    python -m benchmarks.bench_train [--fast-epochs 5] [--reference-batches 4] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from diffquant.config import Config
+from diffquant.data.features import mirror_spec
+from diffquant.model.policy import PolicyNetwork
+from diffquant.sim.losses import Objective
+from diffquant.train.episodes import EpisodeBatch, batch_loss, episodes_from_arrays, mirror
+from diffquant.train.trainer import make_optimizer
+
+SAMPLES, LENGTH = 910, 120
+NAMES = ["open", "high", "low", "close", "volume", "rolling_vol"]
+
+
+def synthetic_samples(seed: int = 0) -> EpisodeBatch:
+    rng = np.random.default_rng(seed)
+    returns = rng.normal(0.0, 0.004, (SAMPLES, LENGTH))
+    close = 60_000.0 * np.exp(np.cumsum(returns, axis=1))
+    features = rng.normal(0.0, 1.0, (SAMPLES, LENGTH, len(NAMES))).astype(np.float32)
+    features[..., 3] = returns
+    funding = np.where(np.arange(LENGTH) % 16 == 0, 1e-4, 0.0) * np.ones((SAMPLES, 1))
+    return episodes_from_arrays(features, close, funding, Config().window.context)
+
+
+class Setup:
+    def __init__(self) -> None:
+        cfg = Config()
+        torch.manual_seed(cfg.seed)
+        self.cfg = cfg
+        self.model = PolicyNetwork(cfg.model, len(NAMES), cfg.window.context)
+        self.opt, _ = make_optimizer(self.model, cfg.train)
+        self.objective = Objective(cfg.loss, cfg.sim.smooth_abs_eps)
+        self.episodes = synthetic_samples()
+        self.perm, self.sign = (torch.as_tensor(a) for a in mirror_spec(NAMES))
+
+    def plan(self, epoch: int) -> list[tuple[torch.Tensor, bool]]:
+        """The epoch's batches and mirror draws, drawn as the trainer draws them."""
+        t = self.cfg.train
+        torch.manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.episodes))
+        plan = []
+        for b in range(len(self.episodes) // t.batch_size):
+            use_mirror = t.mirror and torch.rand(()).item() < t.mirror_prob
+            plan.append((order[b * t.batch_size : (b + 1) * t.batch_size], use_mirror))
+        return plan
+
+    def step(self, idx: torch.Tensor, use_mirror: bool, reference: bool) -> float:
+        """One optimiser step, as ``trainer._train_epoch`` takes it; returns its wall time."""
+        t0 = time.perf_counter()
+        batch = self.episodes.index(idx)
+        mirrored = mirror(batch, self.perm, self.sign) if use_mirror else None
+        loss, _, _ = batch_loss(self.model, batch, self.objective, self.cfg.sim, self.cfg.window.horizon,
+                                self.cfg.train.full_bptt, mirrored, reference=reference)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fast-epochs", type=int, default=5)
+    parser.add_argument("--reference-batches", type=int, default=4, help="timed per kind (mirror / no mirror)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = Setup()
+    s.model.train()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; primary config, {SAMPLES} samples x "
+          f"{LENGTH} bars x {len(NAMES)} features, batch {s.cfg.train.batch_size}, mirror p={s.cfg.train.mirror_prob}")
+
+    for idx, use_mirror in s.plan(0)[:2]:  # warm-up (allocator, lazy init)
+        s.step(idx, use_mirror, reference=False)
+
+    fast, fast_kind = [], {True: [], False: []}
+    for epoch in range(args.fast_epochs):
+        total = 0.0
+        for idx, m in s.plan(epoch):
+            seconds = s.step(idx, m, reference=False)
+            fast_kind[m].append(seconds)
+            total += seconds
+        fast.append(total)
+    plan = s.plan(0)
+    n_mirror = sum(m for _, m in plan)
+    # both paths on epoch 0's mix of batches with and without the mirror half (the mix varies by epoch)
+    fast_epoch = n_mirror * statistics.median(fast_kind[True]) + (len(plan) - n_mirror) * statistics.median(
+        fast_kind[False])
+    print(f"fast      (rollout, 1 backbone call per batch): {statistics.median(fast):7.2f} s/epoch  (median of "
+          f"{len(fast)} whole epochs of {len(plan)} batches; {fast_epoch:.2f} s on epoch 0's mix, {n_mirror} with "
+          "mirror)")
+
+    per_kind: dict[bool, list[float]] = {True: [], False: []}
+    for epoch in range(100):
+        for idx, m in s.plan(epoch):
+            if len(per_kind[m]) < args.reference_batches:
+                per_kind[m].append(s.step(idx, m, reference=True))
+        if all(len(v) >= args.reference_batches for v in per_kind.values()):
+            break
+    t_mirror, t_plain = statistics.median(per_kind[True]), statistics.median(per_kind[False])
+    ref_epoch = n_mirror * t_mirror + (len(plan) - n_mirror) * t_plain
+    print(f"reference (rollout_reference, 1 backbone call per step): {ref_epoch:7.2f} s/epoch  (scaled: median "
+          f"{t_plain:.3f} s/batch without mirror, {t_mirror:.3f} s/batch with it, {args.reference_batches} batches "
+          f"each, x {len(plan) - n_mirror} + {n_mirror})")
+    print(f"ratio reference / fast (same mix): {ref_epoch / fast_epoch:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Episodes as tensors and their mirror images; the mirror term rewards the sign-equivariant policy (19.1 item 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffquant.config import Config, SimConfig
+from diffquant.data.features import mirror_spec
+from diffquant.data.splits import make_splits
+from diffquant.sim.losses import Objective
+from diffquant.sim.simulator import bar_returns, held_positions, simulate
+from diffquant.train.episodes import EpisodeBatch, batch_loss, episodes_from_arrays, mirror
+from tests.data.real_data import fixture_features_30m  # noqa: F401  (registers the fixture)
+
+CFG = Config()
+CTX, H, LAG = CFG.window.context, CFG.window.horizon, CFG.sim.execution_lag_bars
+
+
+@pytest.fixture(scope="module")
+def real(features_30m):
+    """The 907 real 30-minute training episodes of the shipped data (default split), as the train stage sees them."""
+    samples, _, _ = make_splits(features_30m, CFG.split, CFG.window, LAG, CFG.data.timeframe_minutes)
+    batch = episodes_from_arrays(samples.features, samples.close, samples.funding, CTX)
+    perm, sign = (torch.as_tensor(a) for a in mirror_spec(samples.feature_names))
+    return samples, batch, perm, sign
+
+
+def test_episodes_from_arrays_hand_worked():
+    close = np.array([[100.0, 101.0, 102.01, 100.99]])
+    funding = np.array([[9.0, 9.0, 1e-4, -2e-4]])
+    ep = episodes_from_arrays(np.zeros((1, 4, 2), np.float32), close, funding, context=2)
+    # scored bars 2, 3: r_2 = c_2 / c_1 - 1, r_3 = c_3 / c_2 - 1; their funding
+    torch.testing.assert_close(ep.returns, torch.tensor([[0.01, 100.99 / 102.01 - 1]]))
+    torch.testing.assert_close(ep.funding, torch.tensor([[1e-4, -2e-4]]))
+    assert ep.features.dtype == ep.returns.dtype == torch.float32 and len(ep) == 1
+
+
+def test_mirror_twice_is_identity_and_log_returns_negate(real):
+    samples, batch, perm, sign = real
+    twice = mirror(mirror(batch, perm, sign), perm, sign)
+    assert torch.equal(twice.features, batch.features)
+    assert torch.equal(twice.funding, batch.funding)
+    torch.testing.assert_close(twice.returns, batch.returns, rtol=0, atol=1e-7)
+    once = mirror(batch, perm, sign)
+    torch.testing.assert_close(torch.log1p(once.returns), -torch.log1p(batch.returns), rtol=1e-5, atol=1e-9)
+    assert torch.equal(once.funding, -batch.funding)
+    names = samples.feature_names
+    assert names == ["open", "high", "low", "close", "volume", "rolling_vol"]
+    f, m = batch.features, once.features
+    assert torch.equal(m[..., 3], -f[..., 3]) and torch.equal(m[..., 0], -f[..., 0])
+    assert torch.equal(m[..., 1], -f[..., 2]) and torch.equal(m[..., 2], -f[..., 1])  # high <-> low
+    assert torch.equal(m[..., 4:], f[..., 4:])
+
+
+class AnnouncedOracle:
+    """A stand-in policy that reads the last feature channel, which announces the return its decision will earn.
+
+    It is sign-equivariant: on mirrored inputs (the channel negated) it returns minus its position.
+    """
+
+    def rollout(self, features, horizon, full_bptt):
+        decisions = 0.5 * torch.sign(features[:, CTX - 1 : CTX - 1 + horizon, -1])
+        return decisions, torch.ones_like(decisions)
+
+
+def oracle_decisions(returns: torch.Tensor) -> torch.Tensor:
+    """Decision t is held during bar t + LAG: go 0.5 long/short on the sign of that bar's return (0 past the end)."""
+    d = torch.zeros_like(returns)
+    d[:, : H - LAG] = 0.5 * torch.sign(returns[:, LAG:])
+    return d
+
+
+def test_mirror_term_rewards_the_equivariant_oracle(real):
+    """Real episodes; an oracle that knows the return each decision earns.
+
+    equivariant oracle: on mirrored inputs it returns minus its position (the correct policy in a reflected market);
+    invariant oracle: it returns the same position. Our mirrored loss scores positions as they are on
+    ``episodes.mirror``: the equivariant oracle gets the same good loss as on the original, the invariant one a bad
+    loss. The seed's construction (reflected closes 2 c0 - c, positions negated) does the opposite.
+    """
+    samples, batch, perm, sign = real
+    sim = CFG.sim
+    objective = Objective(CFG.loss, sim.smooth_abs_eps)
+
+    def loss(decisions, returns, funding):
+        pnl = simulate(held_positions(decisions, LAG), returns, funding, sim).net
+        return objective(pnl, decisions)[0].item()
+
+    d = oracle_decisions(batch.returns)
+    original = loss(d, batch.returns, batch.funding)
+    mirrored = mirror(batch, perm, sign)
+    assert torch.equal(oracle_decisions(mirrored.returns), -d)  # the oracle itself is equivariant
+
+    ours_equivariant = loss(-d, mirrored.returns, mirrored.funding)
+    ours_invariant = loss(d, mirrored.returns, mirrored.funding)
+
+    # the seed: closes reflected about the last context close, the mirrored positions negated before scoring
+    closes = torch.as_tensor(samples.close[:, CTX - 1 :])
+    reflected = bar_returns(2 * closes[:, :1] - closes).float()
+    seed_equivariant = loss(d, reflected, None)  # -(mirrored output) = -(-d)
+    seed_invariant = loss(-d, reflected, None)  # -(mirrored output) = -d
+
+    assert original < -0.3
+    assert ours_equivariant == pytest.approx(original, rel=0.02)
+    assert ours_invariant > 0.3
+    assert seed_equivariant > 0.3  # the seed punishes the correct policy ...
+    assert seed_invariant < -0.3  # ... and rewards the sign-invariant one
+
+    # the same through batch_loss, with a policy that must read its inputs: the mirrored half costs nothing
+    announce = torch.zeros(len(batch), CTX + H, 1)
+    announce[:, CTX - 1 : CTX - 1 + H - LAG, 0] = batch.returns[:, LAG:]
+    with_channel = EpisodeBatch(torch.cat([batch.features, announce], -1), batch.returns, batch.funding)
+    perm_x, sign_x = torch.cat([perm, torch.tensor([perm.numel()])]), torch.cat([sign, torch.tensor([-1.0])])
+    plain, _, _ = batch_loss(AnnouncedOracle(), with_channel, objective, sim, H, True)
+    both, _, _ = batch_loss(AnnouncedOracle(), with_channel, objective, sim, H, True,
+                            mirror(with_channel, perm_x, sign_x))
+    assert plain.item() == pytest.approx(original, rel=1e-6)
+    assert both.item() == pytest.approx(0.5 * (original + ours_equivariant), rel=1e-6)
+
+
+def test_batch_loss_mirror_is_the_mean_of_both_halves():
+    gen = torch.Generator().manual_seed(0)
+    b, ctx, h = 4, 8, 6
+    batch = EpisodeBatch(torch.randn(b, ctx + h, 2, generator=gen), 0.01 * torch.randn(b, h, generator=gen),
+                         1e-4 * torch.randn(b, h, generator=gen))
+    other = EpisodeBatch(torch.randn(b, ctx + h, 2, generator=gen), 0.01 * torch.randn(b, h, generator=gen),
+                         1e-4 * torch.randn(b, h, generator=gen))
+
+    class Echo:  # position = tanh of channel 0 at the decision bar
+        def rollout(self, features, horizon, full_bptt):
+            d = torch.tanh(features[:, ctx - 1 : ctx - 1 + horizon, 0])
+            return d, d
+
+    sim, objective = SimConfig(), Objective(CFG.loss, 1e-6)
+    la, _, pnl_a = batch_loss(Echo(), batch, objective, sim, h, True)
+    lb, _, _ = batch_loss(Echo(), other, objective, sim, h, True)
+    both, _, pnl = batch_loss(Echo(), batch, objective, sim, h, True, other)
+    assert both.item() == pytest.approx(0.5 * (la.item() + lb.item()), rel=1e-6)
+    assert torch.equal(pnl, pnl_a) and pnl.shape == (b, h)  # the logged PnL is the original half's
