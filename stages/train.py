@@ -31,11 +31,16 @@ from stages._cli import load_params, parser, repo_root, run_stage, write_json
 log = logging.getLogger("diffquant.stages.train")
 
 
-def data_hash(*paths: Path) -> str:
+def content_hash(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for path in paths:
-        h.update(Path(path).read_bytes())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def code_hash(root: Path) -> str:
+    """The library and this stage: a checkpoint left by other code must not be resumed as if it were ours."""
+    return content_hash([*sorted((root / "diffquant").rglob("*.py")), root / "stages" / "train.py"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,11 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     thresholds = Thresholds.from_eval(cfg.eval)
     mirror = tuple(torch.as_tensor(a) for a in mirror_spec(samples.feature_names)) if cfg.train.mirror else None
-    data_id = data_hash(root / args.split / "train.npz", root / args.split / "val.npz")
+    data_id = content_hash([root / args.split / "train.npz", root / args.split / "val.npz"])
     spec = {
         "policy": checkpoint.policy_spec(cfg.model, samples.feature_names, cfg.window.context),
         "train": dataclasses.asdict(cfg.train), "loss": dataclasses.asdict(cfg.loss),
-        "sim": dataclasses.asdict(cfg.sim), "seed": cfg.seed, "data": data_id,
+        "sim": dataclasses.asdict(cfg.sim), "seed": cfg.seed, "data": data_id, "code": code_hash(root),
+        "validation": {**thresholds.to_dict(), "days_per_year": cfg.eval.days_per_year},
     }  # fmt: skip
 
     done = completed_epochs(out, spec)

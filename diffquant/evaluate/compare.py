@@ -52,7 +52,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
             return ""
         if isinstance(v, float):
-            return f"{v:.3f}"
+            return f"{v:.0f}" if v.is_integer() and abs(v) >= 1 else f"{v:.3f}"
         return str(v)
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]

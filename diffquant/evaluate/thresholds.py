@@ -72,13 +72,11 @@ def search(
 
     def run(trial: optuna.Trial) -> float:
         value, rebalances = evaluate(_suggest(trial, lo, hi), trial.number + 1)
-        trial.set_user_attr("constraint", [float(min_rebalances - rebalances)])
+        trial.set_constraint("min_rebalances", min_rebalances - rebalances)  # feasible when <= 0
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=max(1, min(10, trials // 3)), constraints_func=lambda t: t.user_attrs["constraint"]
-    )
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10, trials // 3)))
     study = optuna.create_study(direction="maximize", sampler=sampler)
     evaluate(default, 0)  # the configured thresholds, outside the search space on purpose
     study.optimize(run, n_trials=trials)
