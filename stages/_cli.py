@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from diffquant.config import Config, load
@@ -48,6 +49,20 @@ def write_json(path: Path, obj: Any) -> None:
     """Indented JSON, written atomically; NaN is refused (DVC and other readers cannot parse it)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """A CSV table, written atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def read_run_id(path: Path) -> str:
+    """The MLflow run that train opened, for the stages that log into it."""
+    try:
+        return json.loads(Path(path).read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        raise DiffQuantError(f"{path}: no MLflow run id; run the train stage first (dvc repro -f train)") from None
 
 
 def run_stage(main: Callable[[], None]) -> None:

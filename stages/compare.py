@@ -7,7 +7,7 @@ import logging
 from diffquant import tracking
 from diffquant.data.contracts import atomic_path
 from diffquant.evaluate.compare import comparison_table, to_markdown
-from stages._cli import parser, repo_root, run_stage, write_json
+from stages._cli import parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.compare")
 
@@ -20,8 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
 
     table = comparison_table(tracking.search_runs(root))
-    with atomic_path(out / "compare.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(out / "compare.csv", table)
     with atomic_path(out / "compare.md") as tmp:
         tmp.write_text(to_markdown(table.drop(columns=["run_id", "start_time"])))
     best = table["test_sharpe"].astype(float).max() if len(table) else None

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
-
-import pandas as pd
 
 from diffquant import tracking
-from diffquant.data.contracts import atomic_path
 from diffquant.data.splits import Series
 from diffquant.evaluate.runner import Scorer, Thresholds
 from diffquant.plots import plot_walk_forward
 from diffquant.train import checkpoint
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, parser, read_run_id, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.evaluate")
 
@@ -23,15 +19,11 @@ SPLITS = ("test", "backtest")
 BASELINES = {"buy_and_hold": 1.0, "flat": 0.0}
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--split", default="data_source/split")
     p.add_argument("--train-dir", default="outputs/train")
+    p.add_argument("--run-file", default="outputs/mlflow_run.json")
     p.add_argument("--thresholds", default="outputs/thresholds/thresholds.json")
     p.add_argument("--out", default="outputs/evaluate")
     p.add_argument("--metrics", default="outputs/metrics/evaluate.json")
@@ -43,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     model = checkpoint.build_policy(checkpoint.load(path), path)
     thresholds = Thresholds.from_dict(json.loads((root / args.thresholds).read_text()))
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    run = tracking.open_run(root, pd.read_json(root / args.train_dir / "run.json", typ="series")["run_id"])
+    run = tracking.open_run(root, read_run_id(root / args.run_file))
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for split in SPLITS:
@@ -52,9 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         baselines = {name: scorer.constant(series, pos) for name, pos in BASELINES.items()}
         summary[split] = {"policy": metrics, **{name: m for name, (_, m) in baselines.items()}}
 
-        _write_csv(result.record, out / f"{split}_record.csv")
-        _write_csv(result.rebalances, out / f"{split}_rebalances.csv")
-        _write_csv(baselines["buy_and_hold"][0].record, out / f"{split}_buy_and_hold_record.csv")
+        write_csv(out / f"{split}_record.csv", result.record)
+        write_csv(out / f"{split}_rebalances.csv", result.rebalances)
+        write_csv(out / f"{split}_buy_and_hold_record.csv", baselines["buy_and_hold"][0].record)
         plot_walk_forward(
             result.record,
             f"{cfg.experiment}: {split} ({cfg.eval.checkpoint}.pt)",

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import logging
 
-import pandas as pd
-
 from diffquant import tracking
-from diffquant.data.contracts import atomic_path
 from diffquant.data.splits import Series
 from diffquant.evaluate.runner import Scorer, Thresholds
 from diffquant.evaluate.thresholds import search
 from diffquant.evaluate.walk_forward import policy_decisions
 from diffquant.train import checkpoint
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, parser, read_run_id, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.threshold_opt")
 
@@ -22,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--val", default="data_source/split/val.npz")
     p.add_argument("--train-dir", default="outputs/train")
+    p.add_argument("--run-file", default="outputs/mlflow_run.json")
     p.add_argument("--out", default="outputs/thresholds")
     p.add_argument("--metrics", default="outputs/metrics/thresholds.json")
     args = p.parse_args(argv)
@@ -43,8 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.seed,
     )
 
-    with atomic_path(out / "trials.csv") as tmp:
-        result.trials.to_csv(tmp, index=False)
+    write_csv(out / "trials.csv", result.trials)
     write_json(
         out / "thresholds.json", {**result.best.to_dict(), "source": result.source, "checkpoint": cfg.eval.checkpoint}
     )
@@ -59,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         },
     )
 
-    run = tracking.open_run(root, pd.read_json(root / args.train_dir / "run.json", typ="series")["run_id"])
+    run = tracking.open_run(root, read_run_id(root / args.run_file))
     run.log_metrics({**result.best.to_dict(), "trials": len(result.trials)}, prefix="threshold_")
     run.log_metrics(result.metrics, prefix="tuned_val_")
     run.log_artifact(out / "trials.csv", "thresholds")

@@ -26,7 +26,7 @@ from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint
 from diffquant.train.episodes import episodes_from_arrays
 from diffquant.train.trainer import completed_epochs, fit, resolve_device, seed_everything
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, parser, read_run_id, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.train")
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="outputs/train")
     p.add_argument("--metrics", default="outputs/metrics/train.json")
     p.add_argument("--quality", default="data_source/raw/quality.json")
+    p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where later stages find the MLflow run")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params)
@@ -74,9 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
 
     done = completed_epochs(out, spec)
-    run_file = out / "run.json"
+    run_file = root / args.run_file
     if done and run_file.exists():
-        run = tracking.open_run(root, pd.read_json(run_file, typ="series")["run_id"])
+        run = tracking.open_run(root, read_run_id(run_file))
         log.info("resuming MLflow run %s after epoch %d", run.run_id, done)
     else:
         run = tracking.start_run(root, cfg.experiment, {"data_hash": data_id, "seed": str(cfg.seed)})
@@ -94,6 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     def validate(m: PolicyNetwork) -> dict[str, float]:
         return scorer.policy(m, val, thresholds)[1]
 
+    clock = [time.perf_counter()]
+
+    def on_epoch(record: dict[str, float]) -> None:
+        now = time.perf_counter()
+        run.log_history([{**record, "epoch_seconds": now - clock[0]}])
+        clock[0] = now
+
     t0 = time.perf_counter()
     result = fit(
         model,
@@ -107,23 +115,15 @@ def main(argv: list[str] | None = None) -> None:
         out,
         spec,
         mirror,
-        on_epoch=lambda rec: run.log_history([rec]),
+        on_epoch=on_epoch,
     )
     seconds = time.perf_counter() - t0
 
     history = result.history
     checked = [r for r in history if "val_sharpe" in r]
-    pd.DataFrame(checked)[
-        [
-            "epoch",
-            "train_loss",
-            "val_sharpe",
-            "val_total_return_pct",
-            "val_flat_share",
-            "val_turnover",
-            "val_rebalances",
-        ]
-    ].to_csv(out / "val_history.csv", index=False)
+    columns = ["epoch", "train_loss", "val_sharpe", "val_total_return_pct", "val_flat_share", "val_turnover",
+               "val_rebalances"]  # fmt: skip
+    write_csv(out / "val_history.csv", pd.DataFrame(checked)[columns])
     write_json(out / "history.json", history)
     plot_history(history, out / "history.png")
     metrics = {
@@ -132,13 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         "final_val_sharpe": checked[-1]["val_sharpe"],
         "final_train_loss": history[-1]["train_loss"],
         "epochs": len(history),
-        "resumed_after_epoch": result.resumed_from,
         "n_parameters": count_parameters(model),
         "n_train_samples": len(samples),
-        "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history),
     }
-    write_json(root / args.metrics, metrics)
+    write_json(root / args.metrics, metrics)  # deterministic: timings go to MLflow only
     run.log_metrics({k: v for k, v in metrics.items() if k != "epochs"}, step=len(history))
+    run.log_metrics({"train_seconds": seconds, "resumed_after_epoch": result.resumed_from}, step=len(history))
     for path in (out / "history.png", out / "history.json", out / "val_history.csv", root / args.params):
         run.log_artifact(path, "train")
     for name in ("best", "final"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +109,6 @@ def fit(
         range(start, cfg.epochs), desc="train", unit="epoch", disable=not progress, initial=start, total=cfg.epochs
     )
     for epoch in bar:
-        t0 = time.perf_counter()
         torch.manual_seed(seed * 1_000_003 + epoch)
         record = {
             "epoch": epoch + 1,
@@ -127,7 +125,6 @@ def fit(
                     out_dir / BEST,
                     _state(model, opt, sched, epoch + 1, [*history, record], spec, best_epoch, best_sharpe),
                 )
-        record["seconds"] = time.perf_counter() - t0
         history.append(record)
         checkpoint.save(out_dir / LAST, _state(model, opt, sched, epoch + 1, history, spec, best_epoch, best_sharpe))
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_sharpe=f"{record.get('val_sharpe', float('nan')):.2f}")
