@@ -7,6 +7,7 @@ from another configuration is refused with a message instead of failing on a sha
 from __future__ import annotations
 
 import dataclasses
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -30,9 +31,15 @@ def policy_spec(model_cfg: ModelConfig, feature_names: list[str], context: int) 
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: an interrupted save never leaves a truncated checkpoint behind."""
+    """Write atomically: an interrupted save never leaves a truncated checkpoint behind.
+
+    Serialised through memory: ``torch.save`` to a path names the archive's records after the (random) temp file,
+    which would make identical checkpoints differ byte for byte.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(Path(path)) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
