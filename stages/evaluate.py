@@ -31,15 +31,17 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params)
 
-    path = root / args.train_dir / f"{cfg.eval.checkpoint}.pt"
-    model = checkpoint.build_policy(checkpoint.load(path), path)
     thresholds = Thresholds.from_dict(json.loads((root / args.thresholds).read_text()))
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     run = tracking.open_run(root, read_run_id(root / args.run_file))
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    for split in SPLITS:
-        series = Series.load(root / args.split / f"{split}.npz")
+    quarters = {split: Series.load(root / args.split / f"{split}.npz") for split in SPLITS}
+    model = checkpoint.load_policy(
+        root / args.train_dir / f"{cfg.eval.checkpoint}.pt",
+        checkpoint.policy_spec(cfg.model, quarters["test"].feature_names, cfg.window.context),
+    )
+    for split, series in quarters.items():
         result, metrics = scorer.policy(model, series, thresholds)
         baselines = {name: scorer.constant(series, pos) for name, pos in BASELINES.items()}
         summary[split] = {"policy": metrics, **{name: m for name, (_, m) in baselines.items()}}

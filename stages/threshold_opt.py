@@ -26,9 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params)
 
-    path = root / args.train_dir / f"{cfg.eval.checkpoint}.pt"
-    model = checkpoint.build_policy(checkpoint.load(path), path)
     val = Series.load(root / args.val)
+    model = checkpoint.load_policy(
+        root / args.train_dir / f"{cfg.eval.checkpoint}.pt",
+        checkpoint.policy_spec(cfg.model, val.feature_names, cfg.window.context),
+    )
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     result = search(
         val,

@@ -7,8 +7,19 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 START_MS = 1_704_067_200_000  # 2024-01-01 00:00 UTC
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One torch thread: the test models are tiny, and on a 2-core machine two OpenMP threads stall behind any other
+    busy process (a 12 s module took minutes). Results do not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -75,3 +75,8 @@ def build_policy(state: dict[str, Any], path: Path, expected: dict[str, Any] | N
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the policy ({str(exc).splitlines()[0]})") from None
     return model
+
+
+def load_policy(path: Path, expected: dict[str, Any] | None = None) -> PolicyNetwork:
+    """``build_policy(load(path), path, expected)``: the policy of a checkpoint file, checked against ``expected``."""
+    return build_policy(load(path), path, expected)

@@ -19,13 +19,6 @@ CTX, F = 96, 6
 BACKBONES = ["itransformer", "lstm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads stall behind any other busy process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_model(backbone: str = "itransformer", seed: int = 0, feedback: bool = True) -> PolicyNetwork:

@@ -17,13 +17,6 @@ H = CFG.window.horizon
 OBJECTIVE = Objective(CFG.loss, CFG.sim.smooth_abs_eps)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads stall behind any other busy process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def primary_model(seed: int = 42, **head) -> PolicyNetwork:

@@ -42,16 +42,6 @@ VAL = synthetic(16, 1)
 MIRROR = tuple(torch.as_tensor(a) for a in mirror_spec(NAMES))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the tiny model's ops take microseconds, and on a shared 2-core machine two OpenMP threads
-    stall behind any other busy process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def new_model(seed: int = 0) -> PolicyNetwork:
     torch.manual_seed(seed)
     return PolicyNetwork(MODEL, len(NAMES), CTX)
