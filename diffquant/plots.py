@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from diffquant.data.contracts import atomic_path
+from diffquant.evaluate.metrics import underwater
 
 
 def _figure(rows: int, height: float) -> Any:
@@ -31,12 +31,6 @@ def _save(fig: Any, path: str | Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def _underwater_pct(equity: np.ndarray) -> np.ndarray:
-    """Drawdown from the running peak in % (<= 0); the peak starts at the initial capital 1.0."""
-    peak = np.maximum.accumulate(np.r_[1.0, equity])[1:]
-    return (equity / peak - 1.0) * 100.0
-
-
 def plot_walk_forward(record: pd.DataFrame, title: str, path: str | Path, benchmark_record: pd.DataFrame | None = None,
                       benchmark_label: str = "buy and hold") -> None:
     """Equity, drawdown and positions of a walk-forward ``record``, with an optional benchmark's equity overlaid."""
@@ -51,8 +45,8 @@ def plot_walk_forward(record: pd.DataFrame, title: str, path: str | Path, benchm
     ax_eq.set_ylabel("equity")
     ax_eq.legend(loc="upper left")
     ax_eq.set_title(title)
-    underwater = _underwater_pct(equity)
-    ax_dd.fill_between(time, underwater, 0.0, color="tab:red", alpha=0.4, step="post")
+    drawdown_pct = -underwater(equity) * 100.0
+    ax_dd.fill_between(time, drawdown_pct, 0.0, color="tab:red", alpha=0.4, step="post")
     ax_dd.set_ylabel("drawdown %")
     if record["raw_position"].notna().any():
         ax_pos.plot(time, record["raw_position"], lw=0.5, color="grey", alpha=0.7, label="raw")

@@ -8,13 +8,10 @@ the metrics JSON, each atomically. Run as ``python -m stages.aggregate``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
-import pandas as pd
-
 from diffquant.data.aggregate import aggregate
-from diffquant.data.contracts import validate_bars, write_parquet
+from diffquant.data.contracts import read_json, read_parquet, validate_bars, write_parquet
 from diffquant.errors import DataError
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
@@ -31,11 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     timeframe = load_params(args.params).data.timeframe_minutes
 
     raw = root / args.raw
-    try:
-        meta = json.loads((raw / "meta.json").read_text())
-        bars = validate_bars(pd.read_parquet(raw / "bars.parquet"), str(raw / "bars.parquet"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{exc.filename}: not found; run the download stage first (dvc repro download)") from None
+    meta = read_json(raw / "meta.json", "download")
+    bars = validate_bars(read_parquet(raw / "bars.parquet", "download"), str(raw / "bars.parquet"))
     if not isinstance(meta.get("source_minutes"), int):
         raise DataError(f"{raw / 'meta.json'}: no integer source_minutes; re-run the download stage")
 

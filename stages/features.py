@@ -6,15 +6,13 @@ Reads ``data_source/bars/bars.parquet`` and the download stage's ``funding.parqu
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
-import pandas as pd
 
-from diffquant.data.contracts import validate_bars, validate_funding, write_parquet
+from diffquant.data.contracts import read_json, read_parquet, validate_bars, validate_funding, write_parquet
 from diffquant.data.features import build_features, feature_columns
-from diffquant.errors import ConfigError, DataError
+from diffquant.errors import ConfigError
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.features")
@@ -31,12 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_params(args.params)
 
     raw, bars_path = root / args.raw, root / args.bars
-    try:
-        meta = json.loads((raw / "meta.json").read_text())
-        bars = validate_bars(pd.read_parquet(bars_path), str(bars_path))
-        funding = validate_funding(pd.read_parquet(raw / "funding.parquet"), str(raw / "funding.parquet"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{exc.filename}: not found; run the download and aggregate stages first (dvc repro)") from None
+    meta = read_json(raw / "meta.json", "download")
+    bars = validate_bars(read_parquet(bars_path, "aggregate"), str(bars_path))
+    funding = validate_funding(read_parquet(raw / "funding.parquet", "download"), str(raw / "funding.parquet"))
     if not meta.get("funding_available", False) and cfg.sim.funding:
         raise ConfigError(
             f"sim.funding is true but data.source={meta.get('source')!r} provides no funding rates "

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import logging
 
-import pandas as pd
-
+from diffquant.data.contracts import read_parquet
 from diffquant.data.splits import make_splits
-from diffquant.errors import DataError
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.split")
@@ -27,10 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_params(args.params)
 
     path = root / args.features
-    try:
-        table = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run the features stage first (dvc repro features)") from None
+    table = read_parquet(path, "features")
     samples, series, stats = make_splits(
         table, cfg.split, cfg.window, cfg.sim.execution_lag_bars, cfg.data.timeframe_minutes
     )

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from diffquant.data.contracts import OPTIONAL_BAR_COLUMNS, from_ms, to_ms
+from diffquant.data.contracts import MINUTE_MS, OPTIONAL_BAR_COLUMNS, from_ms, to_ms
 from diffquant.errors import ConfigError, DataError
 
-MINUTE_MS = 60_000
 MAX_TIMEFRAME_MINUTES = 1440  # the range params.yaml accepts for data.timeframe_minutes
 
 

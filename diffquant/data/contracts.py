@@ -12,14 +12,17 @@ NaN/inf, non-positive prices, duplicated or unsorted stamps. Gaps and zero-volum
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from diffquant.errors import DataError
 
@@ -28,6 +31,7 @@ BAR_COLUMNS = ("open_time", *PRICE_COLUMNS, "volume")
 OPTIONAL_BAR_COLUMNS = ("num_trades",)
 FUNDING_COLUMNS = ("funding_time", "funding_rate")
 TIME_DTYPE = "datetime64[ms, UTC]"
+MINUTE_MS = 60_000
 
 
 def _rows(mask: np.ndarray, limit: int = 5) -> str:
@@ -122,6 +126,30 @@ def validate_funding(df: pd.DataFrame, where: str) -> pd.DataFrame:
     out["funding_rate"] = rate
     _check_stamps(out["funding_time"], "funding_time", where)
     return out.reset_index(drop=True)
+
+
+def read_parquet(path: Path, produced_by: str) -> pd.DataFrame:
+    """A stage's parquet input; missing or damaged -> ``DataError`` saying which stage makes it."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the {produced_by} stage first (dvc repro {produced_by})") from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DataError(
+            f"{path}: not a readable parquet file ({exc}); re-run the {produced_by} stage (dvc repro -f {produced_by})"
+        ) from None
+
+
+def read_json(path: Path, produced_by: str) -> Any:
+    """A stage's JSON input; missing or damaged -> ``DataError`` saying which stage makes it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the {produced_by} stage first (dvc repro {produced_by})") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: not valid JSON ({exc}); re-run the {produced_by} stage (dvc repro -f {produced_by})"
+        ) from None
 
 
 def sha256(path: Path) -> str:

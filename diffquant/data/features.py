@@ -13,8 +13,9 @@ Every channel at bar ``t`` uses bars ``<= t`` only (a bar's data is known at its
 Rolling windows expand over the first bars (fewer than w rows exist).
 
 Prices are validated > 0, so no epsilon is needed (the seed added 1e-10 everywhere). Rolling windows count rows, so
-after a gap they reach across it; the split stage never builds a sample across a gap, so such values are only
-seen by walk-forward's warm-up, as in the seed. The first bar is dropped: it has no previous close.
+after a gap they reach across it (as in the seed): the first bar after a gap carries the log-return across the gap,
+and the next rolling windows include bars from before it. That is causal, not leakage, and a sample may start right
+after a gap; it never contains one. The first bar is dropped: it has no previous close.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import pandas as pd
 from pandas.api.typing import Rolling
 
 from diffquant.config import FeatureConfig
-from diffquant.data.aggregate import MINUTE_MS, check_grid
-from diffquant.data.contracts import PRICE_COLUMNS, from_ms, to_ms
+from diffquant.data.aggregate import check_grid
+from diffquant.data.contracts import MINUTE_MS, PRICE_COLUMNS, from_ms, to_ms
 from diffquant.errors import ConfigError
 
 SOURCE_CHANNELS = ("open", "high", "low", "close", "volume", "num_trades")

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffquant.data.contracts import PRICE_COLUMNS
+from diffquant.data.contracts import MINUTE_MS, PRICE_COLUMNS
 
-MINUTE_MS = 60_000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # For zero-mean normal returns, median |r| = 0.6745 sigma: this turns the median absolute return into a sigma that
 # one crash cannot inflate (the plain standard deviation can).

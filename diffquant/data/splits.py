@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import SplitConfig, WindowConfig
-from diffquant.data.aggregate import MINUTE_MS, check_grid
-from diffquant.data.contracts import atomic_path, from_ms, to_ms
+from diffquant.data.aggregate import check_grid
+from diffquant.data.contracts import MINUTE_MS, atomic_path, from_ms, to_ms
 from diffquant.data.features import FEATURE_PREFIX, feature_columns
 from diffquant.errors import ConfigError, DataError
 

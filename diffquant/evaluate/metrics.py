@@ -50,10 +50,15 @@ def sortino(net: np.ndarray, ann: float) -> float:
     return ann * _ratio(float(np.mean(net)), downside)
 
 
-def max_drawdown(equity: np.ndarray) -> float:
-    """Largest fall from a running peak, as a fraction; the peak starts at the initial capital 1.0."""
+def underwater(equity: np.ndarray) -> np.ndarray:
+    """Fall from the running peak per bar, as a fraction (>= 0); the peak starts at the initial capital 1.0."""
     peak = np.maximum.accumulate(np.r_[1.0, equity])[1:]
-    return float(np.max(1.0 - equity / peak))
+    return 1.0 - equity / peak
+
+
+def max_drawdown(equity: np.ndarray) -> float:
+    """Largest fall from a running peak, as a fraction."""
+    return float(np.max(underwater(equity)))
 
 
 def compute_metrics(record: pd.DataFrame, timeframe_minutes: float, days_per_year: float = 365,

@@ -10,10 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffquant.data.contracts import from_ms, to_ms, validate_funding, verify_sha256
+from diffquant.data.contracts import MINUTE_MS, from_ms, to_ms, validate_funding, verify_sha256
 from diffquant.errors import DataError
-
-MINUTE_MS = 60_000
 
 
 @dataclass(frozen=True)
