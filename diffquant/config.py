@@ -218,6 +218,18 @@ class ThresholdConfig:
 
 
 @dataclass(frozen=True)
+class OptimizeConfig:
+    """Hyper-parameter search (``python -m stages.optimize``); not part of ``dvc repro``."""
+
+    trials: int = _f(50, **_range(1))  # finished trials the study aims at, over all workers and machines
+    workers: int = _f(1, **_range(1))  # worker processes this command starts
+    storage: str = "outputs/optimize/journal.log"  # a file path (Optuna journal) or an SQLAlchemy URL
+    study_name: str = ""  # empty: the experiment name
+    epochs: int = _f(0, **_range(0))  # training epochs per trial; 0: train.epochs
+    pruner_warmup_epochs: int = _f(6, **_range(0))  # no trial is pruned before this epoch
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: str = "itransformer_hybrid"
     seed: int = 42
@@ -231,6 +243,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
 
     def validate(self) -> Config:
         """Cross-field rules; returns self so ``load`` can chain it."""

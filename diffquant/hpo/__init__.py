@@ -1,0 +1,61 @@
+"""Hyper-parameter search over training: an Optuna study on a shared storage, trained by worker processes.
+
+``objective``: the search space and what one trial does; ``study``: storage, study, workers, summary;
+``params_file``: the best values back into params.yaml. ``stages/optimize.py`` is the command.
+"""
+
+from diffquant.hpo.objective import (
+    SPACE,
+    Dim,
+    TrialData,
+    TrialObjective,
+    TrialOutcome,
+    search_space,
+    selected_value,
+    train_trial,
+    trial_seed,
+    with_params,
+)
+from diffquant.hpo.params_file import write_params
+from diffquant.hpo.study import (
+    PARENT_RUN_ATTR,
+    StorageError,
+    StudyMismatch,
+    check_setup,
+    create_study,
+    load_study,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    run_worker,
+    setup,
+    storage_kind,
+    summarize,
+)
+
+__all__ = [
+    "PARENT_RUN_ATTR",
+    "SPACE",
+    "Dim",
+    "StorageError",
+    "StudyMismatch",
+    "TrialData",
+    "TrialObjective",
+    "TrialOutcome",
+    "check_setup",
+    "create_study",
+    "load_study",
+    "make_pruner",
+    "make_sampler",
+    "open_storage",
+    "run_worker",
+    "search_space",
+    "selected_value",
+    "setup",
+    "storage_kind",
+    "summarize",
+    "train_trial",
+    "trial_seed",
+    "with_params",
+    "write_params",
+]
