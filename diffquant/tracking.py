@@ -8,6 +8,7 @@ runs stages from temp copies), or whatever ``MLFLOW_TRACKING_URI`` names (a team
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -35,8 +36,15 @@ def _mlflow():
     return mlflow
 
 
+def store_root(root: Path) -> Path:
+    """The repository whose ``mlruns/`` holds the store: ``DVC_ROOT`` when set (for a queued experiment that is the
+    parent repository, not the temp copy the stage runs in, so every experiment lands in the one store), else ``root``.
+    """
+    return Path(os.environ.get("DVC_ROOT") or root).resolve()
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlruns' / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(root) / 'mlruns' / 'mlflow.db'}"
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -54,18 +62,38 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise opening a sqlite store: two queued experiments creating a fresh database at once race on its schema
+    migration and one crashes (alembic: 'expected to match one row ... 0 found')."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".store.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _client_and_experiment(root: Path) -> tuple[Any, str]:
-    mlflow = _mlflow()
     uri = tracking_uri(root)
     check_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with _store_lock(uri):
+        return _open_store(root, uri)
+
+
+def _open_store(root: Path, uri: str) -> tuple[Any, str]:
+    mlflow = _mlflow()
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return client, exp.experiment_id
-    location = None if uri.startswith("http") else (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
+    location = None if uri.startswith("http") else (store_root(root) / "mlruns" / "artifacts").as_uri()
     try:
         return client, client.create_experiment(EXPERIMENT, artifact_location=location)
     except Exception:  # another process created it first (queued experiments run concurrently)
@@ -128,6 +156,10 @@ class Run:
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which ``key`` is already in the run (a resumed run logs only the others)."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         entities = _mlflow().entities
         self.client.log_batch(self.run_id, tags=[entities.RunTag(k, str(v)) for k, v in tags.items()])
@@ -139,9 +171,26 @@ class Run:
         self.client.set_terminated(self.run_id, status)
 
 
+VERSIONED = ("torch", "numpy", "pandas", "mlflow", "dvc", "optuna")
+
+
+def library_versions() -> dict[str, str]:
+    """``version.<package>`` tags: a result is only reproducible with the versions that produced it."""
+    import platform
+    from importlib import metadata
+
+    versions = {"version.python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[f"version.{name}"] = "not installed"
+    return versions
+
+
 def start_run(root: Path, run_name: str, tags: Mapping[str, str]) -> Run:
     client, exp_id = _client_and_experiment(root)
-    run = client.create_run(exp_id, run_name=run_name, tags={**git_tags(root), **tags})
+    run = client.create_run(exp_id, run_name=run_name, tags={**git_tags(root), **library_versions(), **tags})
     return Run(client, run.info.run_id)
 
 

@@ -26,7 +26,15 @@ log = logging.getLogger("diffquant.stages")
 
 
 def repo_root() -> Path:
-    """``DVC_ROOT`` when DVC runs the stage (possibly in a temp workspace), else the working directory."""
+    """The workspace a stage reads and writes: the working directory when DVC runs the stage (``DVC_STAGE`` set; every
+    stage runs at its workspace's root), else ``DVC_ROOT`` (set by hand, e.g. by tests), else the working directory.
+
+    A queued or ``--temp`` experiment runs in a temp copy while DVC points ``DVC_ROOT`` at the parent repository: there
+    ``DVC_ROOT`` would read the parent's params.yaml and write outputs into the parent's workspace. The MLflow store,
+    shared by all experiments, stays under ``DVC_ROOT`` (``diffquant.tracking.tracking_uri``).
+    """
+    if os.environ.get("DVC_STAGE"):
+        return Path.cwd().resolve()
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 

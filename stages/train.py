@@ -19,13 +19,14 @@ from diffquant import tracking
 from diffquant.config import flatten
 from diffquant.data.features import mirror_spec
 from diffquant.data.splits import Samples, Series
+from diffquant.errors import ConfigError
 from diffquant.evaluate.runner import Scorer, Thresholds
 from diffquant.model.policy import PolicyNetwork, count_parameters
 from diffquant.plots import plot_history
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint
 from diffquant.train.episodes import episodes_from_arrays
-from diffquant.train.trainer import completed_epochs, fit, resolve_device, seed_everything
+from diffquant.train.trainer import LAST, completed_epochs, fit, resolve_device, seed_everything
 from stages._cli import load_params, parser, read_run_id, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.train")
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> None:
 
     samples = Samples.load(root / args.split / "train.npz")
     val = Series.load(root / args.split / "val.npz")
+    if len(samples) < cfg.train.batch_size:  # before any output: a refused config leaves nothing behind
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) is larger than the {len(samples)} training samples in "
+            f"{args.split}/train.npz; lower train.batch_size or widen the train split"
+        )
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -78,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     run_file = root / args.run_file
     if done and run_file.exists():
         run = tracking.open_run(root, read_run_id(run_file))
+        # A kill between saving last.pt and logging its epoch leaves that epoch unlogged: log what is missing.
+        logged = run.logged_steps("train_loss")
+        run.log_history([r for r in checkpoint.load(out / LAST)["history"] if r["epoch"] not in logged])
         log.info("resuming MLflow run %s after epoch %d", run.run_id, done)
     else:
         run = tracking.start_run(root, cfg.experiment, {"data_hash": data_id, "seed": str(cfg.seed)})

@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from diffquant.config import SimConfig, TrainConfig
+from diffquant.errors import ConfigError
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint
@@ -50,7 +51,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is visible; use train.device=auto or cpu")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use train.device=auto or cpu")
     return torch.device(name)
 
 
@@ -99,7 +100,7 @@ def fit(
     best_epoch, best_sharpe = state["best_epoch"], state["best_val_sharpe"]
     start = state["epoch"]
     if len(episodes) < cfg.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"{len(episodes)} training samples < train.batch_size ({cfg.batch_size}); lower the batch size"
         )
     episodes = episodes.to(device)

@@ -1,0 +1,252 @@
+"""Bad params, CLI arguments and checkpoints reaching real stage processes (``python -m stages.<stage>``).
+
+Each case must end with exit code 2, exactly one ERROR line naming the key or file at fault, no traceback, and no
+output written or changed (the stage's previous valid outputs stay byte for byte). Data-file cases are covered
+through the download stage in tests/data/test_sources.py and checkpoint damage at library level in
+tests/train/test_checkpoint.py; this file covers what enters through params.yaml, the command line and the files
+one stage hands the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from diffquant import tracking
+from diffquant.config import ModelConfig, from_dict
+from diffquant.data.splits import Series
+from diffquant.model.policy import PolicyNetwork
+from diffquant.train import checkpoint
+from tests.reliability.repo_copy import TINY, deep_update, stage, tiny_params
+
+DATA_DIRS = ("data_source/raw", "data_source/bars", "data_source/features", "data_source/split")
+
+
+@pytest.fixture(scope="module")
+def root(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace holding the data stages' valid outputs (no git, no DVC): the stages run against it."""
+    dst = tmp_path_factory.mktemp("bad_params")
+    for rel in DATA_DIRS:
+        shutil.copytree(prepared / rel, dst / rel)
+    (dst / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    return dst
+
+
+def snapshot(root: Path, skip: str | None = None) -> dict[str, str]:
+    """sha256 of every file under ``root`` (but the folder ``skip``): a failed stage must leave this unchanged."""
+    files = [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != skip]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def params_file(tmp_path: Path, override: dict[str, Any] | str) -> Path:
+    """Tiny params with ``override`` applied, or the literal YAML text ``override``."""
+    path = tmp_path / "params.yaml"
+    text = override if isinstance(override, str) else yaml.safe_dump(tiny_params(**override), sort_keys=False)
+    path.write_text(text)
+    return path
+
+
+def assert_refused(done: subprocess.CompletedProcess[str], fragments: tuple[str, ...]) -> None:
+    assert done.returncode == 2, f"exit {done.returncode}\n{done.stderr[-3000:]}"
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+
+
+# (stage, params override or YAML text, fragments the ERROR line must contain)
+PARAMS_CASES: dict[str, tuple[str, dict[str, Any] | str, tuple[str, ...]]] = {
+    # wrong type
+    "string_for_int": ("train", {"train": {"epochs": "ten"}}, ("train.epochs", "expected an integer")),
+    "float_for_int": ("split", {"window": {"context": 96.5}}, ("window.context", "expected an integer")),
+    "scalar_for_list": ("train", {"model": {"head": {"dense": 64}}}, ("model.head.dense", "a list of")),
+    "bool_for_number": ("sanity", {"loss": {"lambda_bias": True}}, ("loss.lambda_bias", "expected a number")),
+    "unknown_choice": ("train", {"loss": {"type": "sharp"}}, ("loss.type", "one of")),
+    "unquoted_date": ("split", "split:\n  val_start: 2025-04-01\n", ("split.val_start", '"2025-04-01"', "quotes")),
+    "not_a_date": ("split", {"split": {"val_start": "April"}}, ("split.val_start", "YYYY-MM-DD")),
+    "not_a_mapping": ("train", "- seed\n- 42\n", ("params must be a mapping",)),
+    "invalid_yaml": ("train", "train: [1, 2\n", ("not valid YAML",)),
+    # out of range
+    "negative_commission": ("evaluate", {"sim": {"commission": -0.1}}, ("sim.commission", "out of range")),
+    "zero_lr": ("train", {"train": {"lr": 0.0}}, ("train.lr", "out of range")),
+    "probability_above_one": ("train", {"train": {"mirror_prob": 1.5}}, ("train.mirror_prob", "out of range")),
+    "timeframe_above_a_day": ("aggregate", {"data": {"timeframe_minutes": 2880}}, ("data.timeframe_minutes",)),
+    # unknown key
+    "unknown_key": ("train", {"train": {"epoch": 5}}, ("unknown key(s) train.epoch", "allowed here")),
+    "unknown_section": ("download", {"trian": {"epochs": 5}}, ("unknown key(s) trian",)),
+    # cross-field rules and rules against the data
+    "heads_do_not_divide": ("train", {"model": {"itransformer": {"n_heads": 3}}}, ("model.itransformer.d_model",)),
+    "horizon_within_lag": ("split", {"window": {"horizon": 2}, "sim": {"execution_lag_bars": 2}}, ("window.horizon",)),
+    "dates_out_of_order": ("split", {"split": {"test_start": "2025-03-01"}}, ("split.test_start", "must be after")),
+    "window_longer_than_train": (
+        "split",
+        {"window": {"context": 2800, "horizon": 100}},
+        ("no training sample", "window.context + window.horizon = 2900", "split.train_start"),
+    ),
+    "train_split_without_bars": (
+        "split",
+        {"split": {"train_start": "2023-01-01", "val_start": "2023-06-01"}},
+        ("no training sample", "holds 0 bars"),
+    ),
+    "quarter_without_bars": (
+        "split",
+        {"split": {"backtest_start": "2026-01-01", "backtest_end": "2026-04-01"}},
+        ("split.backtest_start .. split.backtest_end", "holds no bar"),
+    ),
+    "quarter_after_the_data": ("split", {"split": {"backtest_end": "2026-02-01"}}, ("split.backtest_end",)),
+    "timeframe_not_divisible": (
+        "aggregate",
+        {"data": {"timeframe_minutes": 7}},
+        ("data.timeframe_minutes (7)", "source resolution (5 min)"),
+    ),
+    "timeframe_of_other_features": ("split", {"data": {"timeframe_minutes": 60}}, ("data.timeframe_minutes",)),
+    "batch_larger_than_data": ("train", {"train": {"batch_size": 4096}}, ("train.batch_size (4096)", "train.npz")),
+}
+if not torch.cuda.is_available():
+    PARAMS_CASES["cuda_without_gpu"] = ("train", {"train": {"device": "cuda"}}, ("train.device",))
+
+
+@pytest.mark.parametrize("case", PARAMS_CASES)
+def test_bad_params_are_refused_without_output(root: Path, tmp_path: Path, case: str) -> None:
+    name, override, fragments = PARAMS_CASES[case]
+    path = params_file(tmp_path, override)
+    before = snapshot(root)
+    assert_refused(stage(name, root, "--params", str(path)), fragments)
+    assert snapshot(root) == before
+
+
+# --- command line ----------------------------------------------------------------------------------------------------
+
+
+def test_unknown_option_prints_usage_and_exits_2(root: Path) -> None:
+    before = snapshot(root)
+    done = stage("train", root, "--epochs", "3")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("usage: ") and "error: unrecognized arguments: --epochs 3" in done.stderr
+    assert snapshot(root) == before
+
+
+def test_missing_params_file_is_one_error_line(root: Path) -> None:
+    before = snapshot(root)
+    assert_refused(stage("split", root, "--params", "no/such/params.yaml"), ("no/such/params.yaml", "file not found"))
+    assert snapshot(root) == before
+
+
+def test_missing_upstream_output_names_the_stage_to_run(root: Path, tmp_path: Path) -> None:
+    before = snapshot(root)
+    assert_refused(stage("aggregate", root, "--raw", str(tmp_path / "empty")), ("not found", "download stage"))
+    assert snapshot(root) == before
+
+
+# --- checkpoints reaching the stages that load them ------------------------------------------------------------------
+
+
+def _save_policy(path: Path, model_override: dict[str, Any], feature_names: list[str]) -> None:
+    """A checkpoint as the trainer writes it, for a policy of another configuration."""
+    cfg: ModelConfig = from_dict(deep_update(deep_update({}, TINY), {"model": model_override})).model
+    context = 96
+    model = PolicyNetwork(cfg, len(feature_names), context)
+    spec = checkpoint.policy_spec(cfg, feature_names, context)
+    checkpoint.save(path, {"model_state": model.state_dict(), "policy_spec": spec, "epoch": 1})
+
+
+def _names(root: Path) -> list[str]:
+    return Series.load(root / "data_source" / "split" / "val.npz").feature_names
+
+
+CHECKPOINTS: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
+    "other_model_shape": (
+        lambda path, root: _save_policy(path, {"itransformer": {"d_model": 16}}, _names(root)),
+        ("best.pt", "another configuration", "model"),
+    ),
+    "other_features": (
+        lambda path, root: _save_policy(path, {}, _names(root)[:4]),
+        ("best.pt", "another configuration", "feature_names"),
+    ),
+    "truncated": (
+        lambda path, root: (
+            _save_policy(path, {}, _names(root)),
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+        ),
+        ("best.pt", "not a readable checkpoint"),
+    ),
+    "garbage": (lambda path, root: path.write_bytes(b"\x00not a checkpoint" * 64), ("best.pt", "not a readable")),
+    "missing": (lambda path, root: None, ("best.pt", "checkpoint not found")),
+}
+
+
+@pytest.mark.parametrize("case", CHECKPOINTS)
+def test_threshold_opt_refuses_a_bad_checkpoint(root: Path, tmp_path: Path, case: str) -> None:
+    make, fragments = CHECKPOINTS[case]
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    make(train_dir / "best.pt", root)
+    before = snapshot(root)
+    out = tmp_path / "thresholds"
+    done = stage(
+        "threshold_opt", root, "--train-dir", str(train_dir), "--out", str(out),
+        "--metrics", str(tmp_path / "thresholds.json"), "--run-file", str(tmp_path / "run.json"),
+    )  # fmt: skip
+    assert_refused(done, fragments)
+    assert not out.exists() and not (tmp_path / "thresholds.json").exists()
+    assert snapshot(root) == before
+
+
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with an open MLflow run and thresholds: evaluate opens the run before it loads the checkpoint."""
+    dst = tmp_path_factory.mktemp("evaluate")
+    thresholds = {"enter_long": 0.1, "enter_short": 0.1, "exit": 0.05, "min_delta": 0.03}
+    (dst / "thresholds.json").write_text(json.dumps(thresholds))
+    run = tracking.start_run(dst, "bad-checkpoint", {})
+    (dst / "run.json").write_text(json.dumps({"run_id": run.run_id}))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["other_features", "truncated"])
+def test_evaluate_refuses_a_bad_checkpoint(root: Path, eval_root: Path, tmp_path: Path, case: str) -> None:
+    make, fragments = CHECKPOINTS[case]
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    make(train_dir / "best.pt", root)
+    before = snapshot(eval_root, skip="mlruns")
+    out = tmp_path / "evaluate"
+    done = stage(
+        "evaluate", eval_root, "--params", str(root / "params.yaml"), "--split", str(root / "data_source/split"),
+        "--train-dir", str(train_dir), "--thresholds", "thresholds.json", "--out", str(out),
+        "--metrics", str(tmp_path / "evaluate.json"), "--run-file", "run.json",
+    )  # fmt: skip
+    assert_refused(done, fragments)
+    assert not out.exists() and not (tmp_path / "evaluate.json").exists()
+    assert snapshot(eval_root, skip="mlruns") == before  # the store itself is checked through MLflow below
+    run_id = json.loads((eval_root / "run.json").read_text())["run_id"]
+    assert tracking.open_run(eval_root, run_id).client.get_run(run_id).data.metrics == {}
+
+
+# --- funding asked for, none in the data -----------------------------------------------------------------------------
+
+
+def test_funding_on_with_a_file_source_without_funding(tmp_path: Path, make_bars: Callable[..., pd.DataFrame]) -> None:
+    """The download stage only warns (the bars are fine); the features stage, which would use funding, refuses."""
+    make_bars(n=400, minutes=5).to_csv(tmp_path / "bars.csv", index=False)
+    params = params_file(tmp_path, {"data": {"source": "file", "path": "bars.csv"}, "sim": {"funding": True}})
+    assert stage("download", tmp_path, "--params", str(params)).returncode == 0
+    assert stage("aggregate", tmp_path, "--params", str(params)).returncode == 0
+    before = snapshot(tmp_path)
+    assert_refused(
+        stage("features", tmp_path, "--params", str(params)),
+        ("sim.funding is true", "data.source='file'", "data.funding_path", "sim.funding=false"),
+    )
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "data_source" / "features").exists()

@@ -1,0 +1,116 @@
+"""A training process killed mid-run (SIGKILL, no chance to clean up) and restarted with ``dvc repro`` must resume
+from its last epoch checkpoint, end with the metrics of an uninterrupted run, and leave MLflow with one run whose
+per-epoch history has every epoch exactly once.
+
+Faults injected: SIGKILL of ``python -m stages.train`` once ``last.pt`` holds epoch >= 1 and before the last
+epoch; then the epoch of that ``last.pt`` is deleted from the MLflow store, as if the kill had landed between
+saving the checkpoint and logging its epoch (a real window: the trainer saves first, the stage logs after).
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from diffquant.train import checkpoint
+from tests.reliability.repo_copy import client, clone_tree, commit, dvc, env, read_json, runs, tiny_params
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 6
+# Batches of 4 make an epoch take ~0.5 s on 2 CPU cores (~30 optimiser steps): long enough to kill mid-run.
+PARAMS = tiny_params(train={"epochs": EPOCHS, "batch_size": 4})
+HISTORY_KEYS = ("train_loss", "lr", "train_sharpe_per_bar")
+
+
+def _with_params(repo: Path) -> Path:
+    (repo / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
+    commit(repo, "kill-test params")
+    return repo
+
+
+def _epoch_of(path: Path) -> int:
+    """Epoch in a ``last.pt`` being rewritten (atomically) by the trainer; 0 while none is readable yet."""
+    try:
+        return int(checkpoint.load(path)["epoch"])
+    except checkpoint.CheckpointError:
+        return 0
+
+
+def _kill_mid_run(repo: Path, timeout_s: float = 180) -> int:
+    """Start the train stage and SIGKILL it once ``last.pt`` shows an epoch in [1, EPOCHS); the epoch it left."""
+    last = repo / "outputs" / "train" / "last.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=repo,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while _epoch_of(last) < 1:
+            if proc.poll() is not None:
+                pytest.fail(f"train exited ({proc.returncode}) before its first epoch:\n{proc.stderr.read()[-3000:]}")
+            assert time.monotonic() < deadline, f"no epoch checkpoint in {last} after {timeout_s} s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"train was not killed but exited with {proc.returncode}"
+    done = _epoch_of(last)
+    assert 1 <= done < EPOCHS, f"the kill landed after the last epoch ({done}); make epochs slower"
+    return done
+
+
+def _forget_epoch(repo: Path, run_id: str, epoch: int) -> None:
+    """Delete one epoch's per-epoch metrics from the sqlite store (the kill-between-save-and-log window)."""
+    with sqlite3.connect(repo / "mlruns" / "mlflow.db") as db:
+        db.execute("DELETE FROM metrics WHERE run_uuid = ? AND step = ?", (run_id, epoch))
+
+
+def _history(repo: Path, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client(repo).get_metric_history(run_id, key))
+
+
+def test_killed_training_resumes_and_matches_an_uninterrupted_run(prepared: Path, tmp_path: Path) -> None:
+    killed = _with_params(clone_tree(prepared, tmp_path / "killed"))
+    done = _kill_mid_run(killed)
+    (run,) = runs(killed)
+    _forget_epoch(killed, run.info.run_id, done)
+
+    out = dvc("repro", cwd=killed)
+    assert f"resuming from {killed.resolve() / 'outputs' / 'train' / 'last.pt'} after epoch {done}" in out, out[-3000:]
+
+    clean = _with_params(clone_tree(prepared, tmp_path / "clean"))
+    dvc("repro", cwd=clean)
+
+    for name in ("train.json", "thresholds.json", "evaluate.json"):
+        assert read_json(killed / "outputs/metrics" / name) == read_json(clean / "outputs/metrics" / name), name
+    for name in ("best.pt", "final.pt"):
+        a, b = (checkpoint.load(r / "outputs/train" / name)["model_state"] for r in (killed, clean))
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+
+    (run,) = runs(killed)  # one run: the restart continued the killed one, opened no second
+    (ref,) = runs(clean)
+    assert run.info.run_id == read_json(killed / "outputs/mlflow_run.json")["run_id"]
+    assert run.data.metrics["resumed_after_epoch"] == done
+    for key in HISTORY_KEYS:
+        got = _history(killed, run.info.run_id, key)
+        assert [s for s, _ in got] == list(range(1, EPOCHS + 1)), f"{key}: steps {[s for s, _ in got]}"
+        assert got == _history(clean, ref.info.run_id, key), key
+    val = [s for s, _ in _history(killed, run.info.run_id, "val_sharpe")]
+    assert val == [s for s, _ in _history(clean, ref.info.run_id, "val_sharpe")] == [2, 4, 6]
+    assert "test_sharpe" in run.data.metrics and run.data.metrics.keys() == ref.data.metrics.keys()

@@ -1,0 +1,87 @@
+"""Tracking faults: an unreachable MLflow server stops training before it starts; two queued DVC experiments run
+at once (``dvc queue start -j 2``) and both land, complete, in the one MLflow store of the repository.
+
+Faults injected: ``MLFLOW_TRACKING_URI`` pointing at a closed loopback port; two experiments writing to one sqlite
+store concurrently from DVC's temp workspaces.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.repo_copy import clone_tree, dvc, env, read_json, runs, stage
+
+LRS = ("0.002", "0.0005")
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_stops_train_before_training(prepared: Path, tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    out = tmp_path / "out"
+    done = stage(
+        "train",
+        prepared,
+        "--out", str(out / "train"), "--metrics", str(out / "train.json"), "--run-file", str(out / "run.json"),
+        MLFLOW_TRACKING_URI=uri,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"MLFLOW_TRACKING_URI={uri} is not reachable" in errors[0], done.stderr[-3000:]
+    assert "train:" not in done.stderr  # no epoch was started (the progress bar never appeared)
+    assert not out.exists(), sorted(out.rglob("*"))
+
+
+def _wait_for_queue(repo: Path, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = dvc("queue", "status", cwd=repo)
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        assert time.monotonic() < deadline, f"queued experiments not done after {timeout_s} s:\n{status}"
+        time.sleep(2)
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_land_complete_in_one_store(prepared: Path, tmp_path: Path) -> None:
+    repo = clone_tree(prepared, tmp_path / "repo")
+    for lr in LRS:
+        dvc("exp", "run", "--queue", "-S", f"train.lr={lr}", cwd=repo)
+    try:
+        dvc("queue", "start", "-j", "2", cwd=repo)
+        status = _wait_for_queue(repo, timeout_s=400)
+    finally:
+        subprocess.run([sys.executable, "-m", "dvc", "queue", "stop"], cwd=repo, env=env(), capture_output=True)
+    failed = [line.split()[1] for line in status.splitlines() if line.endswith("Failed")]
+    logs = "\n".join(
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "queue", "logs", name], cwd=repo, env=env(), capture_output=True, text=True
+        ).stdout[-3000:]
+        for name in failed
+    )
+    assert status.count("Success") == 2, f"{status}\n{logs}"
+
+    found = runs(repo)
+    assert sorted(r.data.params["train.lr"] for r in found) == sorted(LRS)
+    assert len({r.data.tags.get("dvc_exp_name") for r in found}) == 2
+    for r in found:
+        assert r.info.status == "FINISHED", r.data.params["train.lr"]
+        for key in ("best_val_sharpe", "test_sharpe", "backtest_sharpe", "threshold_enter_long", "train_loss"):
+            assert key in r.data.metrics, (r.data.params["train.lr"], key)
+    # the queued runs read their own params and wrote into their temp workspaces, not into this one
+    assert not (repo / "outputs" / "train").exists() and not (repo / "outputs" / "mlflow_run.json").exists()
+    shown = dvc("exp", "show", "--no-pager", "--csv", cwd=repo)
+    assert all(f"{lr}," in shown or f",{lr}" in shown for lr in LRS), shown[-2000:]
+    assert read_json(repo / "outputs" / "metrics" / "sanity.json")  # the baseline's files are still in place
