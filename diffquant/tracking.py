@@ -195,16 +195,37 @@ def start_run(root: Path, run_name: str, tags: Mapping[str, str]) -> Run:
 
 
 def open_run(root: Path, run_id: str) -> Run:
-    """Continue a run opened by an earlier stage (threshold-opt and evaluate log into train's run)."""
+    """Continue a run opened earlier (a train stage resumed after a kill)."""
     client, _ = _client_and_experiment(root)
     try:
         client.get_run(run_id)
     except Exception as exc:
         raise TrackingError(
-            f"MLflow run {run_id} (from outputs/train/run.json) is not in {tracking_uri(root)}: {exc}. "
-            "Re-run the train stage (dvc repro -f train) to open a new run"
+            f"MLflow run {run_id} is not in {tracking_uri(root)}: {exc}. Re-run the train stage (dvc repro -f train)"
         ) from None
     return Run(client, run_id)
+
+
+def checkpoint_tag(name: str) -> str:
+    return f"checkpoint.{name}_sha256"
+
+
+def run_of_checkpoint(root: Path, name: str, sha256: str) -> Run:
+    """The run whose train stage wrote this checkpoint (newest first), found by the checkpoint's content hash.
+
+    threshold-opt and evaluate log into it. The link is the checkpoint itself, not a file beside it, so it holds in
+    DVC's temp workspaces and after ``dvc checkout`` restores an older model.
+    """
+    client, exp_id = _client_and_experiment(root)
+    runs = client.search_runs(
+        [exp_id], filter_string=f"tags.`{checkpoint_tag(name)}` = '{sha256}'", order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        raise TrackingError(
+            f"no MLflow run in {tracking_uri(root)} was trained into this {name}.pt (sha256 {sha256[:12]}...); "
+            "re-run the train stage (dvc repro -f train) so the model and its run are recorded together"
+        )
+    return Run(client, runs[0].info.run_id)
 
 
 @contextmanager

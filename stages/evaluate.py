@@ -3,15 +3,16 @@ flat through the same walk-forward engine, costs and metrics."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 from diffquant import tracking
+from diffquant.data.contracts import read_json, sha256
 from diffquant.data.splits import Series
+from diffquant.errors import DataError
 from diffquant.evaluate.runner import Scorer, Thresholds
 from diffquant.plots import plot_walk_forward
 from diffquant.train import checkpoint
-from stages._cli import load_params, parser, read_run_id, repo_root, run_stage, write_csv, write_json
+from stages._cli import load_params, parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.evaluate")
 
@@ -23,7 +24,6 @@ def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--split", default="data_source/split")
     p.add_argument("--train-dir", default="outputs/train")
-    p.add_argument("--run-file", default="outputs/mlflow_run.json")
     p.add_argument("--thresholds", default="outputs/thresholds/thresholds.json")
     p.add_argument("--out", default="outputs/evaluate")
     p.add_argument("--metrics", default="outputs/metrics/evaluate.json")
@@ -31,16 +31,24 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params)
 
-    thresholds = Thresholds.from_dict(json.loads((root / args.thresholds).read_text()))
+    tuned = read_json(root / args.thresholds, "threshold-opt")
+    if tuned.get("checkpoint") != cfg.eval.checkpoint:
+        raise DataError(
+            f"{args.thresholds} was tuned for {tuned.get('checkpoint')}.pt but eval.checkpoint is "
+            f"{cfg.eval.checkpoint!r}; re-run the threshold-opt stage (dvc repro threshold-opt)"
+        )
+    thresholds = Thresholds.from_dict(tuned)
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    run = tracking.open_run(root, read_run_id(root / args.run_file))
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
     quarters = {split: Series.load(root / args.split / f"{split}.npz") for split in SPLITS}
+    path = root / args.train_dir / f"{cfg.eval.checkpoint}.pt"
     model = checkpoint.load_policy(
-        root / args.train_dir / f"{cfg.eval.checkpoint}.pt",
+        path,
         checkpoint.policy_spec(cfg.model, quarters["test"].feature_names, cfg.window.context),
     )
+    run = tracking.run_of_checkpoint(root, cfg.eval.checkpoint, sha256(path))
+    run.set_tags({"eval.checkpoint": cfg.eval.checkpoint})
     for split, series in quarters.items():
         result, metrics = scorer.policy(model, series, thresholds)
         baselines = {name: scorer.constant(series, pos) for name, pos in BASELINES.items()}

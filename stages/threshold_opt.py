@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 
 from diffquant import tracking
+from diffquant.data.contracts import sha256
 from diffquant.data.splits import Series
 from diffquant.evaluate.runner import Scorer, Thresholds
 from diffquant.evaluate.thresholds import search
 from diffquant.evaluate.walk_forward import policy_decisions
 from diffquant.train import checkpoint
-from stages._cli import load_params, parser, read_run_id, repo_root, run_stage, write_csv, write_json
+from stages._cli import load_params, parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.threshold_opt")
 
@@ -19,7 +20,6 @@ def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--val", default="data_source/split/val.npz")
     p.add_argument("--train-dir", default="outputs/train")
-    p.add_argument("--run-file", default="outputs/mlflow_run.json")
     p.add_argument("--out", default="outputs/thresholds")
     p.add_argument("--metrics", default="outputs/metrics/thresholds.json")
     args = p.parse_args(argv)
@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_params(args.params)
 
     val = Series.load(root / args.val)
+    path = root / args.train_dir / f"{cfg.eval.checkpoint}.pt"
     model = checkpoint.load_policy(
-        root / args.train_dir / f"{cfg.eval.checkpoint}.pt",
+        path,
         checkpoint.policy_spec(cfg.model, val.feature_names, cfg.window.context),
     )
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         },
     )
 
-    run = tracking.open_run(root, read_run_id(root / args.run_file))
+    run = tracking.run_of_checkpoint(root, cfg.eval.checkpoint, sha256(path))
+    run.set_tags({"eval.checkpoint": cfg.eval.checkpoint, "thresholds.trials": str(cfg.thresholds.trials),
+                  "thresholds.objective": cfg.thresholds.objective})  # fmt: skip
     run.log_metrics({**result.best.to_dict(), "trials": len(result.trials)}, prefix="threshold_")
     run.log_metrics(result.metrics, prefix="tuned_val_")
     run.log_artifact(out / "trials.csv", "thresholds")

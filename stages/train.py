@@ -17,6 +17,7 @@ import torch
 
 from diffquant import tracking
 from diffquant.config import flatten
+from diffquant.data.contracts import sha256
 from diffquant.data.features import mirror_spec
 from diffquant.data.splits import Samples, Series
 from diffquant.errors import ConfigError
@@ -30,6 +31,8 @@ from diffquant.train.trainer import LAST, completed_epochs, fit, resolve_device,
 from stages._cli import load_params, parser, read_run_id, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.train")
+
+DOWNSTREAM_PARAMS = ("thresholds.", "eval.checkpoint", "optimize.")
 
 
 def content_hash(paths: list[Path]) -> str:
@@ -90,7 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         log.info("resuming MLflow run %s after epoch %d", run.run_id, done)
     else:
         run = tracking.start_run(root, cfg.experiment, {"data_hash": data_id, "seed": str(cfg.seed)})
-        run.log_params(flatten(cfg.to_dict()))
+        # Params of the stages after train (thresholds, which checkpoint) may change without retraining: they are
+        # set as tags by those stages, since an MLflow param can not change once logged.
+        run.log_params({k: v for k, v in flatten(cfg.to_dict()).items() if not k.startswith(DOWNSTREAM_PARAMS)})
+        if done:  # resuming without the run that began it: carry the finished epochs over
+            run.log_history(checkpoint.load(out / LAST)["history"])
         run.log_params(
             {
                 "objective": repr(objective),
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         run.log_artifact(path, "train")
     for name in ("best", "final"):
         run.log_artifact(result.checkpoints[name], "checkpoints")
+    run.set_tags({tracking.checkpoint_tag(n): sha256(result.checkpoints[n]) for n in ("best", "final")})
     if (root / args.quality).exists():
         run.log_artifact(root / args.quality, "data")
     log.info(

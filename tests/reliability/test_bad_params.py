@@ -196,7 +196,7 @@ def test_threshold_opt_refuses_a_bad_checkpoint(root: Path, tmp_path: Path, case
     out = tmp_path / "thresholds"
     done = stage(
         "threshold_opt", root, "--train-dir", str(train_dir), "--out", str(out),
-        "--metrics", str(tmp_path / "thresholds.json"), "--run-file", str(tmp_path / "run.json"),
+        "--metrics", str(tmp_path / "thresholds.json"),
     )  # fmt: skip
     assert_refused(done, fragments)
     assert not out.exists() and not (tmp_path / "thresholds.json").exists()
@@ -205,9 +205,9 @@ def test_threshold_opt_refuses_a_bad_checkpoint(root: Path, tmp_path: Path, case
 
 @pytest.fixture(scope="module")
 def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with an open MLflow run and thresholds: evaluate opens the run before it loads the checkpoint."""
+    """A workspace with an open MLflow run and thresholds, to show a refused checkpoint logs nothing anywhere."""
     dst = tmp_path_factory.mktemp("evaluate")
-    thresholds = {"enter_long": 0.1, "enter_short": 0.1, "exit": 0.05, "min_delta": 0.03}
+    thresholds = {"enter_long": 0.1, "enter_short": 0.1, "exit": 0.05, "min_delta": 0.03, "checkpoint": "best"}
     (dst / "thresholds.json").write_text(json.dumps(thresholds))
     run = tracking.start_run(dst, "bad-checkpoint", {})
     (dst / "run.json").write_text(json.dumps({"run_id": run.run_id}))
@@ -225,7 +225,7 @@ def test_evaluate_refuses_a_bad_checkpoint(root: Path, eval_root: Path, tmp_path
     done = stage(
         "evaluate", eval_root, "--params", str(root / "params.yaml"), "--split", str(root / "data_source/split"),
         "--train-dir", str(train_dir), "--thresholds", "thresholds.json", "--out", str(out),
-        "--metrics", str(tmp_path / "evaluate.json"), "--run-file", "run.json",
+        "--metrics", str(tmp_path / "evaluate.json"),
     )  # fmt: skip
     assert_refused(done, fragments)
     assert not out.exists() and not (tmp_path / "evaluate.json").exists()
