@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = {
         "policy": checkpoint.policy_spec(cfg.model, samples.feature_names, cfg.window.context),
         "train": dataclasses.asdict(cfg.train), "loss": dataclasses.asdict(cfg.loss),
-        "sim": dataclasses.asdict(cfg.sim), "seed": cfg.seed, "data": data_id, "code": code_hash(root),
+        "sim": dataclasses.asdict(cfg.sim), "seed": cfg.seed, "experiment": cfg.experiment, "data": data_id,
+        "code": code_hash(root),
         "validation": {**thresholds.to_dict(), "days_per_year": cfg.eval.days_per_year},
     }  # fmt: skip
 
