@@ -51,6 +51,7 @@ class HuggingFaceConfig:
     # The seed's card calls its stamps "close-time" but prints 00:00 -> 23:59: declare it, never guess.
     stamp: StampConvention = "open_time"
     cache_dir: str | None = None
+    sha256: str | None = None  # when set, the downloaded file must have this hash
 
 
 @dataclass(frozen=True)

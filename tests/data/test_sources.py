@@ -287,6 +287,18 @@ def test_huggingface_refuses_a_malformed_npz(tmp_path: Path, make_bars: Callable
         load_source(hf_cfg(hub_cache(tmp_path, bars=values)), tmp_path)
 
 
+@pytest.mark.usefixtures("offline")
+def test_huggingface_checks_the_expected_sha256(tmp_path: Path, make_bars: Callable) -> None:
+    opens, values = minute_arrays(make_bars)
+    cache = hub_cache(tmp_path, bars=values, timestamps=opens)
+    good = hashlib.sha256((cache / "datasets--ResearchRL--diffquant-data/snapshots" / COMMIT / NPZ).read_bytes())
+    cfg = data_cfg(source="huggingface", huggingface={"cache_dir": str(cache), "sha256": good.hexdigest()})
+    assert len(load_source(cfg, tmp_path).bars) == len(opens)
+    cfg = data_cfg(source="huggingface", huggingface={"cache_dir": str(cache), "sha256": "0" * 64})
+    with pytest.raises(DataError, match=rf"{NPZ}: sha256 .* does not match the expected 0000"):
+        load_source(cfg, tmp_path)
+
+
 # --- binance (monthly archives served from a loopback HTTP server) ---------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import HuggingFaceConfig
-from diffquant.data.contracts import sha256, validate_bars
+from diffquant.data.contracts import sha256, validate_bars, verify_sha256
 from diffquant.data.sources._common import RawData, apply_stamp, check_resolution, empty_funding, make_meta
 from diffquant.errors import DataError
 
@@ -27,6 +27,8 @@ NPZ_COLUMNS = ("open", "high", "low", "close", "volume", "num_trades")
 def load_huggingface(cfg: HuggingFaceConfig, symbol: str, root: Path) -> RawData:
     """Fetch (or find in the cache) ``cfg.filename`` and convert it; a relative ``cfg.cache_dir`` starts at ``root``."""
     path = _download(cfg, root)
+    if cfg.sha256:
+        verify_sha256(path, cfg.sha256)  # before a single byte of it is parsed
     where = str(path)
     stamps, values = _read_npz(path)
     frame = pd.DataFrame({"open_time": stamps, **{c: values[:, i] for i, c in enumerate(NPZ_COLUMNS)}})
