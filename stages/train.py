@@ -102,8 +102,6 @@ def main(argv: list[str] | None = None) -> None:
         run.log_params(
             {
                 "objective": repr(objective),
-                "n_parameters": count_parameters(model),
-                "n_train_samples": len(samples),
                 "device": str(device),
             }
         )
@@ -120,20 +118,13 @@ def main(argv: list[str] | None = None) -> None:
         clock[0] = now
 
     t0 = time.perf_counter()
-    result = fit(
-        model,
-        episodes_from_arrays(samples.features, samples.close, samples.funding, cfg.window.context),
-        validate,
-        objective,
-        cfg.sim,
-        cfg.train,
-        cfg.window.horizon,
-        cfg.seed,
-        out,
-        spec,
-        mirror,
-        on_epoch=on_epoch,
-    )
+    episodes = episodes_from_arrays(samples.features, samples.close, samples.funding, cfg.window.context)
+    try:
+        result = fit(model, episodes, validate, objective, cfg.sim, cfg.train, cfg.window.horizon, cfg.seed, out,
+                     spec, mirror, on_epoch=on_epoch)  # fmt: skip
+    except BaseException as exc:  # a restart resumes this run; until then the store says why it stopped
+        run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     seconds = time.perf_counter() - t0
 
     history = result.history

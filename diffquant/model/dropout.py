@@ -13,7 +13,7 @@ class EpisodeDropout(nn.Module):
     episode's rows means the H decisions of an episode come from one thinned network (as in variational dropout
     for RNNs), so dropout noise does not show up as spurious trading between consecutive decisions, and drawing
     B masks instead of B x H makes the random numbers, which dominated a CPU training step, H times cheaper.
-    ``group = 1`` is ordinary dropout.
+    ``group = 1`` is ordinary dropout. (The LSTM backbone's dropout between its layers is torch's own, per row.)
     """
 
     def __init__(self, p: float) -> None:
