@@ -7,8 +7,6 @@ Slow by design (about a minute and a half): it runs the real chain on the shippe
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.repo_copy import REPO, deep_update, env, make_repo, run
+
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -29,51 +28,15 @@ TINY = {
 }
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this interpreter
-    env.update(
-        HF_HUB_OFFLINE="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        GIT_AUTHOR_NAME="ci",
-        GIT_AUTHOR_EMAIL="ci@x",
-        GIT_COMMITTER_NAME="ci",
-        GIT_COMMITTER_EMAIL="ci@x",
-    )
-    return env
-
-
 def _run(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
-def _deep_update(base: dict, update: dict) -> dict:
-    for k, v in update.items():
-        base[k] = _deep_update(base.get(k, {}), v) if isinstance(v, dict) else v
-    return base
+    return run(args, cwd, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC copy of the project's tracked files with tiny params, after one ``dvc repro``."""
-    dst = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        produced = rel.startswith(("outputs/", "mlruns/", "data_source/")) and not rel.startswith(
-            "data_source/bundled/"
-        )
-        if (REPO / rel).is_file() and not produced and rel != "dvc.lock":
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dst / rel)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    (dst / "params.yaml").write_text(yaml.safe_dump(_deep_update(params, TINY), sort_keys=False))
-    _run(["git", "init", "-q"], dst)
-    _run(["git", "add", "-A"], dst)
-    _run(["git", "commit", "-qm", "tiny"], dst)
+    params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    dst = make_repo(tmp_path_factory.mktemp("repo"), params)
     _run([sys.executable, "-m", "dvc", "repro"], dst)
     return dst
 
@@ -153,7 +116,7 @@ def _free_port() -> int:
 
 def test_mlflow_server_lists_the_run(repo: Path) -> None:
     port = _free_port()
-    env = {**_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server_env = env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),
@@ -168,7 +131,7 @@ def test_mlflow_server_lists_the_run(repo: Path) -> None:
             "1",
         ],
         cwd=repo,
-        env=env,
+        env=server_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.repo_copy import commit, dvc, make_repo
+from tests.repo_copy import commit, dvc, make_repo
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from diffquant.config import ModelConfig, from_dict
 from diffquant.data.splits import Series
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
-from tests.reliability.repo_copy import TINY, deep_update, stage, tiny_params
+from tests.repo_copy import TINY, deep_update, stage, tiny_params
 
 DATA_DIRS = ("data_source/raw", "data_source/bars", "data_source/features", "data_source/split")
 

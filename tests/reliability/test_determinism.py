@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from diffquant.train import checkpoint
-from tests.reliability.repo_copy import clone_tree, read_json, runs, stage, tiny_params
+from tests.repo_copy import clone_tree, read_json, runs, stage, tiny_params
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from diffquant.train import checkpoint
-from tests.reliability.repo_copy import client, clone_tree, commit, dvc, env, read_json, runs, tiny_params
+from tests.repo_copy import client, clone_tree, commit, dvc, env, read_json, runs, tiny_params
 
 pytestmark = pytest.mark.slow
 

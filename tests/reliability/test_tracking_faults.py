@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.repo_copy import clone_tree, dvc, env, read_json, runs, stage
+from tests.repo_copy import clone_tree, dvc, env, read_json, runs, stage
 
 LRS = ("0.002", "0.0005")
 

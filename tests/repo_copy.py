@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 TINY: dict[str, Any] = {
     "split": {"train_start": "2025-02-01"},  # two months of training bars: ~115 samples
