@@ -10,6 +10,7 @@ from diffquant.data.contracts import read_json, sha256
 from diffquant.data.splits import Series
 from diffquant.errors import DataError
 from diffquant.evaluate.runner import Scorer, Thresholds
+from diffquant.evaluate.stats import significance
 from diffquant.plots import plot_walk_forward
 from diffquant.train import checkpoint
 from stages._cli import load_params, parser, repo_root, run_stage, write_csv, write_json
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     thresholds = Thresholds.from_dict(tuned)
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
 
-    summary: dict[str, dict[str, dict[str, float]]] = {}
+    summary: dict[str, dict[str, dict[str, float | None]]] = {}
+    bars_per_day = 24 * 60 // cfg.data.timeframe_minutes  # the bootstrap's mean block: one day of bars
+    bars_per_year = bars_per_day * cfg.eval.days_per_year
     quarters = {split: Series.load(root / args.split / f"{split}.npz") for split in SPLITS}
     path = root / args.train_dir / f"{cfg.eval.checkpoint}.pt"
     model = checkpoint.load_policy(
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     for split, series in quarters.items():
         result, metrics = scorer.policy(model, series, thresholds)
         baselines = {name: scorer.constant(series, pos) for name, pos in BASELINES.items()}
-        summary[split] = {"policy": metrics, **{name: m for name, (_, m) in baselines.items()}}
+        held = baselines["buy_and_hold"][0].record
+        signif = significance(result.record["net"].to_numpy(), held["net"].to_numpy(), bars_per_year,
+                              mean_block=bars_per_day, seed=cfg.seed)  # fmt: skip
+        summary[split] = {"policy": metrics, "significance": signif, **{n: m for n, (_, m) in baselines.items()}}
 
         write_csv(out / f"{split}_record.csv", result.record)
         write_csv(out / f"{split}_rebalances.csv", result.rebalances)
@@ -64,15 +70,18 @@ def main(argv: list[str] | None = None) -> None:
             benchmark_record=baselines["buy_and_hold"][0].record,
         )
         run.log_metrics(metrics, prefix=f"{split}_")
+        run.log_metrics(signif, prefix=f"{split}_")
         for name, (_, m) in baselines.items():
             run.log_metrics(m, prefix=f"{split}_{name}_")
         for name in (f"{split}_record.csv", f"{split}_rebalances.csv", f"{split}.png"):
             run.log_artifact(out / name, "evaluate")
         log.info(
-            "%s: Sharpe %+.3f, return %+.2f%%, max DD %.2f%%, %d rebalances | buy-and-hold Sharpe %+.3f, "
-            "return %+.2f%%",
+            "%s: Sharpe %+.3f (95%% CI %+.2f .. %+.2f), return %+.2f%%, max DD %.2f%%, %d rebalances | "
+            "buy-and-hold Sharpe %+.3f, return %+.2f%%",
             split,
             metrics["sharpe"],
+            signif["sharpe_ci_low"],
+            signif["sharpe_ci_high"],
             metrics["total_return_pct"],
             metrics["max_drawdown_pct"],
             metrics["rebalances"],
