@@ -35,13 +35,20 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else 0.0
 
 
-def sharpe(net: np.ndarray, ann: float) -> float:
-    """mean / population std of per-bar net returns, times ``ann``; 0.0 when the returns do not vary.
+def sharpe_along_last_axis(net: np.ndarray, ann: float) -> np.ndarray:
+    """mean / population std of per-bar net returns along the last axis, times ``ann``; 0.0 where they do not vary.
 
-    "Do not vary" allows for rounding: np.std of a constant non-zero array is ~1e-17, not 0.
+    "Do not vary" allows for rounding: np.std of a constant non-zero array is ~1e-17, not 0. Vectorised so the
+    bootstrap (one row per resample) uses this same definition.
     """
-    mean, std = float(np.mean(net)), float(np.std(net))
-    return 0.0 if std <= 1e-12 * abs(mean) else ann * mean / std
+    mean, std = net.mean(axis=-1), net.std(axis=-1)
+    varies = std > 1e-12 * np.abs(mean)
+    return np.where(varies, ann * mean / np.where(varies, std, 1.0), 0.0)
+
+
+def sharpe(net: np.ndarray, ann: float) -> float:
+    """The annualised Sharpe of one series of per-bar net returns (see ``sharpe_along_last_axis``)."""
+    return float(sharpe_along_last_axis(np.asarray(net, dtype=np.float64), ann))
 
 
 def sortino(net: np.ndarray, ann: float) -> float:

@@ -20,6 +20,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from diffquant.evaluate.metrics import sharpe_along_last_axis
+
 EULER_MASCHERONI = 0.5772156649015329
 _N01 = NormalDist()
 # A std below this fraction of the largest |return| is rounding noise of a constant series: treated as 0.
@@ -117,16 +119,6 @@ def stationary_bootstrap_indices(n: int, mean_block: float, n_boot: int, rng: np
     return (block_start + (pos - block_pos)) % n
 
 
-def _annual_sharpe_rows(x: np.ndarray, periods_per_year: float) -> np.ndarray:
-    """Annualised Sharpe mean/std·√periods_per_year per row (population std), 0 where std is (numerically) 0."""
-    mu = x.mean(axis=1)
-    sd = x.std(axis=1)
-    out = np.zeros_like(mu)
-    ok = sd > _ZERO_STD_RTOL * np.abs(x).max(axis=1)
-    out[ok] = mu[ok] / sd[ok] * math.sqrt(periods_per_year)
-    return out
-
-
 def bootstrap_sharpe_ci(
     returns: np.ndarray,
     periods_per_year: float,
@@ -149,12 +141,12 @@ def bootstrap_sharpe_ci(
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     idx = stationary_bootstrap_indices(r.size, mean_block, n_boot, np.random.default_rng(seed))
-    stat = _annual_sharpe_rows(r[idx], periods_per_year)
+    stat = sharpe_along_last_axis(r[idx], math.sqrt(periods_per_year))
     if benchmark is not None:
         b = np.asarray(benchmark, dtype=float).ravel()
         if b.shape != r.shape:
             raise ValueError(f"benchmark has {b.size} values, returns {r.size}")
-        stat = stat - _annual_sharpe_rows(b[idx], periods_per_year)
+        stat = stat - sharpe_along_last_axis(b[idx], math.sqrt(periods_per_year))
     lo, hi = np.quantile(stat, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(lo), float(hi)
 
