@@ -200,6 +200,7 @@ class TrainConfig:
     mirror_prob: float = _f(0.5, **PROBABILITY)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = _f(0, **_range(0))  # 0: leave torch's default
+    seeds: list[int] = field(default_factory=lambda: [42, 43, 44, 45, 46])  # one model per seed
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,17 @@ class EvalConfig:
     min_delta: float = _f(0.03, **_range(0.0, 2.0))
     checkpoint: Literal["best", "final"] = "best"
     days_per_year: int = _f(365, **_range(1, 366))
+    cost_multipliers: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0])  # re-scored cost levels
+    prior_trials: int = _f(0, **_range(0))  # configurations tried before these params (HPO); the DSR counts them
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Rules and proxies traded through the same walk-forward engine as the policy."""
+
+    momentum_lookbacks: list[int] = field(default_factory=lambda: [12, 24, 48, 95])  # bars; best on val is kept
+    proxy: bool = True  # train the MSE proxy: the same backbone fitted to the next-horizon return
+    proxy_batch_windows: int = _f(1536, **_range(1))  # windows per proxy step (= batch_size x horizon by default)
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
 
     def validate(self) -> Config:
@@ -262,6 +275,18 @@ class Config:
             )
         if not self.model.head.dense or min(self.model.head.dense) < 1:
             raise ConfigError("model.head.dense must list at least one positive layer width, e.g. [64, 32]")
+        seeds = self.train.seeds
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"train.seeds must list one or more distinct integers, got {seeds}")
+        if not self.eval.cost_multipliers or min(self.eval.cost_multipliers) < 0:
+            raise ConfigError(f"eval.cost_multipliers must list non-negative factors, got {self.eval.cost_multipliers}")
+        lookbacks = self.baselines.momentum_lookbacks
+        if not lookbacks or min(lookbacks) < 1 or max(lookbacks) > self.window.context - 1:
+            raise ConfigError(
+                f"baselines.momentum_lookbacks must list bar counts in [1, window.context - 1 = "
+                f"{self.window.context - 1}] (the returns inside the policy's window: the rule sees no more "
+                f"history than the policy), got {lookbacks}"
+            )
         if self.window.horizon <= self.sim.execution_lag_bars:
             raise ConfigError(
                 f"window.horizon ({self.window.horizon}) must exceed sim.execution_lag_bars "

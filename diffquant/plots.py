@@ -32,18 +32,22 @@ def _save(fig: Any, path: str | Path) -> None:
 
 
 def plot_walk_forward(record: pd.DataFrame, title: str, path: str | Path, benchmark_record: pd.DataFrame | None = None,
-                      benchmark_label: str = "buy and hold") -> None:
-    """Equity, drawdown and positions of a walk-forward ``record``, with an optional benchmark's equity overlaid."""
+                      benchmark_label: str = "buy and hold", label: str = "policy",
+                      others: dict[str, pd.DataFrame] | None = None) -> None:  # fmt: skip
+    """Equity, drawdown and positions of a walk-forward ``record``; a benchmark's equity and ``others`` (e.g. the
+    single seeds beside their ensemble) are overlaid thinly on the equity panel."""
     fig = _figure(3, 8.0)
     ax_eq, ax_dd, ax_pos = fig.axes
     time = record["time"]
     equity = record["equity"].to_numpy()
-    ax_eq.plot(time, equity, lw=1.0, label="policy")
+    for name, other in (others or {}).items():
+        ax_eq.plot(other["time"], other["equity"], lw=0.6, alpha=0.5, label=name)
+    ax_eq.plot(time, equity, lw=1.4, color="black", label=label)
     if benchmark_record is not None:
         ax_eq.plot(benchmark_record["time"], benchmark_record["equity"], lw=1.0, color="grey", label=benchmark_label)
     ax_eq.axhline(1.0, color="black", lw=0.5)
     ax_eq.set_ylabel("equity")
-    ax_eq.legend(loc="upper left")
+    ax_eq.legend(loc="upper left", fontsize="small", ncol=2)
     ax_eq.set_title(title)
     drawdown_pct = -underwater(equity) * 100.0
     ax_dd.fill_between(time, drawdown_pct, 0.0, color="tab:red", alpha=0.4, step="post")
@@ -57,15 +61,18 @@ def plot_walk_forward(record: pd.DataFrame, title: str, path: str | Path, benchm
     _save(fig, path)
 
 
-def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
-    """Per-epoch ``train_loss`` and ``val_sharpe`` (epochs without validation may omit it or hold None)."""
+def plot_history(histories: dict[str, list[dict[str, Any]]], path: str | Path) -> None:
+    """Per-epoch ``train_loss`` and ``val_sharpe`` of each named run (e.g. one per seed); epochs without
+    validation may omit ``val_sharpe`` or hold None."""
     fig = _figure(2, 6.0)
     ax_loss, ax_val = fig.axes
-    epochs = [h["epoch"] for h in history]
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker=".", lw=1.0)
+    for name, history in histories.items():
+        ax_loss.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker=".", lw=1.0,
+                     label=name)  # fmt: skip
+        validated = [h for h in history if h.get("val_sharpe") is not None]
+        ax_val.plot([h["epoch"] for h in validated], [h["val_sharpe"] for h in validated], marker="o", lw=1.0)
     ax_loss.set_ylabel("train loss")
-    validated = [h for h in history if h.get("val_sharpe") is not None]
-    ax_val.plot([h["epoch"] for h in validated], [h["val_sharpe"] for h in validated], marker="o", lw=1.0)
+    ax_loss.legend(loc="upper right", fontsize="small", ncol=2)
     ax_val.axhline(0.0, color="black", lw=0.5)
     ax_val.set_ylabel("val Sharpe")
     ax_val.set_xlabel("epoch")

@@ -2,7 +2,8 @@
 
 Store: ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under ``<repo>/mlruns/artifacts`` (absolute paths: DVC
 runs stages from temp copies), or whatever ``MLFLOW_TRACKING_URI`` names (a team server). One experiment
-``diffquant``; one run per pipeline execution, opened by train and continued by threshold-opt and evaluate.
+``diffquant``; one parent run per pipeline execution, opened by train, with one child run per seed's model;
+threshold-opt and evaluate log into both.
 ``mlflow`` is imported lazily so the library stays cheap to import, and telemetry is switched off first.
 """
 
@@ -228,15 +229,28 @@ def run_of_checkpoint(root: Path, name: str, sha256: str) -> Run:
     return Run(client, runs[0].info.run_id)
 
 
-@contextmanager
-def child_run(parent: Run, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Run]:
-    """A nested run (e.g. one threshold trial) under ``parent``."""
+def parent_of(run: Run) -> Run:
+    """The parent run of a child run (a seed's run -> the experiment's run)."""
+    parent_id = run.client.get_run(run.run_id).data.tags.get("mlflow.parentRunId")
+    if parent_id is None:
+        raise TrackingError(f"MLflow run {run.run_id} has no parent run; re-run the train stage (dvc repro -f train)")
+    return Run(run.client, parent_id)
+
+
+def start_child(parent: Run, run_name: str, tags: Mapping[str, str] | None = None) -> Run:
+    """A nested run under ``parent`` (one seed's model, one HPO trial); the caller finishes it."""
     run = parent.client.create_run(
         parent.client.get_run(parent.run_id).info.experiment_id,
         run_name=run_name,
         tags={"mlflow.parentRunId": parent.run_id, **(tags or {})},
     )
-    child = Run(parent.client, run.info.run_id)
+    return Run(parent.client, run.info.run_id)
+
+
+@contextmanager
+def child_run(parent: Run, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Run]:
+    """``start_child`` finished when the block ends (FAILED if it raised)."""
+    child = start_child(parent, run_name, tags)
     try:
         yield child
     except BaseException:

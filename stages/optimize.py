@@ -142,8 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.write_params:
         if not summary["best_params"]:
             raise DiffQuantError("--write-params: the study has no complete trial yet; nothing written")
-        hpo.write_params(root / args.params, summary["best_params"])
-        log.info("wrote the best params of trial %d into %s", summary["best_trial"], args.params)
+        # the trials tried are part of the result: the deflated Sharpe ratio in evaluate counts them
+        hpo.write_params(root / args.params, {**summary["best_params"], "eval.prior_trials": summary["n_trials"]})
+        log.info("wrote the best params of trial %d and eval.prior_trials = %d into %s", summary["best_trial"],
+                 summary["n_trials"], args.params)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Split stage: feature table -> train samples and the val/test/backtest series (``diffquant.data.splits``).
 
-Reads ``data_source/features/features.parquet``; writes ``<out>/{train,val,test,backtest}.npz`` and the metrics
-JSON, each atomically. Run as ``python -m stages.split``.
+Reads ``data_source/features/features.parquet``; writes ``<out>/{train,train_series,val,test,backtest}.npz`` and
+the metrics JSON, each atomically. Run as ``python -m stages.split``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from diffquant.data.contracts import read_parquet
-from diffquant.data.splits import make_splits
+from diffquant.data.splits import EVAL_SPLITS, make_splits
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.split")
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         stats["train"]["samples"], cfg.window.context + cfg.window.horizon, stats["train"]["bars"],
         stats["train"]["gaps"],
         "; ".join(f"{n}: {stats[n]['bars']} bars + {stats[n]['warmup_bars']} warm-up, {stats[n]['gaps']} gap(s)"
-                  for n in series),
+                  for n in EVAL_SPLITS),
     )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
-"""Train stage: fit the policy on the train samples, validating by walk-forward on val; opens the MLflow run.
+"""Train stage: fit one policy per seed in ``train.seeds`` on the train samples, validating by walk-forward on val.
 
-A killed run restarted with the same params resumes from ``last.pt`` and continues the same MLflow run, logging
-only the epochs it has not logged yet.
+Opens the experiment's MLflow parent run and one child run per seed; each seed's checkpoints go to
+``<out>/seed_<seed>/``. A killed run restarted with the same params resumes the unfinished seed from its
+``last.pt`` and continues the same MLflow runs, logging only the epochs they have not logged yet.
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ import pandas as pd
 import torch
 
 from diffquant import tracking
-from diffquant.config import flatten
-from diffquant.data.contracts import sha256
+from diffquant.config import Config, flatten
+from diffquant.data.contracts import read_json, sha256
 from diffquant.data.features import mirror_spec
 from diffquant.data.splits import Samples, Series
 from diffquant.errors import ConfigError
 from diffquant.evaluate.runner import Scorer, Thresholds
+from diffquant.evaluate.stats import distribution
 from diffquant.model.policy import PolicyNetwork, count_parameters
 from diffquant.plots import plot_history
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint
-from diffquant.train.episodes import episodes_from_arrays
-from diffquant.train.trainer import LAST, completed_epochs, fit, resolve_device, seed_everything
+from diffquant.train.episodes import EpisodeBatch, episodes_from_arrays
+from diffquant.train.trainer import LAST, TrainResult, completed_epochs, fit, resolve_device, seed_everything
 from stages._cli import load_params, parser, read_run_id, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.train")
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="outputs/train")
     p.add_argument("--metrics", default="outputs/metrics/train.json")
     p.add_argument("--quality", default="data_source/raw/quality.json")
-    p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where later stages find the MLflow run")
+    p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where later stages find the MLflow runs")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params)
@@ -69,46 +71,113 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.seed)
-    model = PolicyNetwork(cfg.model, len(samples.feature_names), cfg.window.context).to(device)
-    objective = Objective(cfg.loss, cfg.sim.smooth_abs_eps)
-    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    thresholds = Thresholds.from_eval(cfg.eval)
-    mirror = tuple(torch.as_tensor(a) for a in mirror_spec(samples.feature_names)) if cfg.train.mirror else None
     data_id = content_hash([root / args.split / "train.npz", root / args.split / "val.npz"])
     spec = {
         "policy": checkpoint.policy_spec(cfg.model, samples.feature_names, cfg.window.context),
         "train": dataclasses.asdict(cfg.train), "loss": dataclasses.asdict(cfg.loss),
-        "sim": dataclasses.asdict(cfg.sim), "seed": cfg.seed, "experiment": cfg.experiment, "data": data_id,
-        "code": code_hash(root),
-        "validation": {**thresholds.to_dict(), "days_per_year": cfg.eval.days_per_year},
+        "sim": dataclasses.asdict(cfg.sim), "experiment": cfg.experiment, "data": data_id, "code": code_hash(root),
+        "validation": {**dataclasses.asdict(Thresholds.from_eval(cfg.eval)), "days_per_year": cfg.eval.days_per_year},
     }  # fmt: skip
+    runs = open_runs(root, root / args.run_file, cfg, spec, out)
+    episodes = episodes_from_arrays(samples.features, samples.close, samples.funding, cfg.window.context)
+    seeds: dict[str, dict] = {}
+    histories: dict[str, list[dict]] = {}
+    for seed in cfg.train.seeds:
+        result, seconds = train_seed(cfg, seed, spec, samples.feature_names, episodes, val, device, out, runs)
+        histories[f"seed {seed}"] = result.history
+        checked = [r for r in result.history if "val_sharpe" in r]
+        seeds[str(seed)] = {
+            "best_epoch": result.best_epoch or 0,
+            "best_val_sharpe": result.best_score if result.best_score is not None else checked[-1]["val_sharpe"],
+            "final_val_sharpe": checked[-1]["val_sharpe"],
+            "final_train_loss": result.history[-1]["train_loss"],
+        }
+        log.info("seed %d: %d epochs in %.1f s; best epoch %s (val Sharpe %s)", seed, len(result.history), seconds,
+                 result.best_epoch, result.best_score)  # fmt: skip
 
-    done = completed_epochs(out, spec)
-    run_file = root / args.run_file
-    if done and run_file.exists():
-        run = tracking.open_run(root, read_run_id(run_file))
-        # A kill between saving last.pt and logging its epoch leaves that epoch unlogged: log what is missing.
+    plot_history(histories, out / "history.png")
+    metrics = {
+        "seeds": seeds,
+        "best_val_sharpe": distribution([s["best_val_sharpe"] for s in seeds.values()]),
+        "epochs": cfg.train.epochs,
+        "n_parameters": count_parameters(PolicyNetwork(cfg.model, len(samples.feature_names), cfg.window.context)),
+        "n_train_samples": len(samples),
+    }
+    write_json(root / args.metrics, metrics)  # deterministic: timings go to MLflow only
+    parent = runs.parent
+    parent.log_metrics({f"best_val_sharpe_{k}": v for k, v in metrics["best_val_sharpe"].items()})
+    parent.log_metrics({"n_parameters": metrics["n_parameters"], "n_train_samples": len(samples)})
+    for path in (out / "history.png", root / args.params):
+        parent.log_artifact(path, "train")
+    if (root / args.quality).exists():
+        parent.log_artifact(root / args.quality, "data")
+
+
+@dataclasses.dataclass
+class Runs:
+    """The experiment's parent run and one child run per seed, as recorded in the run file."""
+
+    root: Path
+    path: Path
+    parent: tracking.Run
+    experiment: str
+    seeds: dict[str, str]
+
+    def child(self, seed: int) -> tuple[tracking.Run, bool]:
+        """This seed's run, and whether it existed already (a resumed seed)."""
+        if str(seed) in self.seeds:
+            return tracking.open_run(self.root, self.seeds[str(seed)]), True
+        run = tracking.start_child(self.parent, f"seed {seed}", {"seed": str(seed), "role": "policy_seed"})
+        self.seeds[str(seed)] = run.run_id
+        self.save()
+        return run, False
+
+    def save(self) -> None:
+        write_json(self.path, {"run_id": self.parent.run_id, "experiment": self.experiment, "seeds": self.seeds})
+
+
+def open_runs(root: Path, run_file: Path, cfg: Config, spec: dict, out: Path) -> Runs:
+    """Continue the runs of an interrupted train stage with the same spec, else open a new parent run.
+
+    A resumed seed is one whose ``last.pt`` was written under this spec; with none, everything starts over.
+    """
+    resumed = any(completed_epochs(out / f"seed_{s}", {**spec, "seed": s}) for s in cfg.train.seeds)
+    if resumed and run_file.exists():
+        recorded = read_json(run_file, "train")
+        if recorded.get("seeds") is not None:
+            parent = tracking.open_run(root, read_run_id(run_file))
+            log.info("resuming MLflow run %s", parent.run_id)
+            return Runs(root, run_file, parent, cfg.experiment, dict(recorded["seeds"]))
+    tags = {"data_hash": spec["data"], "seeds": ",".join(map(str, cfg.train.seeds)), "role": "policy"}
+    parent = tracking.start_run(root, cfg.experiment, tags)
+    # Params of the stages after train (thresholds, which checkpoint) may change without retraining: they are
+    # set as tags by those stages, since an MLflow param can not change once logged.
+    parent.log_params({k: v for k, v in flatten(cfg.to_dict()).items() if not k.startswith(DOWNSTREAM_PARAMS)})
+    runs = Runs(root, run_file, parent, cfg.experiment, {})
+    runs.save()
+    return runs
+
+
+def train_seed(cfg: Config, seed: int, spec: dict, feature_names: list[str], episodes: EpisodeBatch, val: Series,
+               device: torch.device, out: Path, runs: Runs) -> tuple[TrainResult, float]:  # fmt: skip
+    """One seed's model into ``out/seed_<seed>/``, logged to its child run; resumes from its ``last.pt``."""
+    seed_out, spec = out / f"seed_{seed}", {**spec, "seed": seed}
+    seed_everything(seed)
+    model = PolicyNetwork(cfg.model, len(feature_names), cfg.window.context).to(device)
+    objective = Objective(cfg.loss, cfg.sim.smooth_abs_eps)
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    thresholds = Thresholds.from_eval(cfg.eval)
+    mirror = tuple(torch.as_tensor(a) for a in mirror_spec(feature_names)) if cfg.train.mirror else None
+
+    run, existed = runs.child(seed)
+    done = completed_epochs(seed_out, spec)
+    if existed and done:  # a kill between saving last.pt and logging its epoch leaves that epoch unlogged
         logged = run.logged_steps("train_loss")
-        run.log_history([r for r in checkpoint.load(out / LAST)["history"] if r["epoch"] not in logged])
-        log.info("resuming MLflow run %s after epoch %d", run.run_id, done)
-    else:
-        run = tracking.start_run(root, cfg.experiment, {"data_hash": data_id, "seed": str(cfg.seed)})
-        # Params of the stages after train (thresholds, which checkpoint) may change without retraining: they are
-        # set as tags by those stages, since an MLflow param can not change once logged.
-        run.log_params({k: v for k, v in flatten(cfg.to_dict()).items() if not k.startswith(DOWNSTREAM_PARAMS)})
-        if done:  # resuming without the run that began it: carry the finished epochs over
-            run.log_history(checkpoint.load(out / LAST)["history"])
-        run.log_params(
-            {
-                "objective": repr(objective),
-                "device": str(device),
-            }
-        )
-        write_json(run_file, {"run_id": run.run_id, "experiment": cfg.experiment})
-
-    def validate(m: PolicyNetwork) -> dict[str, float]:
-        return scorer.policy(m, val, thresholds)[1]
+        run.log_history([r for r in checkpoint.load(seed_out / LAST)["history"] if r["epoch"] not in logged])
+    elif done:  # resuming without the run that began it: carry the finished epochs over
+        run.log_history(checkpoint.load(seed_out / LAST)["history"])
+    if not existed:
+        run.log_params({"seed": seed, "objective": repr(objective), "device": str(device)})
 
     clock = [time.perf_counter()]
 
@@ -118,49 +187,31 @@ def main(argv: list[str] | None = None) -> None:
         clock[0] = now
 
     t0 = time.perf_counter()
-    episodes = episodes_from_arrays(samples.features, samples.close, samples.funding, cfg.window.context)
     try:
-        result = fit(model, episodes, validate, objective, cfg.sim, cfg.train, cfg.window.horizon, cfg.seed, out,
-                     spec, mirror, on_epoch=on_epoch)  # fmt: skip
+        result = fit(model, episodes, lambda m: scorer.policy(m, val, thresholds)[1], objective, cfg.sim, cfg.train,
+                     cfg.window.horizon, seed, seed_out, spec, mirror, on_epoch=on_epoch)  # fmt: skip
     except BaseException as exc:  # a restart resumes this run; until then the store says why it stopped
-        run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for r in (run, runs.parent):
+            r.finish(status)
         raise
     seconds = time.perf_counter() - t0
 
-    history = result.history
-    checked = [r for r in history if "val_sharpe" in r]
+    checked = [r for r in result.history if "val_sharpe" in r]
     columns = ["epoch", "train_loss", "val_sharpe", "val_total_return_pct", "val_flat_share", "val_turnover",
                "val_rebalances"]  # fmt: skip
-    write_csv(out / "val_history.csv", pd.DataFrame(checked)[columns])
-    write_json(out / "history.json", history)
-    plot_history(history, out / "history.png")
-    metrics = {
-        "best_epoch": result.best_epoch or 0,
-        "best_val_sharpe": result.best_val_sharpe if result.best_val_sharpe is not None else checked[-1]["val_sharpe"],
-        "final_val_sharpe": checked[-1]["val_sharpe"],
-        "final_train_loss": history[-1]["train_loss"],
-        "epochs": len(history),
-        "n_parameters": count_parameters(model),
-        "n_train_samples": len(samples),
-    }
-    write_json(root / args.metrics, metrics)  # deterministic: timings go to MLflow only
-    run.log_metrics({k: v for k, v in metrics.items() if k != "epochs"}, step=len(history))
-    run.log_metrics({"train_seconds": seconds, "resumed_after_epoch": result.resumed_from}, step=len(history))
-    for path in (out / "history.png", out / "history.json", out / "val_history.csv", root / args.params):
+    write_csv(seed_out / "val_history.csv", pd.DataFrame(checked)[columns])
+    write_json(seed_out / "history.json", result.history)
+    best = result.best_score if result.best_score is not None else checked[-1]["val_sharpe"]
+    run.log_metrics({"best_epoch": result.best_epoch or 0, "best_val_sharpe": best}, step=len(result.history))
+    run.log_metrics({"train_seconds": seconds, "resumed_after_epoch": result.resumed_from}, step=len(result.history))
+    for path in (seed_out / "history.json", seed_out / "val_history.csv"):
         run.log_artifact(path, "train")
     for name in ("best", "final"):
         run.log_artifact(result.checkpoints[name], "checkpoints")
     run.set_tags({tracking.checkpoint_tag(n): sha256(result.checkpoints[n]) for n in ("best", "final")})
-    if (root / args.quality).exists():
-        run.log_artifact(root / args.quality, "data")
-    log.info(
-        "trained %d epochs in %.1f s; best epoch %s (val Sharpe %s); run %s",
-        len(history),
-        seconds,
-        result.best_epoch,
-        result.best_val_sharpe,
-        run.run_id,
-    )
+    run.finish()
+    return result, seconds
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""Shared fixtures: small synthetic bar tables."""
+"""Shared fixtures: one torch thread, small synthetic bar tables, and a tiny prepared repository copy."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from tests.repo_copy import commit, dvc, make_repo
 
 START_MS = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 
@@ -42,3 +45,13 @@ def make_bars() -> Callable[..., pd.DataFrame]:
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed tiny repository after ``dvc repro sanity`` (download .. split, sanity): tests clone it (cheap)
+    instead of re-running the data stages, and never change it in place."""
+    repo = make_repo(tmp_path_factory.mktemp("prepared"))
+    dvc("repro", "sanity", cwd=repo)
+    commit(repo, "data stages and sanity")
+    return repo

@@ -25,7 +25,7 @@ TINY: dict[str, Any] = {
         "itransformer": {"d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16},
         "head": {"dense": [8]},
     },
-    "train": {"epochs": 6, "batch_size": 16, "val_freq": 2, "select_min_rebalances": 1, "threads": 1},
+    "train": {"epochs": 6, "batch_size": 16, "val_freq": 2, "select_min_rebalances": 1, "threads": 1, "seeds": [42]},
     "thresholds": {"trials": 3},
 }
 
@@ -121,12 +121,14 @@ def client(repo: Path) -> Any:
     return mlflow.MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
 
 
-def runs(repo: Path) -> list[Any]:
-    """Every run of the ``diffquant`` experiment in ``repo``'s store, oldest first (nested runs included)."""
+def runs(repo: Path, role: str | None = None) -> list[Any]:
+    """The runs of the ``diffquant`` experiment in ``repo``'s store, oldest first (nested runs included); with
+    ``role``, only those tagged so (policy, policy_seed, proxy, proxy_seed, hpo ...)."""
     c = client(repo)
     exp = c.get_experiment_by_name("diffquant")
     assert exp is not None, f"no 'diffquant' experiment in {repo / 'mlruns' / 'mlflow.db'}"
-    return c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    found = c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    return found if role is None else [r for r in found if r.data.tags.get("role") == role]
 
 
 def read_json(path: Path) -> Any:

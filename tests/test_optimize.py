@@ -44,6 +44,7 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "val_freq": 1, "select_min_rebalances": 1,
               "device": "cpu"},
     "optimize": {"pruner_warmup_epochs": 0},
+    "baselines": {"momentum_lookbacks": [4, 8]},
 }  # fmt: skip
 
 

@@ -33,7 +33,7 @@ def test_walk_forward_figure(tmp_path: Path) -> None:
     policy = walk_forward(series, np.round(raw, 1), SimConfig(), raw=raw, gate=np.abs(raw)).record
     hold = walk_forward(series, constant_positions(series, 1.0), SimConfig()).record
     path = tmp_path / "figs" / "test.png"
-    plot_walk_forward(policy, "test quarter", path, benchmark_record=hold)
+    plot_walk_forward(policy, "test quarter", path, benchmark_record=hold, others={"seed 1": hold})
     plot_walk_forward(hold, "buy and hold", tmp_path / "hold.png")
     assert _is_png(path) and _is_png(tmp_path / "hold.png")
     assert sorted(p.name for p in path.parent.iterdir()) == ["test.png"]  # no temp file left behind
@@ -42,7 +42,7 @@ def test_walk_forward_figure(tmp_path: Path) -> None:
 def test_history_figure(tmp_path: Path) -> None:
     history = [{"epoch": e, "train_loss": 1.0 / e, **({"val_sharpe": 0.1 * e} if e % 2 == 0 else {})}
                for e in range(1, 8)]
-    plot_history(history, tmp_path / "history.png")
+    plot_history({"seed 42": history, "seed 43": history[:3]}, tmp_path / "history.png")
     assert _is_png(tmp_path / "history.png")
 
 

@@ -161,7 +161,7 @@ def make_splits(
     execution_lag_bars: int,
     timeframe_minutes: int,
 ) -> tuple[Samples, dict[str, Series], dict[str, Any]]:
-    """Cut the feature table into train :class:`Samples` and val/test/backtest :class:`Series`, plus stats.
+    """Cut the feature table into train :class:`Samples`, the train series and val/test/backtest :class:`Series`.
 
     Raises ``ConfigError`` naming the ``split.*`` key when a split has no bars or no sample, when a quarter's
     warm-up lies before the data, or when a quarter ends after the data.
@@ -213,7 +213,9 @@ def make_splits(
     stats: dict[str, Any] = {"train": {**range_stats(lo, hi), "samples": len(starts)}}
 
     warmup = window_cfg.context + execution_lag_bars
-    series = {}
+    # The train range as one continuous series as well (its warm-up is its own first bars): the MSE proxy fits
+    # next-horizon returns at every bar, which the episodes of ``samples`` can not give near their ends.
+    series = {"train_series": Series(x[lo:hi], close[lo:hi], funding[lo:hi], ms[lo:hi], warmup, tf_ms, names)}
     for name in EVAL_SPLITS:
         lo, hi = bounds[name]
         _check_quarter(name, *dates[name], ms, tf_ms, lo, hi, warmup)

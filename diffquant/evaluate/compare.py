@@ -6,48 +6,52 @@ import math
 
 import pandas as pd
 
-# (column in the table, column of mlflow.search_runs)
+LAMBDAS = ("sharpe", "turnover", "drawdown", "terminal", "flat", "bias")
+
+# (column in the table, column of mlflow.search_runs); a policy's Sharpe is its seed ensemble's
 COLUMNS = (
     ("run", "tags.mlflow.runName"),
     ("dvc_exp", "tags.dvc_exp_name"),
     ("backbone", "params.model.backbone"),
     ("loss", "params.loss.type"),
-    ("lambda_bias", "params.loss.lambda_bias"),
+    *((f"lambda_{t}", f"params.loss.lambda_{t}") for t in LAMBDAS),
     ("epochs", "params.train.epochs"),
-    ("seed", "params.seed"),
-    ("best_epoch", "metrics.best_epoch"),
-    ("val_sharpe", "metrics.best_val_sharpe"),
-    ("val_sharpe_tuned", "metrics.tuned_val_sharpe"),
-    ("test_sharpe", "metrics.test_sharpe"),
-    ("test_return_pct", "metrics.test_total_return_pct"),
-    ("test_sharpe_ci_low", "metrics.test_sharpe_ci_low"),
-    ("test_sharpe_ci_high", "metrics.test_sharpe_ci_high"),
-    ("test_psr", "metrics.test_psr"),
-    ("test_max_dd_pct", "metrics.test_max_drawdown_pct"),
-    ("test_turnover", "metrics.test_turnover"),
-    ("test_bh_sharpe", "metrics.test_buy_and_hold_sharpe"),
-    ("test_bh_return_pct", "metrics.test_buy_and_hold_total_return_pct"),
-    ("backtest_sharpe", "metrics.backtest_sharpe"),
-    ("backtest_return_pct", "metrics.backtest_total_return_pct"),
-    ("backtest_sharpe_ci_low", "metrics.backtest_sharpe_ci_low"),
-    ("backtest_sharpe_ci_high", "metrics.backtest_sharpe_ci_high"),
-    ("backtest_psr", "metrics.backtest_psr"),
-    ("backtest_max_dd_pct", "metrics.backtest_max_drawdown_pct"),
-    ("backtest_turnover", "metrics.backtest_turnover"),
-    ("backtest_bh_sharpe", "metrics.backtest_buy_and_hold_sharpe"),
-    ("backtest_bh_return_pct", "metrics.backtest_buy_and_hold_total_return_pct"),
+    ("seeds", "tags.seeds"),
+    ("val_sharpe_median", "metrics.best_val_sharpe_median"),
+    *(
+        column
+        for split in ("test", "backtest")
+        for column in (
+            (f"{split}_sharpe", f"metrics.{split}_sharpe"),
+            (f"{split}_sharpe_seed_median", f"metrics.{split}_sharpe_seed_median"),
+            (f"{split}_sharpe_seed_min", f"metrics.{split}_sharpe_seed_min"),
+            (f"{split}_sharpe_seed_max", f"metrics.{split}_sharpe_seed_max"),
+            (f"{split}_ci_low", f"metrics.{split}_sharpe_ci_low"),
+            (f"{split}_ci_high", f"metrics.{split}_sharpe_ci_high"),
+            (f"{split}_psr", f"metrics.{split}_psr"),
+            (f"{split}_dsr", f"metrics.{split}_dsr"),
+            (f"{split}_return_pct", f"metrics.{split}_total_return_pct"),
+            (f"{split}_break_even_bps", f"metrics.{split}_break_even_bps"),
+            (f"{split}_proxy_sharpe", f"metrics.{split}_proxy_sharpe"),
+            (f"{split}_momentum_sharpe", f"metrics.{split}_momentum_sharpe"),
+            (f"{split}_bh_sharpe", f"metrics.{split}_buy_and_hold_sharpe"),
+        )
+    ),
     ("run_id", "run_id"),
     ("start_time", "start_time"),
 )
 
 
 def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished, evaluated runs (``mlflow.search_runs`` frame), newest first; absent values stay empty (NaN)."""
+    """Evaluated experiment runs (``mlflow.search_runs`` frame; not their per-seed children or the proxy's runs),
+    newest first; absent values stay empty (NaN)."""
     if runs.empty:
         return pd.DataFrame(columns=[c for c, _ in COLUMNS])
     table = pd.DataFrame({name: runs.get(src, pd.NA) for name, src in COLUMNS})
-    if "metrics.test_sharpe" in runs:
-        table = table[runs["metrics.test_sharpe"].notna().to_numpy()]
+    role = runs["tags.role"] if "tags.role" in runs else pd.Series("", index=runs.index)
+    tested = runs["metrics.test_sharpe"].notna() if "metrics.test_sharpe" in runs else False
+    keep = (role == "policy") & tested
+    table = table[keep.to_numpy(bool)] if isinstance(keep, pd.Series) else table.iloc[:0]
     return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
 
 

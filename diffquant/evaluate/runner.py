@@ -5,8 +5,10 @@ Used identically by validation during training, threshold search, evaluation and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from diffquant.config import EvalConfig, SimConfig
 from diffquant.evaluate.hysteresis import apply_hysteresis
@@ -56,7 +58,7 @@ class Scorer:
     ) -> tuple[WalkForwardResult, dict[str, float]]:
         """Hysteresis on the policy's raw decisions, then walk-forward and metrics."""
         executed = apply_hysteresis(decisions.raw, **thresholds.to_dict())
-        return self._score(series, walk_forward(series, executed, self.sim, decisions.raw, decisions.gate))
+        return self.positions(series, executed, decisions)
 
     def policy(
         self, model: PolicyNetwork, series: SeriesLike, thresholds: Thresholds
@@ -65,7 +67,37 @@ class Scorer:
 
     def constant(self, series: SeriesLike, position: float) -> tuple[WalkForwardResult, dict[str, float]]:
         """Buy-and-hold (1.0), flat (0.0) or always-short (-1.0) through the same engine and costs."""
-        return self._score(series, walk_forward(series, constant_positions(series, position), self.sim))
+        return self.positions(series, constant_positions(series, position))
 
-    def _score(self, series: SeriesLike, result: WalkForwardResult) -> tuple[WalkForwardResult, dict[str, float]]:
+    def positions(
+        self, series: SeriesLike, executed: np.ndarray, decisions: Decisions | None = None
+    ) -> tuple[WalkForwardResult, dict[str, float]]:
+        """Executed decisions (N,) through the engine; ``decisions`` (raw, gate) are only recorded."""
+        raw, gate = (decisions.raw, decisions.gate) if decisions is not None else (None, None)
+        result = walk_forward(series, executed, self.sim, raw, gate)
         return result, compute_metrics(result.record, self.timeframe_minutes, self.days_per_year)
+
+    def at_cost(self, multiplier: float) -> Scorer:
+        """The same scorer with commission, slippage and market impact scaled by ``multiplier``."""
+        s = self.sim
+        sim = replace(s, commission=s.commission * multiplier, slippage=s.slippage * multiplier,
+                      impact_eta=s.impact_eta * multiplier)  # fmt: skip
+        return replace(self, sim=sim)
+
+    def cost_sweep(self, series: SeriesLike, executed: np.ndarray, multipliers: list[float]) -> dict[str, Any]:
+        """The same executed decisions re-scored at each cost multiple, and the break-even cost.
+
+        Every bar's net return is linear in the cost multiple m, so the summed net return is S(m) = S(0) - m·C and
+        the Sharpe ratio crosses zero at m* = S(0) / (S(0) - S(1)). ``break_even_bps`` is m* times the configured
+        per-side cost (commission + slippage) in basis points: what the strategy can pay per unit traded before its
+        mean return turns negative. Negative: it loses money before any cost; None: it never trades.
+        """
+        levels = {}
+        for m in multipliers:
+            _, metrics = self.at_cost(m).positions(series, executed)
+            levels[f"{m:g}x"] = {"sharpe": metrics["sharpe"], "total_return_pct": metrics["total_return_pct"]}
+        free, full = (float(self.at_cost(m).positions(series, executed)[0].record["net"].sum()) for m in (0.0, 1.0))
+        paid = free - full
+        multiple = free / paid if paid > 0 else None
+        bps = multiple * self.sim.cost_rate * 1e4 if multiple is not None else None
+        return {"levels": levels, "break_even_multiple": multiple, "break_even_bps": bps}

@@ -151,18 +151,42 @@ def bootstrap_sharpe_ci(
     return float(lo), float(hi)
 
 
-def significance(
-    net: np.ndarray, benchmark_net: np.ndarray, periods_per_year: float, mean_block: float, seed: int = 0
-) -> dict[str, float | None]:
-    """PSR against zero and 95% stationary-bootstrap CIs of the annual Sharpe and of Sharpe minus the benchmark's.
+def null_max_sharpe(trial_sharpes: np.ndarray, n_trials: int, periods_per_year: float) -> float:
+    """SR0 for the DSR, per period: the best Sharpe ``n_trials`` skill-less trials are expected to show, with their
+    spread estimated from the annualised Sharpe ratios ``trial_sharpes`` of the trials actually run."""
+    s = np.asarray(trial_sharpes, dtype=float)
+    s = s[np.isfinite(s)]
+    variance = float(np.var(s, ddof=1)) / periods_per_year if s.size > 1 else 0.0
+    return expected_max_sharpe(n_trials, variance)
 
-    ``mean_block`` should span at least a day of bars. PSR is None for a series without variation (a flat book).
+
+def significance(
+    net: np.ndarray,
+    benchmark_net: np.ndarray,
+    periods_per_year: float,
+    mean_block: float,
+    seed: int = 0,
+    null_sharpe: float | None = None,
+) -> dict[str, float | None]:
+    """PSR against zero, DSR against ``null_sharpe`` (per period, from :func:`null_max_sharpe`) and 95%
+    stationary-bootstrap CIs of the annual Sharpe and of Sharpe minus the benchmark's.
+
+    ``mean_block`` should span at least a day of bars. PSR and DSR are None for a series without variation.
     """
     try:
         psr: float | None = probabilistic_sharpe_ratio(net)
+        dsr = None if null_sharpe is None else probabilistic_sharpe_ratio(net, null_sharpe)
     except ValueError:
-        psr = None
+        psr = dsr = None
     low, high = bootstrap_sharpe_ci(net, periods_per_year, mean_block, seed=seed)
     d_low, d_high = bootstrap_sharpe_ci(net, periods_per_year, mean_block, seed=seed, benchmark=benchmark_net)
-    return {"psr": psr, "sharpe_ci_low": low, "sharpe_ci_high": high, "sharpe_minus_benchmark_ci_low": d_low,
-            "sharpe_minus_benchmark_ci_high": d_high}  # fmt: skip
+    return {"psr": psr, "dsr": dsr, "sharpe_ci_low": low, "sharpe_ci_high": high,
+            "sharpe_minus_benchmark_ci_low": d_low, "sharpe_minus_benchmark_ci_high": d_high}  # fmt: skip
+
+
+def distribution(values: list[float]) -> dict[str, float]:
+    """Median, quartiles, min, max, mean and std (ddof 1) of a metric over seeds."""
+    v = np.asarray(values, dtype=float)
+    q25, median, q75 = np.quantile(v, [0.25, 0.5, 0.75])
+    return {"n": int(v.size), "median": float(median), "q25": float(q25), "q75": float(q75), "min": float(v.min()),
+            "max": float(v.max()), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}

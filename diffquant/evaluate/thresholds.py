@@ -63,6 +63,7 @@ def search(
                 "number": number,
                 **th.to_dict(),
                 objective: m[objective],
+                "sharpe": m["sharpe"],  # the DSR needs every trial's Sharpe, whatever the objective
                 "rebalances": m["rebalances"],
                 "feasible": m["rebalances"] >= min_rebalances,
                 "metrics": m,

@@ -27,6 +27,7 @@ import torch
 
 from diffquant.config import SimConfig
 from diffquant.data.contracts import from_ms
+from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork, sliding_windows
 from diffquant.sim.simulator import simulate
 
@@ -63,7 +64,7 @@ class WalkForwardResult:
     rebalances: pd.DataFrame  # time, from, to, commission
 
 
-def _model_device(model: PolicyNetwork) -> torch.device:
+def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -71,30 +72,45 @@ def _empty_decisions(n: int) -> Decisions:
     return Decisions(raw=np.full(n, np.nan), gate=np.full(n, np.nan))
 
 
-def policy_decisions(model: PolicyNetwork, series: SeriesLike, batch_size: int = 2048) -> Decisions:
-    """Raw decisions for every bar of ``series``, the fast way (one backbone pass per ``batch_size`` windows).
+def _encode_series(model: PolicyNetwork | Forecaster, series: SeriesLike, batch_size: int) -> np.ndarray:
+    """``model.encode_channel_major`` of every window of ``series`` (bars ctx-1 .. N-1), float64 on the CPU.
 
-    Runs in eval mode under ``inference_mode`` on the model's device and restores the model's train/eval mode.
-    The recursion starts flat at the first decision (bar ctx - 1), exactly as :func:`policy_decisions_reference`.
+    Eval mode under ``inference_mode`` on the model's device; the model's train/eval mode is restored.
     ``batch_size`` bounds memory: a batch of windows is batch_size x F x ctx floats after the z-score.
     """
-    n, ctx = len(series.close), model.context
-    out = _empty_decisions(n)
-    if n < ctx:
-        return out
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             features = torch.as_tensor(series.features, dtype=torch.float32, device=_model_device(model))
-            windows = sliding_windows(features[None], ctx)[0]  # (N - ctx + 1, F, ctx), a view
-            logits = torch.cat([model.encode_channel_major(windows[i : i + batch_size])
-                                for i in range(0, len(windows), batch_size)])  # (N - ctx + 1, 2)
-            positions, gates = model.head.scan_numpy(logits.double().cpu().numpy())
+            windows = sliding_windows(features[None], model.context)[0]  # (N - ctx + 1, F, ctx), a view
+            out = torch.cat([model.encode_channel_major(windows[i : i + batch_size])
+                             for i in range(0, len(windows), batch_size)])  # fmt: skip
     finally:
         model.train(was_training)
-    out.raw[ctx - 1 :] = positions
-    out.gate[ctx - 1 :] = gates
+    return out.double().cpu().numpy()
+
+
+def policy_decisions(model: PolicyNetwork, series: SeriesLike, batch_size: int = 2048) -> Decisions:
+    """Raw decisions for every bar of ``series``, the fast way (one backbone pass per ``batch_size`` windows).
+
+    The recursion starts flat at the first decision (bar ctx - 1), exactly as :func:`policy_decisions_reference`.
+    """
+    n, ctx = len(series.close), model.context
+    out = _empty_decisions(n)
+    if n < ctx:
+        return out
+    out.raw[ctx - 1 :], out.gate[ctx - 1 :] = model.head.scan_numpy(_encode_series(model, series, batch_size))
+    return out
+
+
+def forecast_decisions(model: Forecaster, series: SeriesLike, batch_size: int = 2048) -> Decisions:
+    """The MSE proxy's raw positions tanh(forecast / scale) for every bar; it has no gate (NaN)."""
+    n, ctx = len(series.close), model.context
+    out = _empty_decisions(n)
+    if n >= ctx:
+        forecast = _encode_series(model, series, batch_size)
+        out.raw[ctx - 1 :] = np.tanh(forecast / float(model.scale))
     return out
 
 

@@ -104,7 +104,7 @@ class TrialOutcome:
 def selected_value(result: TrainResult) -> float:
     """Val Sharpe of the checkpoint the trainer selected; the last check's when none qualified."""
     if result.best_epoch is not None:
-        return float(result.best_val_sharpe)
+        return float(result.best_score)
     return float([r for r in result.history if "val_sharpe" in r][-1]["val_sharpe"])
 
 

@@ -14,13 +14,15 @@ from diffquant.errors import ConfigError
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<gap> *)(?P<value>[^#\s][^#]*?)?(?P<rest> *#.*)?$")
 
 
-def _yaml_float(value: float) -> str:
-    """``repr`` round-trips; PyYAML reads ``1e-05`` as a string, so the mantissa gets a ``.0``."""
+def _yaml_number(value: float) -> str:
+    """``repr`` round-trips; PyYAML reads ``1e-05`` as a string, so the mantissa gets a ``.0``; ints stay ints."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     text = repr(float(value))
     return re.sub(r"^(-?\d+)e", r"\1.0e", text)
 
 
-def write_params(path: Path, values: dict[str, float]) -> None:
+def write_params(path: Path, values: dict[str, float | int]) -> None:
     """Set dotted keys in a params.yaml by editing their lines: every comment and every other line stays as it is.
 
     Raises ``ConfigError`` naming a key that has no line of its own in the file (nothing is written then).
@@ -39,7 +41,7 @@ def write_params(path: Path, values: dict[str, float]) -> None:
         key = ".".join([k for _, k in stack] + [m["key"]])
         stack.append((indent, m["key"]))
         if key in values and m["value"]:
-            old, new = m["value"], _yaml_float(values[key])
+            old, new = m["value"], _yaml_number(values[key])
             rest = m["rest"] or ""
             if rest:  # keep the comment's column when the new value fits
                 rest = " " * max(1, len(old) + len(rest) - len(rest.lstrip()) - len(new)) + rest.lstrip()

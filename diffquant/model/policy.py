@@ -29,6 +29,15 @@ def zscore(windows: Tensor, floor: float = 1e-8) -> Tensor:
     return (windows - mean) / std.clamp_min(floor)
 
 
+def dense_stack(in_dim: int, dense: list[int], dropout: float) -> tuple[nn.Sequential, int]:
+    """Linear -> LayerNorm -> GELU -> dropout per width in ``dense``; also returns the output width."""
+    layers: list[nn.Module] = []
+    for width in dense:
+        layers += [nn.Linear(in_dim, width), nn.LayerNorm(width), nn.GELU(), EpisodeDropout(dropout)]
+        in_dim = width
+    return nn.Sequential(*layers), in_dim
+
+
 class PolicyHead(nn.Module):
     """Dense layers on the backbone features, then direction and gate logits plus the linear state feedback."""
 
@@ -36,11 +45,7 @@ class PolicyHead(nn.Module):
         self, in_dim: int, dense: list[int], dropout: float, tau_dir: float, tau_gate: float, gate_bias: float
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for width in dense:
-            layers += [nn.Linear(in_dim, width), nn.LayerNorm(width), nn.GELU(), EpisodeDropout(dropout)]
-            in_dim = width
-        self.mlp = nn.Sequential(*layers)
+        self.mlp, in_dim = dense_stack(in_dim, dense, dropout)
         self.logits = nn.Linear(in_dim, 2)  # [direction, gate]
         self.state = nn.Linear(2, 2, bias=False)  # [prev_pos, prev_delta] -> [direction, gate]
         self.tau_dir = tau_dir

@@ -9,14 +9,17 @@ from __future__ import annotations
 import dataclasses
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from diffquant.config import ModelConfig, build_section
 from diffquant.data.contracts import atomic_path
 from diffquant.errors import DiffQuantError
+from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
+
+M = TypeVar("M", PolicyNetwork, Forecaster)
 
 
 class CheckpointError(DiffQuantError):
@@ -56,25 +59,33 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
 
 def build_policy(state: dict[str, Any], path: Path, expected: dict[str, Any] | None = None) -> PolicyNetwork:
     """Rebuild the policy stored in ``state``; refuse it if its spec differs from ``expected``."""
-    spec = state.get("policy_spec")
+    return _build(PolicyNetwork, state, path, expected)
+
+
+def load_policy(path: Path, expected: dict[str, Any] | None = None) -> PolicyNetwork:
+    """``build_policy(load(path), path, expected)``: the policy of a checkpoint file, checked against ``expected``."""
+    return build_policy(load(path), path, expected)
+
+
+def load_forecaster(path: Path, expected: dict[str, Any] | None = None) -> Forecaster:
+    """The MSE proxy's forecaster of a checkpoint file (written by the train-proxy stage)."""
+    return _build(Forecaster, load(path), path, expected)
+
+
+def _build(cls: type[M], state: dict[str, Any], path: Path, expected: dict[str, Any] | None) -> M:
+    spec = (state.get("spec") or {}).get("policy")
     if spec is None or "model_state" not in state:
-        raise CheckpointError(f"{path}: no policy_spec/model_state inside; it was not written by DiffQuant's trainer")
+        raise CheckpointError(f"{path}: no spec/model_state inside; it was not written by DiffQuant's trainer")
     if expected is not None and spec != expected:
         diffs = [k for k in expected if spec.get(k) != expected[k]]
         raise CheckpointError(
             f"{path}: checkpoint was trained with another configuration (differs in: {', '.join(diffs)}); "
             "re-run the train stage with the current params, or restore the params it was trained with"
         )
-    model = PolicyNetwork(
-        build_section(ModelConfig, spec["model"], "model"), len(spec["feature_names"]), spec["context"]
-    )
+    model = cls(build_section(ModelConfig, spec["model"], "model"), len(spec["feature_names"]), spec["context"])
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the policy ({str(exc).splitlines()[0]})") from None
+        what = "policy" if cls is PolicyNetwork else "forecaster"
+        raise CheckpointError(f"{path}: weights do not fit the {what} ({str(exc).splitlines()[0]})") from None
     return model
-
-
-def load_policy(path: Path, expected: dict[str, Any] | None = None) -> PolicyNetwork:
-    """``build_policy(load(path), path, expected)``: the policy of a checkpoint file, checked against ``expected``."""
-    return build_policy(load(path), path, expected)

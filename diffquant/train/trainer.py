@@ -13,11 +13,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from diffquant.config import SimConfig, TrainConfig
@@ -36,7 +36,7 @@ LAST, BEST, FINAL = "last.pt", "best.pt", "final.pt"
 class TrainResult:
     history: list[dict[str, Any]]
     best_epoch: int | None  # None: no validation check qualified, best.pt is the final model
-    best_val_sharpe: float | None
+    best_score: float | None  # the selection score of best.pt (val Sharpe for the policy)
     resumed_from: int = 0  # epochs already done when this call started
     checkpoints: dict[str, Path] = field(default_factory=dict)
 
@@ -72,6 +72,51 @@ def qualifies(val: dict[str, float], min_rebalances: int) -> bool:
     return val.get("rebalances", 0) >= min_rebalances and math.isfinite(val.get("sharpe", float("nan")))
 
 
+class EpochTask(Protocol):
+    """What one kind of model trains on: ``fit_task`` owns the loop, the optimiser, checkpoints and selection."""
+
+    n_items: int  # samples in an epoch; batches of ``batch_size`` are drawn from a fresh permutation each epoch
+    batch_size: int
+
+    def loss(self, model: nn.Module, idx: Tensor) -> Tensor:
+        """The loss of the batch of samples ``idx`` (may draw from torch's RNG, e.g. for augmentation)."""
+        ...
+
+    def summary(self) -> dict[str, float]:
+        """The epoch's training metrics (train_loss, ...); resets what ``loss`` accumulated."""
+        ...
+
+
+class PolicyTask:
+    """Episodes scored by the differentiable simulator under the objective, each batch mirrored with ``mirror_prob``."""
+
+    def __init__(self, episodes: EpisodeBatch, objective: Objective, sim: SimConfig, cfg: TrainConfig, horizon: int,
+                 mirror_map: tuple[Tensor, Tensor] | None) -> None:  # fmt: skip
+        self.episodes, self.objective, self.sim, self.cfg, self.horizon = episodes, objective, sim, cfg, horizon
+        self.mirror_map = mirror_map
+        self.n_items, self.batch_size = len(episodes), cfg.batch_size
+        self._losses: list[float] = []
+        self._pnls: list[Tensor] = []
+
+    def loss(self, model: nn.Module, idx: Tensor) -> Tensor:
+        batch = self.episodes.index(idx)
+        use_mirror = self.cfg.mirror and self.mirror_map is not None and torch.rand(()).item() < self.cfg.mirror_prob
+        mirrored = mirror(batch, *self.mirror_map) if use_mirror else None
+        loss, _, pnl = batch_loss(model, batch, self.objective, self.sim, self.horizon, self.cfg.full_bptt, mirrored)
+        self._losses.append(loss.item())
+        self._pnls.append(pnl)
+        return loss
+
+    def summary(self) -> dict[str, float]:
+        pnl = torch.cat(self._pnls).flatten()
+        out = {
+            "train_loss": float(np.mean(self._losses)),
+            "train_sharpe_per_bar": float(pnl.mean() / pnl.std().clamp_min(1e-12)),
+        }
+        self._losses, self._pnls = [], []
+        return out
+
+
 def fit(
     model: PolicyNetwork,
     episodes: EpisodeBatch,
@@ -87,110 +132,110 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` in place; checkpoints ``last.pt`` (every epoch), ``best.pt`` and ``final.pt`` in ``out_dir``.
+    """Train the policy in place on ``episodes``; "best" is the qualifying val check with the highest Sharpe.
 
-    ``spec`` (``checkpoint.policy_spec`` plus anything else that must match) guards resuming: a ``last.pt`` written
-    under another spec is ignored and training starts over.
+    See :func:`fit_task` for checkpoints and resuming.
     """
-    device = next(model.parameters()).device
-    out_dir = Path(out_dir)
-    opt, sched = make_optimizer(model, cfg)
-    state = _resume(out_dir / LAST, spec, model, opt, sched)
-    history: list[dict[str, Any]] = state["history"]
-    best_epoch, best_sharpe = state["best_epoch"], state["best_val_sharpe"]
-    start = state["epoch"]
     if len(episodes) < cfg.batch_size:
         raise ConfigError(
             f"{len(episodes)} training samples < train.batch_size ({cfg.batch_size}); lower the batch size"
         )
-    episodes = episodes.to(device)
-    perm, sign = (t.to(device) for t in mirror_map) if mirror_map is not None else (None, None)
+    device = next(model.parameters()).device
+    mirror_map = tuple(t.to(device) for t in mirror_map) if mirror_map is not None else None
+    task = PolicyTask(episodes.to(device), objective, sim, cfg, horizon, mirror_map)
+
+    def score(val: dict[str, float]) -> float | None:
+        return float(val["sharpe"]) if qualifies(val, cfg.select_min_rebalances) else None
+
+    return fit_task(model, task, validate, score, cfg, seed, out_dir, spec, on_epoch, progress)
+
+
+def fit_task(
+    model: nn.Module,
+    task: EpochTask,
+    validate: Callable[[Any], dict[str, float]],
+    score: Callable[[dict[str, float]], float | None],
+    cfg: TrainConfig,
+    seed: int,
+    out_dir: Path,
+    spec: dict[str, Any],
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place; checkpoints ``last.pt`` (every epoch), ``best.pt`` and ``final.pt`` in ``out_dir``.
+
+    Every ``val_freq`` epochs ``validate`` runs and ``score`` ranks it: higher is better, None can not be best.
+    ``spec`` (``checkpoint.policy_spec`` plus anything else that must match) guards resuming: a ``last.pt`` written
+    under another spec is ignored and training starts over.
+    """
+    out_dir = Path(out_dir)
+    opt, sched = make_optimizer(model, cfg)
+    state = _resume(out_dir / LAST, spec, model, opt, sched)
+    history: list[dict[str, Any]] = state["history"]
+    best_epoch, best_score = state["best_epoch"], state["best_score"]
+    start = state["epoch"]
+    device = next(model.parameters()).device
 
     bar = tqdm(
         range(start, cfg.epochs), desc="train", unit="epoch", disable=not progress, initial=start, total=cfg.epochs
     )
     for epoch in bar:
         torch.manual_seed(seed * 1_000_003 + epoch)
-        record = {
-            "epoch": epoch + 1,
-            "lr": opt.param_groups[0]["lr"],
-            **_train_epoch(model, episodes, objective, sim, cfg, horizon, opt, perm, sign),
-        }
+        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **_train_epoch(model, task, opt, cfg, device)}
         sched.step()
         if (epoch + 1) % cfg.val_freq == 0 or epoch + 1 == cfg.epochs:
             val = validate(model)
             record.update({f"val_{k}": v for k, v in val.items()})
-            if qualifies(val, cfg.select_min_rebalances) and (best_sharpe is None or val["sharpe"] > best_sharpe):
-                best_epoch, best_sharpe = epoch + 1, float(val["sharpe"])
+            candidate = score(val)
+            if candidate is not None and (best_score is None or candidate > best_score):
+                best_epoch, best_score = epoch + 1, candidate
                 checkpoint.save(
                     out_dir / BEST,
-                    _state(model, opt, sched, epoch + 1, [*history, record], spec, best_epoch, best_sharpe),
+                    _state(model, opt, sched, epoch + 1, [*history, record], spec, best_epoch, best_score),
                 )
         history.append(record)
-        checkpoint.save(out_dir / LAST, _state(model, opt, sched, epoch + 1, history, spec, best_epoch, best_sharpe))
-        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_sharpe=f"{record.get('val_sharpe', float('nan')):.2f}")
+        checkpoint.save(out_dir / LAST, _state(model, opt, sched, epoch + 1, history, spec, best_epoch, best_score))
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{record.get('val_sharpe', float('nan')):.2f}")
         if on_epoch is not None:
             on_epoch(record)
 
-    final = _state(model, opt, sched, cfg.epochs, history, spec, best_epoch, best_sharpe)
+    final = _state(model, opt, sched, cfg.epochs, history, spec, best_epoch, best_score)
     checkpoint.save(out_dir / FINAL, final)
     if best_epoch is None:
-        log.warning(
-            "no validation check qualified as best (>= %d rebalances); best.pt = the final model",
-            cfg.select_min_rebalances,
-        )
+        log.warning("no validation check qualified as best; best.pt = the final model")
         checkpoint.save(out_dir / BEST, final)
     return TrainResult(
         history,
         best_epoch,
-        best_sharpe,
+        best_score,
         start,
         {name: out_dir / f for name, f in (("last", LAST), ("best", BEST), ("final", FINAL))},
     )
 
 
 def _train_epoch(
-    model: PolicyNetwork,
-    episodes: EpisodeBatch,
-    objective: Objective,
-    sim: SimConfig,
-    cfg: TrainConfig,
-    horizon: int,
-    opt: torch.optim.Optimizer,
-    perm: Tensor | None,
-    sign: Tensor | None,
+    model: nn.Module, task: EpochTask, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device
 ) -> dict[str, float]:
     model.train()
-    order = torch.randperm(len(episodes), device=episodes.features.device)
-    n_batches = len(episodes) // cfg.batch_size  # drop_last: every batch has the same size
-    losses, pnls = [], []
-    for b in range(n_batches):
-        batch = episodes.index(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-        use_mirror = cfg.mirror and perm is not None and torch.rand(()).item() < cfg.mirror_prob
-        mirrored = mirror(batch, perm, sign) if use_mirror else None
-        loss, _, pnl = batch_loss(model, batch, objective, sim, horizon, cfg.full_bptt, mirrored)
+    order = torch.randperm(task.n_items, device=device)
+    for b in range(task.n_items // task.batch_size):  # drop_last: every batch has the same size
+        loss = task.loss(model, order[b * task.batch_size : (b + 1) * task.batch_size])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        losses.append(loss.item())
-        pnls.append(pnl)
-    pnl = torch.cat(pnls).flatten()
-    return {
-        "train_loss": float(np.mean(losses)),
-        "train_sharpe_per_bar": float(pnl.mean() / pnl.std().clamp_min(1e-12)),
-    }
+    return task.summary()
 
 
 def _state(
-    model: PolicyNetwork,
+    model: nn.Module,
     opt: torch.optim.Optimizer,
     sched: Any,
     epoch: int,
     history: list[dict[str, Any]],
     spec: dict[str, Any],
     best_epoch: int | None,
-    best_sharpe: float | None,
+    best_score: float | None,
 ) -> dict[str, Any]:
     return {
         "model_state": model.state_dict(),
@@ -198,10 +243,9 @@ def _state(
         "scheduler_state": sched.state_dict(),
         "epoch": epoch,
         "history": history,
-        "policy_spec": spec["policy"],
         "spec": spec,
         "best_epoch": best_epoch,
-        "best_val_sharpe": best_sharpe,
+        "best_score": best_score,
     }
 
 
@@ -218,9 +262,9 @@ def completed_epochs(out_dir: Path, spec: dict[str, Any]) -> int:
 
 
 def _resume(
-    path: Path, spec: dict[str, Any], model: PolicyNetwork, opt: torch.optim.Optimizer, sched: Any
+    path: Path, spec: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, sched: Any
 ) -> dict[str, Any]:
-    fresh = {"epoch": 0, "history": [], "best_epoch": None, "best_val_sharpe": None}
+    fresh = {"epoch": 0, "history": [], "best_epoch": None, "best_score": None}
     if not path.exists():
         return fresh
     try:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "split": {"train_start": "2025-01-01"},  # one quarter of training data
-    "train": {"epochs": 2, "val_freq": 1, "batch_size": 32, "select_min_rebalances": 1},
+    "train": {"epochs": 2, "val_freq": 1, "batch_size": 32, "select_min_rebalances": 1, "seeds": [1, 2]},
     "thresholds": {"trials": 4},
 }
 
@@ -53,39 +53,54 @@ def _runs(repo: Path) -> list:
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_repro_logs_one_complete_run(repo: Path) -> None:
-    (run,) = _runs(repo)
-    m, p = run.data.metrics, run.data.params
-    for key in (
-        "best_val_sharpe",
-        "test_sharpe",
-        "backtest_sharpe",
-        "test_buy_and_hold_sharpe",
-        "threshold_enter_long",
-        "val_sharpe",
-        "train_loss",
-    ):
+def _role(runs: list, role: str) -> list:
+    return [r for r in runs if r.data.tags.get("role") == role]
+
+
+def _artifacts(repo: Path, run_id: str, folders: tuple[str, ...]) -> set[str]:
+    return {a.path for d in folders for a in _client(repo).list_artifacts(run_id, d)}
+
+
+def test_repro_logs_a_parent_run_with_one_child_per_seed(repo: Path) -> None:
+    runs = _runs(repo)
+    (parent,) = _role(runs, "policy")
+    children = _role(runs, "policy_seed")
+    assert sorted(c.data.tags["seed"] for c in children) == ["1", "2"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    (proxy,) = _role(runs, "proxy")
+    assert len([r for r in _role(runs, "proxy_seed") if r.data.tags["mlflow.parentRunId"] == proxy.info.run_id]) == 2
+
+    m, p = parent.data.metrics, parent.data.params
+    for key in ("best_val_sharpe_median", "test_sharpe", "backtest_sharpe", "test_sharpe_seed_median",
+                "test_sharpe_seed_min", "test_psr", "test_dsr", "test_sharpe_ci_low", "test_break_even_bps",
+                "test_sharpe_at_0x_cost", "test_sharpe_at_3x_cost", "test_proxy_sharpe", "test_momentum_sharpe",
+                "test_buy_and_hold_sharpe", "val_sharpe"):  # fmt: skip
         assert key in m, key
-    assert p["loss.lambda_bias"] == "0.25" and p["train.epochs"] == "2"
-    assert run.data.tags["git_commit"] != "unknown" and "data_hash" in run.data.tags
-    assert [h.step for h in _client(repo).get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
-    artifacts = {
-        a.path
-        for d in ("evaluate", "checkpoints", "train", "thresholds", "data")
-        for a in _client(repo).list_artifacts(run.info.run_id, d)
-    }
-    for path in (
-        "evaluate/test.png",
-        "evaluate/backtest_record.csv",
-        "checkpoints/best.pt",
-        "train/params.yaml",
-        "thresholds/trials.csv",
-        "data/quality.json",
-    ):
-        assert path in artifacts, path
+    assert p["loss.lambda_bias"] == "0.25" and p["train.epochs"] == "2" and p["train.seeds"] == "[1, 2]"
+    assert parent.data.tags["git_commit"] != "unknown" and "data_hash" in parent.data.tags
+    assert parent.info.status == "FINISHED"
+    assert {"evaluate/report.md", "evaluate/test.png", "evaluate/books.csv", "train/history.png",
+            "train/params.yaml", "data/quality.json"} <= _artifacts(repo, parent.info.run_id,
+                                                                     ("evaluate", "train", "data"))  # fmt: skip
+    for child in children:
+        assert [h.step for h in _client(repo).get_metric_history(child.info.run_id, "train_loss")] == [1, 2]
+        for key in ("threshold_enter_long", "tuned_val_sharpe", "test_sharpe", "test_dsr", "backtest_sharpe"):
+            assert key in child.data.metrics, key
+        seed = child.data.tags["seed"]
+        assert {"checkpoints/best.pt", "train/history.json", f"thresholds/policy_seed_{seed}.csv"} <= _artifacts(
+            repo, child.info.run_id, ("checkpoints", "train", "thresholds")
+        )
+
     evaluate = json.loads((repo / "outputs/metrics/evaluate.json").read_text())
-    assert set(evaluate) == {"test", "backtest"} and "buy_and_hold" in evaluate["test"]
-    assert "| run |" in (repo / "outputs/compare/compare.md").read_text()
+    assert {"val", "test", "backtest", "trials", "momentum_lookback"} <= set(evaluate)
+    test = evaluate["test"]
+    assert {"policy", "proxy", "momentum", "buy_and_hold", "flat"} == set(test)
+    assert set(test["policy"]["seeds"]) == {"1", "2"} and test["policy"]["distribution"]["sharpe"]["n"] == 2
+    assert set(test["policy"]["ensemble"]["costs"]["levels"]) == {"0x", "1x", "2x", "3x"}
+    assert evaluate["trials"]["policy_n"] == 2 * (4 + 1)
+    report = (repo / "outputs/evaluate/report.md").read_text()
+    assert "MSE proxy ensemble" in report and "momentum" in report and "Cost sweep" in report
+    assert len((repo / "outputs/compare/compare.md").read_text().splitlines()) == 3  # header, rule, one run
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
@@ -101,11 +116,11 @@ def test_ablation_reruns_only_what_depends_on_the_loss(repo: Path) -> None:
     out = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "loss.lambda_bias=0.3"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert {"train", "threshold-opt", "evaluate", "compare"} <= ran
-    assert not ran & {"download", "aggregate", "features", "split"}
-    runs = _runs(repo)
-    assert len(runs) == 2
-    assert runs[-1].data.params["loss.lambda_bias"] == "0.3"
-    assert runs[-1].data.tags.get("dvc_exp_name")
+    assert not ran & {"download", "aggregate", "features", "split", "train-proxy"}  # the proxy has no loss
+    parents = _role(_runs(repo), "policy")
+    assert len(parents) == 2
+    assert parents[-1].data.params["loss.lambda_bias"] == "0.3"
+    assert parents[-1].data.tags.get("dvc_exp_name")
 
 
 def _free_port() -> int:
@@ -155,8 +170,9 @@ def test_mlflow_server_lists_the_run(repo: Path) -> None:
             headers={"Content-Type": "application/json"},
         )
         runs = json.load(urllib.request.urlopen(req))["runs"]
-        assert runs and all("test_sharpe" in {m["key"] for m in r["data"]["metrics"]} for r in runs)
-        run_id = runs[0]["info"]["run_id"]
+        parents = [r for r in runs if {"key": "role", "value": "policy"} in r["data"].get("tags", [])]
+        assert parents and all("test_sharpe" in {m["key"] for m in r["data"]["metrics"]} for r in parents)
+        run_id = parents[0]["info"]["run_id"]
         listing = json.load(
             urllib.request.urlopen(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}&path=evaluate")
         )

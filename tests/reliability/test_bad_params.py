@@ -88,6 +88,13 @@ PARAMS_CASES: dict[str, tuple[str, dict[str, Any] | str, tuple[str, ...]]] = {
     # cross-field rules and rules against the data
     "heads_do_not_divide": ("train", {"model": {"itransformer": {"n_heads": 3}}}, ("model.itransformer.d_model",)),
     "horizon_within_lag": ("split", {"window": {"horizon": 2}, "sim": {"execution_lag_bars": 2}}, ("window.horizon",)),
+    "momentum_longer_than_window": (
+        "train", {"baselines": {"momentum_lookbacks": [24, 96]}}, ("baselines.momentum_lookbacks", "window.context"),
+    ),
+    "duplicate_seeds": ("train", {"train": {"seeds": [1, 1]}}, ("train.seeds", "distinct")),
+    "no_seeds": ("train", {"train": {"seeds": []}}, ("train.seeds",)),
+    "seed_not_an_integer": ("train", {"train": {"seeds": [1, "two"]}}, ("train.seeds[1]", "expected an integer")),
+    "negative_cost_multiple": ("evaluate", {"eval": {"cost_multipliers": [1.0, -1.0]}}, ("eval.cost_multipliers",)),
     "dates_out_of_order": ("split", {"split": {"test_start": "2025-03-01"}}, ("split.test_start", "must be after")),
     "window_longer_than_train": (
         "split",
@@ -158,7 +165,7 @@ def _save_policy(path: Path, model_override: dict[str, Any], feature_names: list
     context = 96
     model = PolicyNetwork(cfg, len(feature_names), context)
     spec = checkpoint.policy_spec(cfg, feature_names, context)
-    checkpoint.save(path, {"model_state": model.state_dict(), "policy_spec": spec, "epoch": 1})
+    checkpoint.save(path, {"model_state": model.state_dict(), "spec": {"policy": spec}, "epoch": 1})
 
 
 def _names(root: Path) -> list[str]:
@@ -190,8 +197,8 @@ CHECKPOINTS: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
 def test_threshold_opt_refuses_a_bad_checkpoint(root: Path, tmp_path: Path, case: str) -> None:
     make, fragments = CHECKPOINTS[case]
     train_dir = tmp_path / "train"
-    train_dir.mkdir()
-    make(train_dir / "best.pt", root)
+    (train_dir / "seed_42").mkdir(parents=True)
+    make(train_dir / "seed_42" / "best.pt", root)
     before = snapshot(root)
     out = tmp_path / "thresholds"
     done = stage(
@@ -207,7 +214,9 @@ def test_threshold_opt_refuses_a_bad_checkpoint(root: Path, tmp_path: Path, case
 def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with an open MLflow run and thresholds, to show a refused checkpoint logs nothing anywhere."""
     dst = tmp_path_factory.mktemp("evaluate")
-    thresholds = {"enter_long": 0.1, "enter_short": 0.1, "exit": 0.05, "min_delta": 0.03, "checkpoint": "best"}
+    tuned = {"enter_long": 0.1, "enter_short": 0.1, "exit": 0.05, "min_delta": 0.03, "trial_sharpes": [0.0, 1.0]}
+    thresholds = {"checkpoint": "best", "policy": {"42": tuned}, "proxy": {"42": tuned},
+                  "momentum": {"lookback": 24, "candidate_sharpes": [0.0]}}  # fmt: skip
     (dst / "thresholds.json").write_text(json.dumps(thresholds))
     run = tracking.start_run(dst, "bad-checkpoint", {})
     (dst / "run.json").write_text(json.dumps({"run_id": run.run_id}))
@@ -218,8 +227,8 @@ def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_evaluate_refuses_a_bad_checkpoint(root: Path, eval_root: Path, tmp_path: Path, case: str) -> None:
     make, fragments = CHECKPOINTS[case]
     train_dir = tmp_path / "train"
-    train_dir.mkdir()
-    make(train_dir / "best.pt", root)
+    (train_dir / "seed_42").mkdir(parents=True)
+    make(train_dir / "seed_42" / "best.pt", root)
     before = snapshot(eval_root, skip="mlruns")
     out = tmp_path / "evaluate"
     done = stage(

@@ -35,17 +35,20 @@ def test_same_seed_same_metrics_weights_and_logged_provenance(prepared: Path, tm
     a, b = _train(repo, "a"), _train(repo, "b")
 
     assert read_json(a / "train.json") == read_json(b / "train.json")
-    assert read_json(a / "train" / "history.json") == read_json(b / "train" / "history.json")
+    assert read_json(a / "train/seed_42/history.json") == read_json(b / "train/seed_42/history.json")
     for name in ("best.pt", "final.pt"):
-        wa, wb = (checkpoint.load(d / "train" / name)["model_state"] for d in (a, b))
+        wa, wb = (checkpoint.load(d / "train/seed_42" / name)["model_state"] for d in (a, b))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
 
-    found = runs(repo)
-    assert {r.info.run_id for r in found} == {read_json(d / "run.json")["run_id"] for d in (a, b)}
+    parents = runs(repo, "policy")
+    assert {r.info.run_id for r in parents} == {read_json(d / "run.json")["run_id"] for d in (a, b)}
+    children = runs(repo, "policy_seed")
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {r.info.run_id for r in parents}
+    assert all(r.data.tags["seed"] == r.data.params["seed"] == "42" for r in children)
     data_hashes = set()
-    for r in found:
-        tags, params = r.data.tags, r.data.params
-        assert tags["seed"] == params["seed"] == "42"
+    for r in parents:
+        tags = r.data.tags
+        assert tags["seeds"] == "42" and r.data.params["train.seeds"] == "[42]"
         assert len(tags["data_hash"]) == 16
         data_hashes.add(tags["data_hash"])
         for lib in LIBRARIES:

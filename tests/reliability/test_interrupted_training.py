@@ -1,10 +1,11 @@
 """A training process killed mid-run (SIGKILL, no chance to clean up) and restarted with ``dvc repro`` must resume
-from its last epoch checkpoint, end with the metrics of an uninterrupted run, and leave MLflow with one run whose
-per-epoch history has every epoch exactly once.
+from its last epoch checkpoint, end with the metrics of an uninterrupted run, and leave MLflow with one parent run
+and one run per seed whose per-epoch history has every epoch exactly once.
 
-Faults injected: SIGKILL of ``python -m stages.train`` once ``last.pt`` holds epoch >= 1 and before the last
-epoch; then the epoch of that ``last.pt`` is deleted from the MLflow store, as if the kill had landed between
-saving the checkpoint and logging its epoch (a real window: the trainer saves first, the stage logs after).
+Faults injected: SIGKILL of ``python -m stages.train`` once the second seed's ``last.pt`` holds epoch >= 1 and
+before its last epoch (the first seed is complete); then the epoch of that ``last.pt`` is deleted from the MLflow
+store, as if the kill had landed between saving the checkpoint and logging its epoch (a real window: the trainer
+saves first, the stage logs after).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 6
 # Batches of 4 make an epoch take ~0.5 s on 2 CPU cores (~30 optimiser steps): long enough to kill mid-run.
-PARAMS = tiny_params(train={"epochs": EPOCHS, "batch_size": 4})
+SEEDS = (42, 43)
+PARAMS = tiny_params(train={"epochs": EPOCHS, "batch_size": 4, "seeds": list(SEEDS)})
 HISTORY_KEYS = ("train_loss", "lr", "train_sharpe_per_bar")
 
 
@@ -46,8 +48,9 @@ def _epoch_of(path: Path) -> int:
 
 
 def _kill_mid_run(repo: Path, timeout_s: float = 180) -> int:
-    """Start the train stage and SIGKILL it once ``last.pt`` shows an epoch in [1, EPOCHS); the epoch it left."""
-    last = repo / "outputs" / "train" / "last.pt"
+    """Start the train stage and SIGKILL it once the last seed's ``last.pt`` shows an epoch in [1, EPOCHS); the epoch
+    it left."""
+    last = repo / "outputs" / "train" / f"seed_{SEEDS[-1]}" / "last.pt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stages.train"],
         cwd=repo,
@@ -88,29 +91,39 @@ def _history(repo: Path, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_killed_training_resumes_and_matches_an_uninterrupted_run(prepared: Path, tmp_path: Path) -> None:
     killed = _with_params(clone_tree(prepared, tmp_path / "killed"))
     done = _kill_mid_run(killed)
-    (run,) = runs(killed)
-    _forget_epoch(killed, run.info.run_id, done)
+    (cut,) = [r for r in runs(killed, "policy_seed") if r.data.tags["seed"] == str(SEEDS[-1])]
+    _forget_epoch(killed, cut.info.run_id, done)
 
     out = dvc("repro", cwd=killed)
-    assert f"resuming from {killed.resolve() / 'outputs' / 'train' / 'last.pt'} after epoch {done}" in out, out[-3000:]
+    seed_dir = killed.resolve() / "outputs" / "train"
+    assert f"resuming from {seed_dir / f'seed_{SEEDS[-1]}' / 'last.pt'} after epoch {done}" in out, out[-3000:]
+    assert f"resuming from {seed_dir / f'seed_{SEEDS[0]}' / 'last.pt'} after epoch {EPOCHS}" in out, out[-3000:]
 
     clean = _with_params(clone_tree(prepared, tmp_path / "clean"))
     dvc("repro", cwd=clean)
 
-    for name in ("train.json", "thresholds.json", "evaluate.json"):
+    for name in ("train.json", "proxy.json", "thresholds.json", "evaluate.json"):
         assert read_json(killed / "outputs/metrics" / name) == read_json(clean / "outputs/metrics" / name), name
-    for name in ("best.pt", "final.pt"):
-        a, b = (checkpoint.load(r / "outputs/train" / name)["model_state"] for r in (killed, clean))
-        assert all(torch.equal(a[k], b[k]) for k in b), name
+    for seed in SEEDS:
+        for name in ("best.pt", "final.pt"):
+            a, b = (checkpoint.load(r / f"outputs/train/seed_{seed}" / name)["model_state"] for r in (killed, clean))
+            assert all(torch.equal(a[k], b[k]) for k in b), (seed, name)
 
-    (run,) = runs(killed)  # one run: the restart continued the killed one, opened no second
-    (ref,) = runs(clean)
-    assert run.info.run_id == read_json(killed / "outputs/mlflow_run.json")["run_id"]
-    assert run.data.metrics["resumed_after_epoch"] == done
-    for key in HISTORY_KEYS:
-        got = _history(killed, run.info.run_id, key)
-        assert [s for s, _ in got] == list(range(1, EPOCHS + 1)), f"{key}: steps {[s for s, _ in got]}"
-        assert got == _history(clean, ref.info.run_id, key), key
-    val = [s for s, _ in _history(killed, run.info.run_id, "val_sharpe")]
-    assert val == [s for s, _ in _history(clean, ref.info.run_id, "val_sharpe")] == [2, 4, 6]
-    assert "test_sharpe" in run.data.metrics and run.data.metrics.keys() == ref.data.metrics.keys()
+    (parent,) = runs(killed, "policy")  # one parent: the restart continued the killed one, opened no second
+    (ref,) = runs(clean, "policy")
+    assert parent.info.run_id == read_json(killed / "outputs/mlflow_run.json")["run_id"]
+    assert parent.info.status == "FINISHED" and "test_sharpe" in parent.data.metrics
+    assert parent.data.metrics.keys() == ref.data.metrics.keys()
+    children = {r.data.tags["seed"]: r for r in runs(killed, "policy_seed")}
+    references = {r.data.tags["seed"]: r for r in runs(clean, "policy_seed")}
+    assert sorted(children) == sorted(references) == [str(s) for s in SEEDS]
+    assert children[str(SEEDS[-1])].data.metrics["resumed_after_epoch"] == done
+    for seed, run in children.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        for key in HISTORY_KEYS:
+            got = _history(killed, run.info.run_id, key)
+            assert [s for s, _ in got] == list(range(1, EPOCHS + 1)), f"seed {seed} {key}: steps {got}"
+            assert got == _history(clean, references[seed].info.run_id, key), (seed, key)
+        val = [s for s, _ in _history(killed, run.info.run_id, "val_sharpe")]
+        assert val == [s for s, _ in _history(clean, references[seed].info.run_id, "val_sharpe")] == [2, 4, 6]
+        assert run.data.metrics.keys() == references[seed].data.metrics.keys()

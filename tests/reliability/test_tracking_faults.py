@@ -73,13 +73,17 @@ def test_two_queued_experiments_land_complete_in_one_store(prepared: Path, tmp_p
     )
     assert status.count("Success") == 2, f"{status}\n{logs}"
 
-    found = runs(repo)
+    found = runs(repo, "policy")
     assert sorted(r.data.params["train.lr"] for r in found) == sorted(LRS)
     assert len({r.data.tags.get("dvc_exp_name") for r in found}) == 2
+    children = runs(repo, "policy_seed")
     for r in found:
         assert r.info.status == "FINISHED", r.data.params["train.lr"]
-        for key in ("best_val_sharpe", "test_sharpe", "backtest_sharpe", "threshold_enter_long", "train_loss"):
+        for key in ("best_val_sharpe_median", "test_sharpe", "backtest_sharpe", "test_proxy_sharpe"):
             assert key in r.data.metrics, (r.data.params["train.lr"], key)
+        (child,) = [c for c in children if c.data.tags["mlflow.parentRunId"] == r.info.run_id]
+        for key in ("threshold_enter_long", "train_loss", "test_sharpe"):
+            assert key in child.data.metrics, (r.data.params["train.lr"], key)
     # the queued runs read their own params and wrote into their temp workspaces, not into this one
     assert not (repo / "outputs" / "train").exists() and not (repo / "outputs" / "mlflow_run.json").exists()
     shown = dvc("exp", "show", "--no-pager", "--csv", cwd=repo)

@@ -35,10 +35,9 @@ def trained_state() -> tuple[PolicyNetwork, dict]:
         "scheduler_state": sched.state_dict(),
         "epoch": 1,
         "history": [{"epoch": 1, "lr": 1e-3, "train_loss": 0.5, "val_sharpe": float("nan")}],
-        "policy_spec": spec,
         "spec": {"policy": spec, "seed": 42},
         "best_epoch": None,
-        "best_val_sharpe": None,
+        "best_score": None,
     }
     return model, state
 
@@ -127,9 +126,9 @@ def test_model_config_mismatch_and_foreign_files(tmp_path):
                         head=HeadConfig(dense=[8]))
     with pytest.raises(CheckpointError, match=r"differs in: model\)"):
         checkpoint.build_policy(state, tmp_path / "a.pt", expected=checkpoint.policy_spec(other, NAMES, CTX))
-    with pytest.raises(CheckpointError, match="no policy_spec/model_state inside"):
+    with pytest.raises(CheckpointError, match="no spec/model_state inside"):
         checkpoint.build_policy({"weights": {}}, tmp_path / "a.pt")
     # a spec that claims the architecture but weights of another shape
-    bad = {**state, "policy_spec": checkpoint.policy_spec(other, NAMES, CTX)}
+    bad = {**state, "spec": {**state["spec"], "policy": checkpoint.policy_spec(other, NAMES, CTX)}}
     with pytest.raises(CheckpointError, match=r"a\.pt: weights do not fit the policy"):
         checkpoint.build_policy(bad, tmp_path / "a.pt")

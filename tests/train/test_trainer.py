@@ -111,7 +111,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     final_a = checkpoint.load(tmp_path / "full" / FINAL)
     final_b = checkpoint.load(tmp_path / "cut" / FINAL)
     assert_same_weights(final_a["optimizer_state"]["state"][0], final_b["optimizer_state"]["state"][0])
-    assert (r_resumed.best_epoch, r_resumed.best_val_sharpe) == (r_full.best_epoch, r_full.best_val_sharpe)
+    assert (r_resumed.best_epoch, r_resumed.best_score) == (r_full.best_epoch, r_full.best_score)
 
 
 def test_last_checkpoint_of_another_spec_or_unreadable_is_ignored(tmp_path):
@@ -137,7 +137,7 @@ def test_a_model_that_never_trades_is_never_best(tmp_path):
         return {"sharpe": 9.9, "rebalances": 0.0}  # flat: a high (or zero) Sharpe without trading
 
     model, result = run(tmp_path, validate_fn=idle)
-    assert result.best_epoch is None and result.best_val_sharpe is None
+    assert result.best_epoch is None and result.best_score is None
     assert [rec["val_sharpe"] for rec in result.history] == [9.9] * 3
     best, final = checkpoint.load(tmp_path / BEST), checkpoint.load(tmp_path / FINAL)
     assert_same_weights(best["model_state"], final["model_state"])
@@ -161,7 +161,7 @@ def test_best_is_the_highest_qualifying_check(tmp_path):
 
     model = new_model()
     _, result = run(tmp_path, model=model, cfg=cfg, validate_fn=lambda m: next(script), on_epoch=remember)
-    assert (result.best_epoch, result.best_val_sharpe) == (3, 2.0)
+    assert (result.best_epoch, result.best_score) == (3, 2.0)
     best = checkpoint.load(tmp_path / BEST)
     assert best["epoch"] == 3 and best["best_epoch"] == 3
     assert_same_weights(best["model_state"], weights[3])

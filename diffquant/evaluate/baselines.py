@@ -1,0 +1,30 @@
+"""Rule baselines: time-series momentum, with its lookback chosen on val the way the policy's thresholds are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from diffquant.evaluate.runner import Scorer
+from diffquant.evaluate.walk_forward import SeriesLike
+
+
+def momentum_decisions(series: SeriesLike, lookback: int) -> np.ndarray:
+    """Executed decisions (N,) of the rule "hold the sign of the past ``lookback``-bar return": +1, -1 or 0 (no
+    change). The decision at bar k uses closes k - lookback and k only; NaN where bar k - lookback does not exist.
+    """
+    close = np.asarray(series.close, dtype=np.float64)
+    out = np.full(len(close), np.nan)
+    out[lookback:] = np.sign(close[lookback:] - close[:-lookback])
+    return out
+
+
+def choose_momentum(val: SeriesLike, lookbacks: list[int], scorer: Scorer) -> tuple[int, pd.DataFrame]:
+    """The lookback with the highest val Sharpe (the shortest on ties) and the table of every candidate."""
+    rows = []
+    for n in lookbacks:
+        _, m = scorer.positions(val, momentum_decisions(val, n))
+        rows.append({"lookback": n, "sharpe": m["sharpe"], "total_return_pct": m["total_return_pct"],
+                     "rebalances": m["rebalances"]})  # fmt: skip
+    table = pd.DataFrame(rows).sort_values("lookback", kind="stable").reset_index(drop=True)
+    return int(table.loc[table["sharpe"].idxmax(), "lookback"]), table

@@ -1,0 +1,160 @@
+"""Scoring books for the evaluate stage: metrics, significance and the cost sweep of each, and the seed group.
+
+A *book* is one sequence of executed decisions traded through the one engine: a seed's policy after hysteresis,
+the MSE proxy, the momentum rule, buy-and-hold. The seed *ensemble* trades the average of the seeds' executed
+positions as one book (trades net out between seeds, so it is cheaper than five separate books).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diffquant.evaluate.runner import Scorer
+from diffquant.evaluate.stats import distribution, significance
+from diffquant.evaluate.walk_forward import Decisions, SeriesLike, WalkForwardResult
+
+# the per-seed metrics kept in evaluate.json (the ensemble and the baselines keep them all)
+SEED_METRICS = ("sharpe", "total_return_pct", "max_drawdown_pct", "rebalances", "turnover", "exposure",
+                "long_share", "short_share", "flat_share", "commission_pct", "funding_pct")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Judge:
+    """How every book of a quarter is judged: the scorer, its benchmark book and the statistics' settings."""
+
+    scorer: Scorer
+    series: SeriesLike
+    benchmark_net: np.ndarray  # buy-and-hold's net returns on the same bars
+    bars_per_year: float
+    mean_block: float  # stationary bootstrap mean block, at least a day of bars
+    seed: int
+    cost_multipliers: list[float]
+
+    def book(
+        self, executed: np.ndarray, decisions: Decisions | None = None, null_sharpe: float | None = None
+    ) -> tuple[WalkForwardResult, dict[str, Any]]:
+        """One book: its walk-forward record and {metrics, significance, costs}."""
+        result, metrics = self.scorer.positions(self.series, executed, decisions)
+        signif = significance(result.record["net"].to_numpy(), self.benchmark_net, self.bars_per_year,
+                              self.mean_block, self.seed, null_sharpe)  # fmt: skip
+        costs = self.scorer.cost_sweep(self.series, executed, self.cost_multipliers)
+        return result, {"metrics": metrics, "significance": signif, "costs": costs}
+
+
+def group(
+    judge: Judge, executed: dict[str, np.ndarray], decisions: dict[str, Decisions], null_sharpe: float | None
+) -> tuple[dict[str, WalkForwardResult], dict[str, Any]]:
+    """Every seed's book, the distribution of their metrics over seeds, and the ensemble book.
+
+    Returns the records (per seed and ``"ensemble"``) and {"seeds": {seed: entry}, "distribution": {metric: ...},
+    "ensemble": entry}; a seed's entry keeps ``SEED_METRICS`` only.
+    """
+    records, seeds = {}, {}
+    for seed, ex in executed.items():
+        records[seed], entry = judge.book(ex, decisions[seed], null_sharpe)
+        seeds[seed] = {**entry, "metrics": {k: entry["metrics"][k] for k in SEED_METRICS}}
+    spread = {k: distribution([s["metrics"][k] for s in seeds.values()]) for k in ("sharpe", "total_return_pct")}
+    break_even = [s["costs"]["break_even_bps"] for s in seeds.values() if s["costs"]["break_even_bps"] is not None]
+    if break_even:  # a seed that never trades has none
+        spread["break_even_bps"] = distribution(break_even)
+    records["ensemble"], ensemble = judge.book(np.mean(list(executed.values()), axis=0), None, null_sharpe)
+    return records, {"seeds": seeds, "distribution": spread, "ensemble": ensemble}
+
+
+def _row(split: str, book: str, seed: str, entry: dict[str, Any]) -> dict[str, Any]:
+    m, sig, costs = entry["metrics"], entry["significance"], entry["costs"]
+    return {
+        "split": split, "book": book, "seed": seed, "sharpe": m["sharpe"], "total_return_pct": m["total_return_pct"],
+        "max_drawdown_pct": m["max_drawdown_pct"], "rebalances": m["rebalances"], "exposure": m["exposure"],
+        "psr": sig["psr"], "dsr": sig["dsr"], "sharpe_ci_low": sig["sharpe_ci_low"],
+        "sharpe_ci_high": sig["sharpe_ci_high"], "minus_bh_ci_low": sig["sharpe_minus_benchmark_ci_low"],
+        "minus_bh_ci_high": sig["sharpe_minus_benchmark_ci_high"], "break_even_bps": costs["break_even_bps"],
+        **{f"sharpe_{level}_cost": v["sharpe"] for level, v in costs["levels"].items()},
+    }  # fmt: skip
+
+
+def books_table(summary: dict[str, Any], splits: tuple[str, ...], kinds: list[str]) -> pd.DataFrame:
+    """One row per quarter and book (each seed, each ensemble, momentum), with every judged number."""
+    rows = []
+    for split in splits:
+        entry = summary[split]
+        for kind in kinds:
+            rows += [_row(split, kind, seed, e) for seed, e in entry[kind]["seeds"].items()]
+            rows.append(_row(split, kind, "ensemble", entry[kind]["ensemble"]))
+        rows.append(_row(split, "momentum", "", entry["momentum"]))
+        for name in ("buy_and_hold", "flat"):
+            m = entry[name]
+            rows.append({"split": split, "book": name, "seed": "", "sharpe": m["sharpe"],
+                         "total_return_pct": m["total_return_pct"], "max_drawdown_pct": m["max_drawdown_pct"],
+                         "rebalances": m["rebalances"], "exposure": m["exposure"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _num(v: Any, fmt: str = "+.2f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return format(v, fmt)
+
+
+def _ci(lo: Any, hi: Any) -> str:
+    return f"{_num(lo)} .. {_num(hi)}" if lo is not None and lo == lo else ""
+
+
+BOOK_NAMES = {"policy": "policy", "proxy": "MSE proxy", "momentum": "momentum", "buy_and_hold": "buy and hold",
+              "flat": "flat"}  # fmt: skip
+
+
+def render_report(experiment: str, summary: dict[str, Any], table: pd.DataFrame, splits: tuple[str, ...],
+                  kinds: list[str], multipliers: list[float]) -> str:  # fmt: skip
+    """The evaluation as markdown: per quarter the seed spread, the ensembles and the baselines; the cost sweep."""
+    t = summary["trials"]
+    n_seeds = len(summary[splits[0]]["policy"]["seeds"])
+    lines = [
+        f"# {experiment}: evaluation",
+        "",
+        f"{n_seeds} seeds. Val is in-sample for the checkpoint choice and the thresholds; test and backtest are not.",
+        f"DSR counts {t['policy_n']} policy trials (seeds x threshold trials + eval.prior_trials): the best of that "
+        f"many skill-less trials would show an annual Sharpe of about {t['policy_null_sharpe_annual']:.2f}. "
+        "CIs: 95% stationary bootstrap, mean block one day. Ensemble: the seeds' average position as one book.",
+        f"Momentum: sign of the past {summary['momentum_lookback']}-bar return (lookback chosen on val).",
+    ]
+    head = ("| book | Sharpe | seeds: median [min .. max] | return % | max DD % | PSR | DSR | Sharpe 95% CI | "
+            "Sharpe − B&H 95% CI | break-even bps |")  # fmt: skip
+    for split in splits:
+        lines += ["", f"## {split}", "", head, "|---|---|---|---|---|---|---|---|---|---|"]
+        for kind in [*kinds, "momentum", "buy_and_hold", "flat"]:
+            row = table[(table["split"] == split) & (table["book"] == kind)
+                        & table["seed"].isin(["ensemble", ""])].iloc[0]  # fmt: skip
+            spread = ""
+            if kind in kinds:
+                d = summary[split][kind]["distribution"]["sharpe"]
+                spread = f"{d['median']:+.2f} [{d['min']:+.2f} .. {d['max']:+.2f}]"
+            name = BOOK_NAMES[kind] + (" ensemble" if kind in kinds else "")
+            cells = [name, _num(row["sharpe"]), spread, _num(row["total_return_pct"]),
+                     _num(row["max_drawdown_pct"], ".2f"), _num(row.get("psr"), ".2f"), _num(row.get("dsr"), ".2f"),
+                     _ci(row.get("sharpe_ci_low"), row.get("sharpe_ci_high")),
+                     _ci(row.get("minus_bh_ci_low"), row.get("minus_bh_ci_high")),
+                     _num(row.get("break_even_bps"), ".1f")]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    levels = [f"{m:g}x" for m in multipliers]
+    lines += ["", "## Cost sweep (annual Sharpe when every cost is scaled)", "",
+              "| quarter | book | " + " | ".join(levels) + " |", "|---|---|" + "---|" * len(levels)]  # fmt: skip
+    for split in splits:
+        for kind in [*kinds, "momentum"]:
+            row = table[(table["split"] == split) & (table["book"] == kind) & table["seed"].isin(["ensemble", ""])]
+            row = row.iloc[0]
+            name = BOOK_NAMES[kind] + (" ensemble" if kind in kinds else "")
+            lines.append(f"| {split} | {name} | " + " | ".join(_num(row[f'sharpe_{lv}_cost']) for lv in levels) + " |")
+    lines += ["", "## Every seed", "", "| quarter | book | seed | Sharpe | return % | rebalances | PSR | DSR | "
+              "Sharpe 95% CI | break-even bps |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in table[~table["seed"].isin(["ensemble", ""])].itertuples(index=False):
+        lines.append(f"| {row.split} | {BOOK_NAMES[row.book]} | {row.seed} | {_num(row.sharpe)} | "
+                     f"{_num(row.total_return_pct)} | {row.rebalances:.0f} | {_num(row.psr, '.2f')} | "
+                     f"{_num(row.dsr, '.2f')} | {_ci(row.sharpe_ci_low, row.sharpe_ci_high)} | "
+                     f"{_num(row.break_even_bps, '.1f')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
