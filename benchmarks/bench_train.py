@@ -6,9 +6,10 @@ trainer does. The fast path is ``batch_loss`` -> ``model.rollout`` (all B x H wi
 reference path is ``batch_loss(..., reference=True)`` (one backbone call per step, like the seed). The reference is
 timed per batch on a few batches with and without the mirror half and scaled to the epoch's mix of both (said so in
 the output); the fast path is reported both as whole epochs and scaled to the same mix, which the ratio uses.
-Per-batch medians: the machine may be shared.
+Per-batch medians: the machine may be shared. ``--profile N`` also prints the N most expensive ops of one fast epoch
+(torch.profiler, self CPU time): where an epoch goes, e.g. matmuls vs attention vs elementwise ops of the backbone.
 
-    python -m benchmarks.bench_train [--fast-epochs 5] [--reference-batches 4] [--threads N]
+    python -m benchmarks.bench_train [--fast-epochs 5] [--reference-batches 4] [--threads N] [--profile N]
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--fast-epochs", type=int, default=5)
     parser.add_argument("--reference-batches", type=int, default=4, help="timed per kind (mirror / no mirror)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--profile", type=int, default=0, help="print the top N ops of one fast epoch (0: off)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,6 +125,12 @@ def main() -> None:
           f"{t_plain:.3f} s/batch without mirror, {t_mirror:.3f} s/batch with it, {args.reference_batches} batches "
           f"each, x {len(plan) - n_mirror} + {n_mirror})")
     print(f"ratio reference / fast (same mix): {ref_epoch / fast_epoch:.1f}x")
+
+    if args.profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for idx, m in plan:
+                s.step(idx, m, reference=False)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from stages._cli import load_params, parser, repo_root, run_stage, write_csv, wr
 log = logging.getLogger("diffquant.stages.evaluate")
 
 SPLITS = ("val", "test", "backtest")
+# metric names in MLflow; a seed's run already has the per-epoch curve "val_sharpe" of its training
+MLFLOW_PREFIX = {"val": "tuned_val_", "test": "test_", "backtest": "backtest_"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                         for s in seeds}  # fmt: skip
             records[kind], entry[kind] = group(judge, executed, decisions, null[kind])
             for s in seeds:
-                runs[kind][s].log_metrics(flat_entry(entry[kind]["seeds"][s]), prefix=f"{split}_")
+                runs[kind][s].log_metrics(flat_entry(entry[kind]["seeds"][s]), prefix=MLFLOW_PREFIX[split])
         records["momentum"], entry["momentum"] = judge.book(
             momentum_decisions(series, tuned["momentum"]["lookback"]), None, momentum_null)
         entry["buy_and_hold"], entry["flat"] = hold_metrics, scorer.constant(series, 0.0)[1]
@@ -139,7 +141,7 @@ def flat_entry(entry: dict[str, Any]) -> dict[str, float | None]:
 
 def log_parent(parent: tracking.Run, split: str, entry: dict[str, Any], kinds: list[str]) -> None:
     """The experiment run gets the ensemble as ``<split>_*``, the seed spread and every baseline."""
-    policy = entry["policy"]
+    policy, split = entry["policy"], MLFLOW_PREFIX[split].removesuffix("_")
     parent.log_metrics(flat_entry(policy["ensemble"]), prefix=f"{split}_")
     for metric, dist in policy["distribution"].items():
         parent.log_metrics({f"{metric}_seed_{k}": v for k, v in dist.items()}, prefix=f"{split}_")

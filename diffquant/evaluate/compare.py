@@ -68,3 +68,25 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+ABLATION_PREFIX = "ablate-"
+ABLATION_COLUMNS = ("val_sharpe_median", "test_sharpe", "test_sharpe_seed_median", "test_sharpe_seed_min",
+                    "test_sharpe_seed_max", "test_dsr", "backtest_sharpe", "backtest_sharpe_seed_median",
+                    "backtest_sharpe_seed_min", "backtest_sharpe_seed_max", "backtest_dsr")  # fmt: skip
+
+
+def ablation_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The regulariser ablation from a :func:`comparison_table`: the newest run of each ``ablate-<term>``
+    experiment (that hybrid term switched off) below the newest run made outside ``dvc exp`` (every term on)."""
+    named = table["dvc_exp"].fillna("").astype(str)
+    keep = [*(f"lambda_{t}" for t in LAMBDAS), *ABLATION_COLUMNS]
+
+    def newest(mask: pd.Series, label: str) -> dict[str, object]:
+        found = table[mask.to_numpy(bool)].head(1)  # the table is sorted newest first
+        values = found.iloc[0][keep].to_dict() if len(found) else dict.fromkeys(keep, float("nan"))
+        return {"switched_off": label, **values}  # a term without a finished run keeps an empty row
+
+    rows = [newest(named == "", "(none)")]
+    rows += [newest(named == f"{ABLATION_PREFIX}{term}", f"lambda_{term}") for term in LAMBDAS]
+    return pd.DataFrame(rows)

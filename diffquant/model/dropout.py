@@ -24,12 +24,24 @@ class EpisodeDropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
+        return (self._grouped(x) * self._mask(x)).view_as(x)
+
+    def add(self, residual: Tensor, x: Tensor) -> Tensor:
+        """``residual + self(x)`` as one ``addcmul`` (one pass over the activations instead of two), same mask draw."""
+        if not self.training or self.p == 0.0:
+            return residual + x
+        return torch.addcmul(self._grouped(residual), self._grouped(x), self._mask(x)).view_as(x)
+
+    def _grouped(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         if n % self.group:
             raise ValueError(f"{n} rows do not split into episodes of {self.group} windows")
-        shape = (n // self.group, 1, *x.shape[1:])
-        keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p) / (1.0 - self.p)
-        return (x.view(n // self.group, self.group, *x.shape[1:]) * keep).view_as(x)
+        return x.view(n // self.group, self.group, *x.shape[1:])
+
+    def _mask(self, x: Tensor) -> Tensor:
+        """Kept rows scaled by 1 / (1 - p), one per episode: (episodes, 1, *x.shape[1:])."""
+        shape = (x.shape[0] // self.group, 1, *x.shape[1:])
+        return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p) / (1.0 - self.p)
 
 
 def set_episode_length(model: nn.Module, group: int) -> None:

@@ -74,7 +74,7 @@ def test_repro_logs_a_parent_run_with_one_child_per_seed(repo: Path) -> None:
     for key in ("best_val_sharpe_median", "test_sharpe", "backtest_sharpe", "test_sharpe_seed_median",
                 "test_sharpe_seed_min", "test_psr", "test_dsr", "test_sharpe_ci_low", "test_break_even_bps",
                 "test_sharpe_at_0x_cost", "test_sharpe_at_3x_cost", "test_proxy_sharpe", "test_momentum_sharpe",
-                "test_buy_and_hold_sharpe", "val_sharpe"):  # fmt: skip
+                "test_buy_and_hold_sharpe", "tuned_val_sharpe", "tuned_val_dsr"):  # fmt: skip
         assert key in m, key
     assert p["loss.lambda_bias"] == "0.25" and p["train.epochs"] == "2" and p["train.seeds"] == "[1, 2]"
     assert parent.data.tags["git_commit"] != "unknown" and "data_hash" in parent.data.tags
