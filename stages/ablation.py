@@ -23,10 +23,14 @@ from stages._cli import repo_root, run_stage, write_csv
 log = logging.getLogger("diffquant.stages.ablation")
 
 
-def _dvc(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo_root(), capture_output=True, text=True)
+def _dvc(*args: str, detached: bool = False) -> None:
+    """Run a dvc command; ``detached`` for one that leaves a worker behind, which would hold captured pipes open."""
+    output = subprocess.DEVNULL if detached else subprocess.PIPE
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo_root(), stdout=output, stderr=output,
+                          text=True)  # fmt: skip
     if done.returncode:
-        raise DiffQuantError(f"dvc {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        why = "" if detached else f": {done.stderr.strip()[-2000:]}"
+        raise DiffQuantError(f"dvc {' '.join(args)} failed ({done.returncode}){why}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             _dvc("exp", "run", "--queue", "-n", f"{ABLATION_PREFIX}{term}", "-S", f"loss.lambda_{term}=0")
             log.info("queued %s%s (loss.lambda_%s=0)", ABLATION_PREFIX, term, term)
         if args.start:
-            _dvc("queue", "start", "-j", "1")
+            _dvc("queue", "start", "-j", "1", detached=True)
             log.info("one queue worker started; follow it with: dvc queue status")
         return
     table = ablation_table(comparison_table(tracking.search_runs(root)))

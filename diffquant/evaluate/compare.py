@@ -84,8 +84,10 @@ def ablation_table(table: pd.DataFrame) -> pd.DataFrame:
 
     def newest(mask: pd.Series, label: str) -> dict[str, object]:
         found = table[mask.to_numpy(bool)].head(1)  # the table is sorted newest first
-        values = found.iloc[0][keep].to_dict() if len(found) else dict.fromkeys(keep, float("nan"))
-        return {"switched_off": label, **values}  # a term without a finished run keeps an empty row
+        if len(found):
+            return {"switched_off": label, **found.iloc[0][keep].to_dict(), "note": ""}
+        # a term without an evaluated run keeps an empty row (queued, running, or stopped by a stage: the queue says)
+        return {"switched_off": label, **dict.fromkeys(keep, float("nan")), "note": "no evaluated run"}
 
     rows = [newest(named == "", "(none)")]
     rows += [newest(named == f"{ABLATION_PREFIX}{term}", f"lambda_{term}") for term in LAMBDAS]

@@ -32,3 +32,4 @@ def test_ablation_takes_the_newest_baseline_and_the_newest_run_of_each_term() ->
     assert rows.loc["(none)", "test_sharpe"] == 2.0 and rows.loc["lambda_bias", "test_sharpe"] == 3.0
     assert rows.loc["lambda_bias", "lambda_bias"] == "0"
     assert math.isnan(rows.loc["lambda_flat", "test_sharpe"])  # not run yet: an empty row, not a missing one
+    assert rows.loc["lambda_flat", "note"] == "no evaluated run" and rows.loc["lambda_bias", "note"] == ""
