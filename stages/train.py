@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "sim": dataclasses.asdict(cfg.sim), "experiment": cfg.experiment, "data": data_id, "code": code_hash(root),
         "validation": {**dataclasses.asdict(Thresholds.from_eval(cfg.eval)), "days_per_year": cfg.eval.days_per_year},
     }  # fmt: skip
+    drop_stale(out, cfg.train.seeds)
     runs = open_runs(root, root / args.run_file, cfg, spec, out)
     episodes = episodes_from_arrays(samples.features, samples.close, samples.funding, cfg.window.context)
     seeds: dict[str, dict] = {}
@@ -111,6 +113,20 @@ def main(argv: list[str] | None = None) -> None:
         parent.log_artifact(path, "train")
     if (root / args.quality).exists():
         parent.log_artifact(root / args.quality, "data")
+
+
+def drop_stale(out: Path, seeds: list[int]) -> None:
+    """Remove what ``out`` (a persistent DVC output) holds beyond this run's seeds: the folders of seeds no longer in
+    ``train.seeds`` and the files of the one-seed layout (``out/last.pt`` ...). DVC's cache keeps earlier versions."""
+    if not out.is_dir():
+        return
+    keep = {f"seed_{s}" for s in seeds} | {"history.png"}
+    for path in sorted(out.iterdir()):
+        stale_seed = path.is_dir() and path.name.startswith("seed_") and path.name not in keep
+        stale_file = path.is_file() and path.name in {LAST, "best.pt", "final.pt", "history.json", "val_history.csv"}
+        if stale_seed or stale_file:
+            log.info("removing %s: not an output of train.seeds = %s", path, seeds)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 @dataclasses.dataclass
