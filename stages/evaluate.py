@@ -14,19 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from diffquant import tracking
 from diffquant.data.contracts import atomic_path, read_json, sha256
 from diffquant.data.splits import Series
 from diffquant.errors import DataError
-from diffquant.evaluate.baselines import momentum_decisions
-from diffquant.evaluate.hysteresis import apply_hysteresis
-from diffquant.evaluate.report import Judge, books_table, group, render_report
-from diffquant.evaluate.runner import Scorer, Thresholds
-from diffquant.evaluate.stats import null_max_sharpe
-from diffquant.evaluate.walk_forward import Decisions, forecast_decisions, policy_decisions
+from diffquant.evaluate.report import Judge, books_table, render_report, score_quarter, trials_tried
+from diffquant.evaluate.runner import Scorer
+from diffquant.evaluate.walk_forward import forecast_decisions, policy_decisions
 from diffquant.plots import plot_walk_forward
 from diffquant.train import checkpoint
 from stages._cli import load_params, parser, repo_root, run_stage, write_csv, write_json
@@ -71,55 +65,33 @@ def main(argv: list[str] | None = None) -> None:
 
     bars_per_day = 24 * 60 // cfg.data.timeframe_minutes  # the bootstrap's mean block: one day of bars
     bars_per_year = bars_per_day * cfg.eval.days_per_year
-    n_trials = {k: len(seeds) * (cfg.thresholds.trials + 1) + cfg.eval.prior_trials for k in kinds}
-    null = {k: null_max_sharpe(np.concatenate([tuned[k][s]["trial_sharpes"] for s in seeds]), n_trials[k],
-                               bars_per_year) for k in kinds}  # fmt: skip
-    momentum_trials = len(tuned["momentum"]["candidate_sharpes"])
-    momentum_null = null_max_sharpe(np.array(tuned["momentum"]["candidate_sharpes"]), momentum_trials, bars_per_year)
-    summary: dict[str, Any] = {
-        "trials": {**{f"{k}_n": n_trials[k] for k in kinds}, **{f"{k}_null_sharpe_annual": null[k] *
-                   np.sqrt(bars_per_year) for k in kinds}, "momentum_n": momentum_trials},
-        "momentum_lookback": tuned["momentum"]["lookback"],
-    }  # fmt: skip
+    trials = trials_tried(tuned, kinds, seeds, cfg.thresholds.trials, cfg.eval.prior_trials, bars_per_year)
+    summary: dict[str, Any] = {"trials": trials.summary(bars_per_year),
+                               "momentum_lookback": tuned["momentum"]["lookback"]}  # fmt: skip
     runs = {k: {s: tracking.run_of_checkpoint(root, cfg.eval.checkpoint, sha256(paths[k][s])) for s in seeds}
             for k in kinds}  # fmt: skip
     parent = tracking.parent_of(runs["policy"][seeds[0]])
     parent.set_tags({"eval.checkpoint": cfg.eval.checkpoint})
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
 
     for split, series in quarters.items():
-        scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-        hold, hold_metrics = scorer.constant(series, 1.0)
-        judge = Judge(scorer, series, hold.record["net"].to_numpy(), bars_per_year, bars_per_day, cfg.seed,
-                      list(cfg.eval.cost_multipliers))  # fmt: skip
-        entry: dict[str, Any] = {}
-        records = {}
+        hold_net = scorer.constant(series, 1.0)[0].record["net"].to_numpy()
+        judge = Judge(scorer, series, hold_net, bars_per_year, bars_per_day, cfg.seed, list(cfg.eval.cost_multipliers))
+        decide = {"policy": policy_decisions, "proxy": forecast_decisions}
+        decisions = {k: {s: decide[k](models[k][s], series) for s in seeds} for k in kinds}
+        records, summary[split] = score_quarter(judge, decisions, tuned, tuned["momentum"]["lookback"], trials)
+        write_records(out, split, records)
+        title = f"{cfg.experiment}: {split}, seed ensemble ({cfg.eval.checkpoint}.pt)"
+        plot_quarter(records, title, out / f"{split}.png")
         for kind in kinds:
-            decisions: dict[str, Decisions] = {
-                s: (policy_decisions if kind == "policy" else forecast_decisions)(models[kind][s], series)
-                for s in seeds
-            }
-            executed = {s: apply_hysteresis(decisions[s].raw, **Thresholds.from_dict(tuned[kind][s]).to_dict())
-                        for s in seeds}  # fmt: skip
-            records[kind], entry[kind] = group(judge, executed, decisions, null[kind])
             for s in seeds:
-                runs[kind][s].log_metrics(flat_entry(entry[kind]["seeds"][s]), prefix=MLFLOW_PREFIX[split])
-        records["momentum"], entry["momentum"] = judge.book(
-            momentum_decisions(series, tuned["momentum"]["lookback"]), None, momentum_null)
-        entry["buy_and_hold"], entry["flat"] = hold_metrics, scorer.constant(series, 0.0)[1]
-        summary[split] = entry
-        write_records(out, split, records, hold.record)
-        others = {f"seed {s}": records["policy"][s].record for s in seeds}
-        if "proxy" in kinds:
-            others["MSE proxy ensemble"] = records["proxy"]["ensemble"].record
-        others["momentum"] = records["momentum"].record
-        plot_walk_forward(records["policy"]["ensemble"].record, f"{cfg.experiment}: {split}, seed ensemble "
-                          f"({cfg.eval.checkpoint}.pt)", out / f"{split}.png", benchmark_record=hold.record,
-                          label="policy ensemble", others=others)  # fmt: skip
-        log_parent(parent, split, entry, kinds)
+                runs[kind][s].log_metrics(flat_entry(summary[split][kind]["seeds"][s]), prefix=MLFLOW_PREFIX[split])
+        log_parent(parent, split, summary[split], kinds)
+        policy = summary[split]["policy"]
         log.info("%s: policy ensemble Sharpe %+.3f, seeds median %+.3f [%+.3f .. %+.3f] | buy-and-hold %+.3f", split,
-                 entry["policy"]["ensemble"]["metrics"]["sharpe"], entry["policy"]["distribution"]["sharpe"]["median"],
-                 entry["policy"]["distribution"]["sharpe"]["min"], entry["policy"]["distribution"]["sharpe"]["max"],
-                 hold_metrics["sharpe"])  # fmt: skip
+                 policy["ensemble"]["metrics"]["sharpe"], policy["distribution"]["sharpe"]["median"],
+                 policy["distribution"]["sharpe"]["min"], policy["distribution"]["sharpe"]["max"],
+                 summary[split]["buy_and_hold"]["sharpe"])  # fmt: skip
 
     table = books_table(summary, SPLITS, kinds)
     write_csv(out / "books.csv", table)
@@ -153,15 +125,26 @@ def log_parent(parent: tracking.Run, split: str, entry: dict[str, Any], kinds: l
     parent.log_metrics(entry["buy_and_hold"], prefix=f"{split}_buy_and_hold_")
 
 
-def write_records(out: Path, split: str, records: dict[str, Any], hold: pd.DataFrame) -> None:
+def write_records(out: Path, split: str, records: dict[str, Any]) -> None:
     """Per-bar records: the policy ensemble as ``<split>_record.csv`` (DVC plots), everything else in ``records/``."""
     write_csv(out / f"{split}_record.csv", records["policy"]["ensemble"].record)
     write_csv(out / f"{split}_rebalances.csv", records["policy"]["ensemble"].rebalances)
-    write_csv(out / "records" / f"{split}_buy_and_hold.csv", hold)
-    write_csv(out / "records" / f"{split}_momentum.csv", records["momentum"].record)
+    for name in ("buy_and_hold", "momentum"):
+        write_csv(out / "records" / f"{split}_{name}.csv", records[name].record)
     for kind in ("policy", "proxy"):
         for name, result in records.get(kind, {}).items():
             write_csv(out / "records" / f"{split}_{kind}_{name}.csv", result.record)
+
+
+def plot_quarter(records: dict[str, Any], title: str, path: Path) -> None:
+    """The policy ensemble's equity, drawdown and position, with its seeds, the proxy ensemble, momentum and
+    buy-and-hold on the equity panel."""
+    others = {f"seed {s}": r.record for s, r in records["policy"].items() if s != "ensemble"}
+    if "proxy" in records:
+        others["MSE proxy ensemble"] = records["proxy"]["ensemble"].record
+    others["momentum"] = records["momentum"].record
+    plot_walk_forward(records["policy"]["ensemble"].record, title, path,
+                      benchmark_record=records["buy_and_hold"].record, label="policy ensemble", others=others)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffquant.evaluate.runner import Scorer
-from diffquant.evaluate.stats import distribution, significance
+from diffquant.evaluate.baselines import momentum_decisions
+from diffquant.evaluate.hysteresis import apply_hysteresis
+from diffquant.evaluate.runner import Scorer, Thresholds
+from diffquant.evaluate.stats import distribution, null_max_sharpe, significance
 from diffquant.evaluate.walk_forward import Decisions, SeriesLike, WalkForwardResult
 
 # the per-seed metrics kept in evaluate.json (the ensemble and the baselines keep them all)
@@ -64,6 +66,50 @@ def group(
         spread["break_even_bps"] = distribution(break_even)
     records["ensemble"], ensemble = judge.book(np.mean(list(executed.values()), axis=0), None, null_sharpe)
     return records, {"seeds": seeds, "distribution": spread, "ensemble": ensemble}
+
+
+@dataclass(frozen=True)
+class Trials:
+    """What the deflated Sharpe ratio deflates by, per kind of book (policy, proxy, momentum)."""
+
+    count: dict[str, int]  # configurations tried to arrive at the reported book
+    null_sharpe: dict[str, float]  # per bar: the best Sharpe that many skill-less trials are expected to show
+
+    def summary(self, bars_per_year: float) -> dict[str, float]:
+        return {**{f"{k}_n": n for k, n in self.count.items()},
+                **{f"{k}_null_sharpe_annual": v * math.sqrt(bars_per_year) for k, v in self.null_sharpe.items()}}
+
+
+def trials_tried(tuned: dict[str, Any], kinds: list[str], seeds: list[str], threshold_trials: int, prior_trials: int,
+                 bars_per_year: float) -> Trials:  # fmt: skip
+    """Trials from threshold-opt's record (``thresholds.json``): per model kind, seeds x (threshold trials + the
+    configured thresholds) + ``prior_trials`` (HPO), with the spread of every threshold trial's val Sharpe; for
+    momentum, its candidate lookbacks."""
+    count = {k: len(seeds) * (threshold_trials + 1) + prior_trials for k in kinds}
+    null = {k: null_max_sharpe(np.concatenate([tuned[k][s]["trial_sharpes"] for s in seeds]), count[k], bars_per_year)
+            for k in kinds}  # fmt: skip
+    candidates = np.asarray(tuned["momentum"]["candidate_sharpes"], dtype=float)
+    count["momentum"] = len(candidates)
+    null["momentum"] = null_max_sharpe(candidates, len(candidates), bars_per_year)
+    return Trials(count, null)
+
+
+def score_quarter(judge: Judge, decisions: dict[str, dict[str, Decisions]], thresholds: dict[str, dict[str, Any]],
+                  momentum_lookback: int, trials: Trials) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Every book of one quarter: each kind's seeds (raw decisions through their tuned hysteresis) with their spread
+    and ensemble, momentum, buy-and-hold and flat. Returns the records and the entry of ``evaluate.json``."""
+    records: dict[str, Any] = {}
+    entry: dict[str, Any] = {}
+    for kind, by_seed in decisions.items():
+        executed = {s: apply_hysteresis(d.raw, **Thresholds.from_dict(thresholds[kind][s]).to_dict())
+                    for s, d in by_seed.items()}  # fmt: skip
+        records[kind], entry[kind] = group(judge, executed, by_seed, trials.null_sharpe[kind])
+    records["momentum"], entry["momentum"] = judge.book(
+        momentum_decisions(judge.series, momentum_lookback), None, trials.null_sharpe["momentum"]
+    )
+    records["buy_and_hold"], entry["buy_and_hold"] = judge.scorer.constant(judge.series, 1.0)
+    entry["flat"] = judge.scorer.constant(judge.series, 0.0)[1]
+    return records, entry
 
 
 def _row(split: str, book: str, seed: str, entry: dict[str, Any]) -> dict[str, Any]:

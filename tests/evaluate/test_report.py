@@ -57,3 +57,16 @@ def test_group_scores_each_seed_their_spread_and_the_ensemble_book() -> None:
     assert len(table) == 2 * (3 + 1 + 1 + 2)  # per quarter: 3 seeds, ensemble, momentum, buy-and-hold, flat
     text = render_report("x", summary, table, ("val", "test"), ["policy"], [0.0, 1.0, 2.0])
     assert "| policy ensemble |" in text and "## Cost sweep" in text and "| test | policy | 16 |" in text
+
+
+def test_trials_counted_are_seeds_times_threshold_trials_plus_prior_ones() -> None:
+    from diffquant.evaluate.report import trials_tried
+
+    tuned = {"policy": {"1": {"trial_sharpes": [0.0, 1.0, 2.0]}, "2": {"trial_sharpes": [3.0, -1.0, 0.5]}},
+             "momentum": {"candidate_sharpes": [0.5, -0.5]}}  # fmt: skip
+    trials = trials_tried(tuned, ["policy"], ["1", "2"], 2, prior_trials=50, bars_per_year=BARS_PER_YEAR)
+    assert trials.count == {"policy": 2 * (2 + 1) + 50, "momentum": 2}
+    pooled = [0.0, 1.0, 2.0, 3.0, -1.0, 0.5]
+    assert trials.null_sharpe["policy"] == pytest.approx(null_max_sharpe(np.array(pooled), 56, BARS_PER_YEAR))
+    assert trials.summary(BARS_PER_YEAR)["policy_null_sharpe_annual"] == pytest.approx(
+        trials.null_sharpe["policy"] * math.sqrt(BARS_PER_YEAR))
