@@ -40,8 +40,10 @@ def plot_walk_forward(record: pd.DataFrame, title: str, path: str | Path, benchm
     ax_eq, ax_dd, ax_pos = fig.axes
     time = record["time"]
     equity = record["equity"].to_numpy()
-    for name, other in (others or {}).items():
-        ax_eq.plot(other["time"], other["equity"], lw=0.6, alpha=0.5, label=name)
+    for name, other in (others or {}).items():  # single seeds thin, other books dashed
+        seed = name.startswith("seed")
+        ax_eq.plot(other["time"], other["equity"], lw=0.6 if seed else 1.0, ls="-" if seed else "--",
+                   alpha=0.5 if seed else 0.9, label=name)  # fmt: skip
     ax_eq.plot(time, equity, lw=1.4, color="black", label=label)
     if benchmark_record is not None:
         ax_eq.plot(benchmark_record["time"], benchmark_record["equity"], lw=1.0, color="grey", label=benchmark_label)
