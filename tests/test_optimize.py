@@ -37,6 +37,7 @@ from diffquant.train.trainer import TrainResult
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["open", "high", "low", "close", "volume", "rolling_vol"]
 CTX, H, TF_MS = 16, 8, 1_800_000
+TRAIN_SAMPLES = 1024
 TINY = {
     "seed": 7,
     "window": {"context": CTX, "horizon": H, "stride": H},
@@ -57,11 +58,15 @@ def _walk(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray,
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder: tiny params.yaml and a synthetic split (64 train samples, a 200-bar val quarter)."""
+    """A project folder: tiny params.yaml and a synthetic split (TRAIN_SAMPLES train samples, a 200-bar val quarter).
+
+    Enough samples that a trial takes about a second: with trials of a tenth of a second, the worker whose imports
+    finish first runs the whole study before the other one starts, and the tests of sharing prove nothing.
+    """
     root = tmp_path_factory.mktemp("project")
     rng = np.random.default_rng(0)
-    close, features = _walk(rng, (64, CTX + H))
-    Samples(features, close, 1e-5 * rng.standard_normal(close.shape), np.arange(64, dtype=np.int64), NAMES).save(
+    close, features = _walk(rng, (TRAIN_SAMPLES, CTX + H))
+    Samples(features, close, 1e-5 * rng.standard_normal(close.shape), np.arange(TRAIN_SAMPLES), NAMES).save(
         root / "split" / "train.npz"
     )
     n = CTX + 1 + 200
