@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
 
     for split, series in quarters.items():
-        hold_net = scorer.constant(series, 1.0)[0].record["net"].to_numpy()
-        judge = Judge(scorer, series, hold_net, bars_per_year, bars_per_day, cfg.seed, list(cfg.eval.cost_multipliers))
+        judge = Judge(scorer, series, bars_per_year, bars_per_day, cfg.seed, list(cfg.eval.cost_multipliers))
         decide = {"policy": policy_decisions, "proxy": forecast_decisions}
         decisions = {k: {s: decide[k](models[k][s], series) for s in seeds} for k in kinds}
         records, summary[split] = score_quarter(judge, decisions, tuned, tuned["momentum"]["lookback"], trials)

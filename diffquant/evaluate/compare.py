@@ -48,10 +48,9 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=[c for c, _ in COLUMNS])
     table = pd.DataFrame({name: runs.get(src, pd.NA) for name, src in COLUMNS})
-    role = runs["tags.role"] if "tags.role" in runs else pd.Series("", index=runs.index)
-    tested = runs["metrics.test_sharpe"].notna() if "metrics.test_sharpe" in runs else False
-    keep = (role == "policy") & tested
-    table = table[keep.to_numpy(bool)] if isinstance(keep, pd.Series) else table.iloc[:0]
+    role = runs.get("tags.role", pd.Series("", index=runs.index))
+    tested = runs.get("metrics.test_sharpe", pd.Series(float("nan"), index=runs.index)).notna()
+    table = table[((role == "policy") & tested).to_numpy(bool)]
     return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
 
 

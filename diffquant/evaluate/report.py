@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -31,18 +32,23 @@ class Judge:
 
     scorer: Scorer
     series: SeriesLike
-    benchmark_net: np.ndarray  # buy-and-hold's net returns on the same bars
     bars_per_year: float
     mean_block: float  # stationary bootstrap mean block, at least a day of bars
     seed: int
     cost_multipliers: list[float]
+
+    @cached_property
+    def benchmark(self) -> tuple[WalkForwardResult, dict[str, float]]:
+        """Buy-and-hold on the same bars: the book every Sharpe difference is taken against."""
+        return self.scorer.constant(self.series, 1.0)
 
     def book(
         self, executed: np.ndarray, decisions: Decisions | None = None, null_sharpe: float | None = None
     ) -> tuple[WalkForwardResult, dict[str, Any]]:
         """One book: its walk-forward record and {metrics, significance, costs}."""
         result, metrics = self.scorer.positions(self.series, executed, decisions)
-        signif = significance(result.record["net"].to_numpy(), self.benchmark_net, self.bars_per_year,
+        benchmark_net = self.benchmark[0].record["net"].to_numpy()
+        signif = significance(result.record["net"].to_numpy(), benchmark_net, self.bars_per_year,
                               self.mean_block, self.seed, null_sharpe)  # fmt: skip
         costs = self.scorer.cost_sweep(self.series, executed, self.cost_multipliers)
         return result, {"metrics": metrics, "significance": signif, "costs": costs}
@@ -107,7 +113,7 @@ def score_quarter(judge: Judge, decisions: dict[str, dict[str, Decisions]], thre
     records["momentum"], entry["momentum"] = judge.book(
         momentum_decisions(judge.series, momentum_lookback), None, trials.null_sharpe["momentum"]
     )
-    records["buy_and_hold"], entry["buy_and_hold"] = judge.scorer.constant(judge.series, 1.0)
+    records["buy_and_hold"], entry["buy_and_hold"] = judge.benchmark
     entry["flat"] = judge.scorer.constant(judge.series, 0.0)[1]
     return records, entry
 

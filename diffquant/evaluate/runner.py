@@ -92,11 +92,9 @@ class Scorer:
         per-side cost (commission + slippage) in basis points: what the strategy can pay per unit traded before its
         mean return turns negative. Negative: it loses money before any cost; None: it never trades.
         """
-        levels = {}
-        for m in multipliers:
-            _, metrics = self.at_cost(m).positions(series, executed)
-            levels[f"{m:g}x"] = {"sharpe": metrics["sharpe"], "total_return_pct": metrics["total_return_pct"]}
-        free, full = (float(self.at_cost(m).positions(series, executed)[0].record["net"].sum()) for m in (0.0, 1.0))
+        scored = {m: self.at_cost(m).positions(series, executed) for m in {*multipliers, 0.0, 1.0}}
+        levels = {f"{m:g}x": {k: scored[m][1][k] for k in ("sharpe", "total_return_pct")} for m in multipliers}
+        free, full = (float(scored[m][0].record["net"].sum()) for m in (0.0, 1.0))
         paid = free - full
         multiple = free / paid if paid > 0 else None
         bps = multiple * self.sim.cost_rate * 1e4 if multiple is not None else None

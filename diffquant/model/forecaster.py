@@ -1,8 +1,9 @@
 """The MSE proxy's model: the policy's backbone and dense layers ending in one number, a return forecast.
 
 It is what the seed argues against: fit the next-horizon return by least squares, then trade the forecast. Its
-raw position is ``tanh(forecast / scale)``, ``scale`` the spread of its forecasts on the train bars (set after
-training), so a one-sigma forecast is a 0.76 position; the same hysteresis as the policy's then decides the trades.
+raw position (``forecast_decisions`` in walk_forward) is ``tanh(forecast / scale)``, ``scale`` the spread of its
+forecasts on the train bars (set after training), so a one-sigma forecast is a 0.76 position; the same hysteresis
+as the policy's then decides the trades.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 from diffquant.config import ModelConfig
 from diffquant.model.backbones import build_backbone
-from diffquant.model.policy import dense_stack, zscore
+from diffquant.model.policy import backbone_features, dense_stack
 
 
 class Forecaster(nn.Module):
@@ -29,10 +30,4 @@ class Forecaster(nn.Module):
 
     def encode_channel_major(self, windows: Tensor) -> Tensor:
         """(N, F, ctx) raw feature windows -> (N,) forecasts; the same input path as the policy's."""
-        x = zscore(windows.contiguous())
-        if not self.backbone.channel_major:
-            x = x.transpose(1, 2)
-        return self.out(self.mlp(self.backbone(x))).squeeze(-1)
-
-    def position(self, forecast: Tensor) -> Tensor:
-        return torch.tanh(forecast / self.scale)
+        return self.out(self.mlp(backbone_features(self.backbone, windows))).squeeze(-1)

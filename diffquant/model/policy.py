@@ -124,15 +124,8 @@ class PolicyNetwork(nn.Module):
         return self.encode_channel_major(windows.transpose(1, 2))
 
     def encode_channel_major(self, windows: Tensor) -> Tensor:
-        """(N, F, ctx) raw feature windows -> (N, 2); the layout the iTransformer and the z-score want.
-
-        Windows cut from a series are strided views; elementwise ops would keep that layout and make every
-        Linear below ~20x slower, so they are made contiguous once here.
-        """
-        x = zscore(windows.contiguous())
-        if not self.backbone.channel_major:
-            x = x.transpose(1, 2)
-        return self.head(self.backbone(x))
+        """(N, F, ctx) raw feature windows -> (N, 2); the layout the iTransformer and the z-score want."""
+        return self.head(backbone_features(self.backbone, windows))
 
     def forward(self, windows: Tensor, prev_pos: Tensor, prev_delta: Tensor) -> tuple[Tensor, Tensor]:
         """The plain one-step policy: (N, ctx, F), (N,), (N,) -> position (N,), gate (N,)."""
@@ -166,6 +159,18 @@ class PolicyNetwork(nn.Module):
             if not full_bptt:
                 delta, prev = delta.detach(), prev.detach()
         return torch.stack(positions, 1), torch.stack(gates, 1)
+
+
+def backbone_features(backbone: nn.Module, windows: Tensor) -> Tensor:
+    """(N, F, ctx) raw feature windows -> z-score -> the backbone's (N, D) features, in the layout it takes.
+
+    Windows cut from a series are strided views; elementwise ops would keep that layout and make every
+    Linear below ~20x slower, so they are made contiguous once here.
+    """
+    x = zscore(windows.contiguous())
+    if not backbone.channel_major:
+        x = x.transpose(1, 2)
+    return backbone(x)
 
 
 def sliding_windows(features: Tensor, context: int) -> Tensor:

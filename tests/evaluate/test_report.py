@@ -29,8 +29,7 @@ def test_null_sharpe_uses_the_spread_of_the_trials_in_per_bar_units() -> None:
 def test_group_scores_each_seed_their_spread_and_the_ensemble_book() -> None:
     series = make_series(800, 20, seed=4)
     scorer = Scorer(SimConfig(), 30, 365)
-    hold = scorer.constant(series, 1.0)[0].record["net"].to_numpy()
-    judge = Judge(scorer, series, hold, BARS_PER_YEAR, 48, 0, [0.0, 1.0, 2.0])
+    judge = Judge(scorer, series, BARS_PER_YEAR, 48, 0, [0.0, 1.0, 2.0])
     executed = {str(n): np.nan_to_num(momentum_decisions(series, n)) * 0.5 for n in (4, 8, 16)}
     decisions = {s: Decisions(raw=e, gate=np.full(len(e), np.nan)) for s, e in executed.items()}
     records, entry = group(judge, executed, decisions, null_sharpe=0.01)
