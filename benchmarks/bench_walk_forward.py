@@ -66,11 +66,10 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     model = PolicyNetwork(cfg.model, 6, cfg.window.context)
     series = synthetic_series(cfg.window.context, cfg.sim.execution_lag_bars)
-    e = cfg.eval
 
     def run(decide: Callable[[], Decisions]) -> WalkForwardResult:
         d = decide()
-        executed = apply_hysteresis(d.raw, e.enter_long, e.enter_short, e.exit, e.min_delta)
+        executed = apply_hysteresis(d.raw, cfg.eval.hysteresis)
         return walk_forward(series, executed, cfg.sim, raw=d.raw, gate=d.gate)
 
     fast_s, fast = median_seconds(lambda: run(lambda: policy_decisions(model, series)), args.fast_runs)

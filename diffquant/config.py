@@ -204,11 +204,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class Hysteresis:
+    """The filter between raw and executed positions (``diffquant.evaluate.hysteresis``).
+
+    ``eval.hysteresis`` is the setting that validation during training trades; threshold-opt tunes one per model on
+    val, and evaluate trades those.
+    """
+
     enter_long: float = _f(0.10, **_range(0.0, 1.0))
     enter_short: float = _f(0.10, **_range(0.0, 1.0))
     exit: float = _f(0.05, **_range(0.0, 1.0))
     min_delta: float = _f(0.03, **_range(0.0, 2.0))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    hysteresis: Hysteresis = field(default_factory=Hysteresis)
     checkpoint: Literal["best", "final"] = "best"
     days_per_year: int = _f(365, **_range(1, 366))
     cost_multipliers: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0])  # re-scored cost levels

@@ -10,6 +10,8 @@ threshold-opt and evaluate log into both.
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
 import subprocess
 import time
@@ -20,9 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from diffquant.data.contracts import sha256
 from diffquant.errors import DiffQuantError
 
 EXPERIMENT = "diffquant"
+
+log = logging.getLogger(__name__)
 
 
 class TrackingError(DiffQuantError):
@@ -264,3 +269,101 @@ def search_runs(root: Path) -> Any:
     mlflow = _mlflow()
     _, exp_id = _client_and_experiment(root)
     return mlflow.search_runs(experiment_ids=[exp_id], output_format="pandas")
+
+
+def read_run_id(path: Path) -> str:
+    """The MLflow parent run that train opened, from its run file."""
+    try:
+        return json.loads(Path(path).read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        raise TrackingError(f"{path}: no MLflow run id; run the train stage first (dvc repro -f train)") from None
+
+
+# Params of the stages after train (thresholds, which checkpoint) may change without retraining: those stages set
+# them as tags, since an MLflow param can not change once logged.
+DOWNSTREAM_PARAMS = ("thresholds.", "eval.checkpoint", "optimize.")
+
+
+class SeedRuns:
+    """A parent run with one child run per seed: the ``SeedHooks`` of ``diffquant.train.policy_training``.
+
+    Nothing is opened before :meth:`begin`. With a run file (``outputs/mlflow_run.json``) a restarted stage
+    continues the parent and the children it recorded, logging only the epochs they lack; without one, every start
+    opens new runs and a resumed seed's earlier epochs are carried into its new child.
+    """
+
+    def __init__(self, root: Path, run_name: str, role: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                 child_params: Mapping[str, Any] | None = None, run_file: Path | None = None) -> None:  # fmt: skip
+        self.root, self.run_name, self.role, self.run_file = root, run_name, role, run_file
+        self.params, self.tags, self.child_params = dict(params), dict(tags), dict(child_params or {})
+        self.seeds: dict[str, str] = {}
+        self._parent: Run | None = None
+        self._children: dict[int, Run] = {}
+        self._clock: dict[int, float] = {}
+
+    @property
+    def parent(self) -> Run:
+        if self._parent is None:
+            raise TrackingError("SeedRuns.parent before begin(): no MLflow run is open yet")
+        return self._parent
+
+    def begin(self, resuming: bool) -> None:
+        """Continue the runs recorded in the run file when ``resuming`` (an interrupted stage), else open a parent."""
+        if resuming and self.run_file is not None and self.run_file.exists():
+            recorded = json.loads(self.run_file.read_text())
+            if recorded.get("seeds") is not None:
+                self._parent = open_run(self.root, read_run_id(self.run_file))
+                self.seeds = dict(recorded["seeds"])
+                log.info("resuming MLflow run %s", self._parent.run_id)
+                return
+        self._parent = start_run(self.root, self.run_name, {**self.tags, "role": self.role})
+        self._parent.log_params({k: v for k, v in self.params.items() if not k.startswith(DOWNSTREAM_PARAMS)})
+        self._save()
+
+    def _save(self) -> None:
+        if self.run_file is None:
+            return
+        record = {"run_id": self.parent.run_id, "experiment": self.run_name, "seeds": self.seeds}
+        self.run_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_file.with_name(self.run_file.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.run_file)
+
+    def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
+        """Open (or continue) the seed's run and log the finished epochs it does not have yet."""
+        if str(seed) in self.seeds:
+            run = open_run(self.root, self.seeds[str(seed)])
+            logged = run.logged_steps("train_loss")
+            run.log_history([r for r in finished if r["epoch"] not in logged])  # a kill can fall between the two
+        else:
+            name = f"seed {seed}" if self.role == "policy" else f"{self.role} seed {seed}"
+            run = start_child(self.parent, name, {"seed": str(seed), "role": f"{self.role}_seed"})
+            self.seeds[str(seed)] = run.run_id
+            self._save()
+            run.log_params({"seed": seed, **self.child_params})
+            run.log_history(finished)  # resuming without the run that began it: carry the finished epochs over
+        self._children[seed] = run
+        self._clock[seed] = time.perf_counter()
+
+    def epoch(self, seed: int, record: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        self._children[seed].log_history([{**record, "epoch_seconds": now - self._clock[seed]}])
+        self._clock[seed] = now
+
+    def finished(self, seed: int, outcome: Any) -> None:
+        """The seed's summary metrics, files and checkpoints (linked by their sha256), then the run ends."""
+        run, result = self._children[seed], outcome.result
+        run.log_metrics(outcome.run_metrics(), step=len(result.history))
+        for path in outcome.files.values():
+            run.log_artifact(path, "train")
+        for name in ("best", "final"):
+            run.log_artifact(result.checkpoints[name], "checkpoints")
+        run.set_tags({checkpoint_tag(n): sha256(result.checkpoints[n]) for n in ("best", "final")})
+        run.finish()
+
+    def failed(self, seed: int, exc: BaseException) -> None:
+        """Until a restart resumes them, the store says why the seed's run and the parent stopped."""
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for run in (self._children.get(seed), self.parent):
+            if run is not None:
+                run.finish(status)

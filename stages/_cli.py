@@ -7,20 +7,19 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 import torch
 
 from diffquant.config import Config, load
-from diffquant.data.contracts import atomic_path
+from diffquant.data.contracts import write_csv, write_json
 from diffquant.errors import DiffQuantError
+
+__all__ = ["load_params", "parser", "repo_root", "run_stage", "write_csv", "write_json"]
 
 log = logging.getLogger("diffquant.stages")
 
@@ -51,26 +50,6 @@ def load_params(path: str | Path = "params.yaml") -> Config:
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Indented JSON, written atomically; NaN is refused (DVC and other readers cannot parse it)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    """A CSV table, written atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
-def read_run_id(path: Path) -> str:
-    """The MLflow run that train opened, for the stages that log into it."""
-    try:
-        return json.loads(Path(path).read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
-        raise DiffQuantError(f"{path}: no MLflow run id; run the train stage first (dvc repro -f train)") from None
 
 
 def run_stage(main: Callable[[], None]) -> None:

@@ -15,21 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from diffquant import tracking
-from diffquant.data.contracts import atomic_path, read_json, sha256
+from diffquant.data.contracts import atomic_path, sha256
 from diffquant.data.splits import Series
-from diffquant.errors import DataError
+from diffquant.evaluate.metric_names import SPLITS, metric_name
 from diffquant.evaluate.report import Judge, books_table, render_report, score_quarter, trials_tried
-from diffquant.evaluate.runner import Scorer
+from diffquant.evaluate.scoring import Scorer
+from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import forecast_decisions, policy_decisions
 from diffquant.plots import plot_walk_forward
 from diffquant.train import checkpoint
+from diffquant.train.layout import checkpoint_path
 from stages._cli import load_params, parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.evaluate")
-
-SPLITS = ("val", "test", "backtest")
-# metric names in MLflow; a seed's run already has the per-epoch curve "val_sharpe" of its training
-MLFLOW_PREFIX = {"val": "tuned_val_", "test": "test_", "backtest": "backtest_"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,21 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params)
 
-    tuned = read_json(root / args.thresholds, "threshold-opt")
-    if tuned.get("checkpoint") != cfg.eval.checkpoint:
-        raise DataError(
-            f"{args.thresholds} was tuned for {tuned.get('checkpoint')}.pt but eval.checkpoint is "
-            f"{cfg.eval.checkpoint!r}; re-run the threshold-opt stage (dvc repro threshold-opt)"
-        )
+    thresholds_path = root / args.thresholds
+    tuned = TunedThresholds.load(thresholds_path)
     seeds = [str(s) for s in cfg.train.seeds]
     kinds = ["policy", "proxy"] if cfg.baselines.proxy else ["policy"]
-    missing = [f"{k} seed {s}" for k in kinds for s in seeds if s not in tuned.get(k, {})]
-    if missing:
-        raise DataError(f"{args.thresholds} has no thresholds for {', '.join(missing)}; re-run threshold-opt")
+    tuned.require(thresholds_path, cfg.eval.checkpoint, kinds, seeds)
     quarters = {split: Series.load(root / args.split / f"{split}.npz") for split in SPLITS}
     expected = checkpoint.policy_spec(cfg.model, quarters["test"].feature_names, cfg.window.context)
-    paths = {k: {s: root / (args.train_dir if k == "policy" else args.proxy_dir) / f"seed_{s}" /
-                 f"{cfg.eval.checkpoint}.pt" for s in seeds} for k in kinds}  # fmt: skip
+    dirs = {"policy": root / args.train_dir, "proxy": root / args.proxy_dir}
+    paths = {k: {s: checkpoint_path(dirs[k], s, cfg.eval.checkpoint) for s in seeds} for k in kinds}
     models = {"policy": {s: checkpoint.load_policy(paths["policy"][s], expected) for s in seeds}}
     if "proxy" in kinds:
         models["proxy"] = {s: checkpoint.load_forecaster(paths["proxy"][s], expected) for s in seeds}
@@ -67,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     bars_per_year = bars_per_day * cfg.eval.days_per_year
     trials = trials_tried(tuned, kinds, seeds, cfg.thresholds.trials, cfg.eval.prior_trials, bars_per_year)
     summary: dict[str, Any] = {"trials": trials.summary(bars_per_year),
-                               "momentum_lookback": tuned["momentum"]["lookback"]}  # fmt: skip
+                               "momentum_lookback": tuned.momentum.lookback}  # fmt: skip
     runs = {k: {s: tracking.run_of_checkpoint(root, cfg.eval.checkpoint, sha256(paths[k][s])) for s in seeds}
             for k in kinds}  # fmt: skip
     parent = tracking.parent_of(runs["policy"][seeds[0]])
@@ -78,13 +70,14 @@ def main(argv: list[str] | None = None) -> None:
         judge = Judge(scorer, series, bars_per_year, bars_per_day, cfg.seed, list(cfg.eval.cost_multipliers))
         decide = {"policy": policy_decisions, "proxy": forecast_decisions}
         decisions = {k: {s: decide[k](models[k][s], series) for s in seeds} for k in kinds}
-        records, summary[split] = score_quarter(judge, decisions, tuned, tuned["momentum"]["lookback"], trials)
+        records, summary[split] = score_quarter(judge, decisions, tuned, trials)
         write_records(out, split, records)
         title = f"{cfg.experiment}: {split}, seed ensemble ({cfg.eval.checkpoint}.pt)"
         plot_quarter(records, title, out / f"{split}.png")
-        for kind in kinds:
+        for kind in kinds:  # a seed's own run: its book is the run's subject, named as the policy's
             for s in seeds:
-                runs[kind][s].log_metrics(flat_entry(summary[split][kind]["seeds"][s]), prefix=MLFLOW_PREFIX[split])
+                entry = flat_entry(summary[split][kind]["seeds"][s])
+                runs[kind][s].log_metrics({metric_name(split, k): v for k, v in entry.items()})
         log_parent(parent, split, summary[split], kinds)
         policy = summary[split]["policy"]
         log.info("%s: policy ensemble Sharpe %+.3f, seeds median %+.3f [%+.3f .. %+.3f] | buy-and-hold %+.3f", split,
@@ -111,17 +104,19 @@ def flat_entry(entry: dict[str, Any]) -> dict[str, float | None]:
 
 
 def log_parent(parent: tracking.Run, split: str, entry: dict[str, Any], kinds: list[str]) -> None:
-    """The experiment run gets the ensemble as ``<split>_*``, the seed spread and every baseline."""
-    policy, split = entry["policy"], MLFLOW_PREFIX[split].removesuffix("_")
-    parent.log_metrics(flat_entry(policy["ensemble"]), prefix=f"{split}_")
-    for metric, dist in policy["distribution"].items():
-        parent.log_metrics({f"{metric}_seed_{k}": v for k, v in dist.items()}, prefix=f"{split}_")
+    """The experiment run gets the ensemble, the seed spread and every baseline (names: ``metric_names``)."""
+
+    def log(book: str, metrics: dict[str, float | None]) -> None:
+        parent.log_metrics({metric_name(split, k, book): v for k, v in metrics.items()})
+
+    log("policy", flat_entry(entry["policy"]["ensemble"]))
+    for metric, dist in entry["policy"]["distribution"].items():
+        log("policy", {f"{metric}_seed_{k}": v for k, v in dist.items()})
     if "proxy" in kinds:
-        parent.log_metrics(flat_entry(entry["proxy"]["ensemble"]), prefix=f"{split}_proxy_")
-        parent.log_metrics({f"sharpe_seed_{k}": v for k, v in entry["proxy"]["distribution"]["sharpe"].items()},
-                           prefix=f"{split}_proxy_")  # fmt: skip
-    parent.log_metrics(flat_entry(entry["momentum"]), prefix=f"{split}_momentum_")
-    parent.log_metrics(entry["buy_and_hold"], prefix=f"{split}_buy_and_hold_")
+        log("proxy", flat_entry(entry["proxy"]["ensemble"]))
+        log("proxy", {f"sharpe_seed_{k}": v for k, v in entry["proxy"]["distribution"]["sharpe"].items()})
+    log("momentum", flat_entry(entry["momentum"]))
+    log("buy_and_hold", entry["buy_and_hold"])
 
 
 def write_records(out: Path, split: str, records: dict[str, Any]) -> None:

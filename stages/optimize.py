@@ -23,6 +23,7 @@ import torch
 from diffquant import hpo, tracking
 from diffquant.config import Config, flatten
 from diffquant.errors import DiffQuantError
+from diffquant.train.policy_training import TrainingData
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.optimize")
@@ -66,7 +67,7 @@ def _worker(args: argparse.Namespace, cfg: Config, root: Path, storage: optuna.s
     study = hpo.load_study(storage, args.study_name, sampler, hpo.make_pruner(cfg.optimize.pruner_warmup_epochs))
     hpo.check_setup(study, _setup(args, cfg, root))
     parent = _parent_run(root, study, args.storage, cfg)
-    data = hpo.TrialData.load(root / args.split)
+    data = TrainingData.load(root / args.split)
     label = f"{socket.gethostname()}/{args.worker}/{os.getpid()}"
     ran = hpo.run_worker(study, args.trials, hpo.TrialObjective(cfg, data, args.epochs, parent, label))
     log.info("worker %s ran %d trial(s)", label, ran)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     tracking.check_reachable(tracking.tracking_uri(root))
-    hpo.TrialData.load(root / args.split)  # a missing split fails here, not once per worker
+    TrainingData.load(root / args.split)  # a missing split fails here, not once per worker
     study = hpo.create_study(storage, args.study_name)
     hpo.check_setup(study, _setup(args, cfg, root))
     parent = _parent_run(root, study, args.storage, cfg)

@@ -32,7 +32,7 @@ from diffquant import hpo
 from diffquant.config import flatten, from_dict, load
 from diffquant.data.splits import Samples, Series
 from diffquant.errors import ConfigError
-from diffquant.train.trainer import TrainResult
+from diffquant.train.policy_training import TrainingData
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["open", "high", "low", "close", "volume", "rolling_vol"]
@@ -130,7 +130,7 @@ def _check_study(project: Path, storage: str, name: str, n_trials: int, n_proces
 def _assert_reproducible(project: Path, trials: list) -> None:
     """Re-train completed trials here, in this process and in another order: the same value, bit for bit."""
     cfg = load(project / "params.yaml")
-    data = hpo.TrialData.load(project / "split")
+    data = TrainingData.load(project / "split")
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done
     torch.set_flush_denormal(True)  # as run_stage sets it in the workers
@@ -207,7 +207,7 @@ def test_two_machines_on_postgresql(project: Path) -> None:
 
 def test_objective_is_the_selected_checkpoint_and_reports_feed_the_pruner(project: Path) -> None:
     cfg = load(project / "params.yaml")
-    data = hpo.TrialData.load(project / "split")
+    data = TrainingData.load(project / "split")
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(hpo.TrialObjective(cfg, data, 3, None, "here"), n_trials=2)
     for t in study.trials:
@@ -218,12 +218,6 @@ def test_objective_is_the_selected_checkpoint_and_reports_feed_the_pruner(projec
     pruning.optimize(hpo.TrialObjective(cfg, data, 3, None, "here"), n_trials=1)
     assert pruning.trials[0].state == optuna.trial.TrialState.PRUNED
     assert list(pruning.trials[0].intermediate_values) == [1]
-
-
-def test_selected_value_is_not_the_best_check() -> None:
-    history = [{"epoch": 1, "val_sharpe": 5.0}, {"epoch": 2, "val_sharpe": 1.0}, {"epoch": 3, "val_sharpe": -2.0}]
-    assert hpo.selected_value(TrainResult(history, 2, 1.0)) == 1.0  # epoch 1 traded too little to qualify
-    assert hpo.selected_value(TrainResult(history, None, None)) == -2.0  # none qualified: the final check
 
 
 def test_trial_seed_depends_on_study_seed_and_number_only() -> None:

@@ -197,3 +197,15 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def write_parquet(df: pd.DataFrame, target: Path) -> None:
     with atomic_path(target) as tmp:
         df.to_parquet(tmp, index=False)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Indented JSON, written atomically; NaN is refused (DVC and other readers cannot parse it)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """A CSV table, written atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)

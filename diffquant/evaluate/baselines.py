@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from diffquant.evaluate.runner import Scorer
+from diffquant.evaluate.scoring import Scorer
+from diffquant.evaluate.tuned import MomentumChoice
 from diffquant.evaluate.walk_forward import SeriesLike
 
 
@@ -19,7 +20,7 @@ def momentum_decisions(series: SeriesLike, lookback: int) -> np.ndarray:
     return out
 
 
-def choose_momentum(val: SeriesLike, lookbacks: list[int], scorer: Scorer) -> tuple[int, pd.DataFrame]:
+def choose_momentum(val: SeriesLike, lookbacks: list[int], scorer: Scorer) -> tuple[MomentumChoice, pd.DataFrame]:
     """The lookback with the highest val Sharpe (the shortest on ties) and the table of every candidate."""
     rows = []
     for n in lookbacks:
@@ -27,4 +28,6 @@ def choose_momentum(val: SeriesLike, lookbacks: list[int], scorer: Scorer) -> tu
         rows.append({"lookback": n, "sharpe": m["sharpe"], "total_return_pct": m["total_return_pct"],
                      "rebalances": m["rebalances"]})  # fmt: skip
     table = pd.DataFrame(rows).sort_values("lookback", kind="stable").reset_index(drop=True)
-    return int(table.loc[table["sharpe"].idxmax(), "lookback"]), table
+    best = table.loc[table["sharpe"].idxmax()]
+    choice = MomentumChoice(int(best["lookback"]), float(best["sharpe"]), [float(v) for v in table["sharpe"]])
+    return choice, table

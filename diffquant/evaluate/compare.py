@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from diffquant.evaluate.metric_names import metric_name
+
 LAMBDAS = ("sharpe", "turnover", "drawdown", "terminal", "flat", "bias")
 
 # (column in the table, column of mlflow.search_runs); a policy's Sharpe is its seed ensemble's
@@ -19,22 +21,22 @@ COLUMNS = (
     ("seeds", "tags.seeds"),
     ("val_sharpe_median", "metrics.best_val_sharpe_median"),
     *(
-        column
+        (f"{split}_{column}", f"metrics.{metric_name(split, metric, book)}")
         for split in ("test", "backtest")
-        for column in (
-            (f"{split}_sharpe", f"metrics.{split}_sharpe"),
-            (f"{split}_sharpe_seed_median", f"metrics.{split}_sharpe_seed_median"),
-            (f"{split}_sharpe_seed_min", f"metrics.{split}_sharpe_seed_min"),
-            (f"{split}_sharpe_seed_max", f"metrics.{split}_sharpe_seed_max"),
-            (f"{split}_ci_low", f"metrics.{split}_sharpe_ci_low"),
-            (f"{split}_ci_high", f"metrics.{split}_sharpe_ci_high"),
-            (f"{split}_psr", f"metrics.{split}_psr"),
-            (f"{split}_dsr", f"metrics.{split}_dsr"),
-            (f"{split}_return_pct", f"metrics.{split}_total_return_pct"),
-            (f"{split}_break_even_bps", f"metrics.{split}_break_even_bps"),
-            (f"{split}_proxy_sharpe", f"metrics.{split}_proxy_sharpe"),
-            (f"{split}_momentum_sharpe", f"metrics.{split}_momentum_sharpe"),
-            (f"{split}_bh_sharpe", f"metrics.{split}_buy_and_hold_sharpe"),
+        for column, metric, book in (
+            ("sharpe", "sharpe", "policy"),
+            ("sharpe_seed_median", "sharpe_seed_median", "policy"),
+            ("sharpe_seed_min", "sharpe_seed_min", "policy"),
+            ("sharpe_seed_max", "sharpe_seed_max", "policy"),
+            ("ci_low", "sharpe_ci_low", "policy"),
+            ("ci_high", "sharpe_ci_high", "policy"),
+            ("psr", "psr", "policy"),
+            ("dsr", "dsr", "policy"),
+            ("return_pct", "total_return_pct", "policy"),
+            ("break_even_bps", "break_even_bps", "policy"),
+            ("proxy_sharpe", "sharpe", "proxy"),
+            ("momentum_sharpe", "sharpe", "momentum"),
+            ("bh_sharpe", "sharpe", "buy_and_hold"),
         )
     ),
     ("run_id", "run_id"),

@@ -10,12 +10,13 @@ import math
 
 import numpy as np
 
+from diffquant.config import Hysteresis
 
-def apply_hysteresis(raw: np.ndarray, enter_long: float, enter_short: float, exit: float,
-                     min_delta: float) -> np.ndarray:
+
+def apply_hysteresis(raw: np.ndarray, h: Hysteresis) -> np.ndarray:
     """Executed position per bar (N,) from raw decisions (N,), sequentially from a flat book.
 
-    Per bar, with ``current`` the executed position so far:
+    Per bar, with ``current`` the executed position so far (the thresholds are the fields of ``h``):
 
     - target = raw if raw > enter_long, raw if raw < -enter_short, 0 if |raw| < exit (checked in this order);
       otherwise (the dead band) target = current;
@@ -25,6 +26,7 @@ def apply_hysteresis(raw: np.ndarray, enter_long: float, enter_short: float, exi
 
     A plain float loop: the state makes it sequential, and per bar it is a few float comparisons.
     """
+    enter_long, enter_short, exit, min_delta = h.enter_long, h.enter_short, h.exit, h.min_delta
     out = np.empty(len(raw))
     current = 0.0
     for i, x in enumerate(np.asarray(raw, dtype=np.float64).tolist()):

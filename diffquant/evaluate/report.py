@@ -17,8 +17,9 @@ import pandas as pd
 
 from diffquant.evaluate.baselines import momentum_decisions
 from diffquant.evaluate.hysteresis import apply_hysteresis
-from diffquant.evaluate.runner import Scorer, Thresholds
+from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.stats import distribution, null_max_sharpe, significance
+from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import Decisions, SeriesLike, WalkForwardResult
 
 # the per-seed metrics kept in evaluate.json (the ensemble and the baselines keep them all)
@@ -86,32 +87,33 @@ class Trials:
                 **{f"{k}_null_sharpe_annual": v * math.sqrt(bars_per_year) for k, v in self.null_sharpe.items()}}
 
 
-def trials_tried(tuned: dict[str, Any], kinds: list[str], seeds: list[str], threshold_trials: int, prior_trials: int,
-                 bars_per_year: float) -> Trials:  # fmt: skip
-    """Trials from threshold-opt's record (``thresholds.json``): per model kind, seeds x (threshold trials + the
-    configured thresholds) + ``prior_trials`` (HPO), with the spread of every threshold trial's val Sharpe; for
-    momentum, its candidate lookbacks."""
+def trials_tried(tuned: TunedThresholds, kinds: list[str], seeds: list[str], threshold_trials: int,
+                 prior_trials: int, bars_per_year: float) -> Trials:  # fmt: skip
+    """Trials from threshold-opt's record: per model kind, seeds x (threshold trials + the configured thresholds) +
+    ``prior_trials`` (HPO), with the spread of every threshold trial's val Sharpe; for momentum, its candidate
+    lookbacks."""
     count = {k: len(seeds) * (threshold_trials + 1) + prior_trials for k in kinds}
-    null = {k: null_max_sharpe(np.concatenate([tuned[k][s]["trial_sharpes"] for s in seeds]), count[k], bars_per_year)
+    null = {k: null_max_sharpe(np.concatenate([tuned.kind(k)[s].trial_sharpes for s in seeds]), count[k],
+                               bars_per_year)
             for k in kinds}  # fmt: skip
-    candidates = np.asarray(tuned["momentum"]["candidate_sharpes"], dtype=float)
+    candidates = np.asarray(tuned.momentum.candidate_sharpes, dtype=float)
     count["momentum"] = len(candidates)
     null["momentum"] = null_max_sharpe(candidates, len(candidates), bars_per_year)
     return Trials(count, null)
 
 
-def score_quarter(judge: Judge, decisions: dict[str, dict[str, Decisions]], thresholds: dict[str, dict[str, Any]],
-                  momentum_lookback: int, trials: Trials) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def score_quarter(judge: Judge, decisions: dict[str, dict[str, Decisions]], tuned: TunedThresholds,
+                  trials: Trials) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Every book of one quarter: each kind's seeds (raw decisions through their tuned hysteresis) with their spread
-    and ensemble, momentum, buy-and-hold and flat. Returns the records and the entry of ``evaluate.json``."""
+    and ensemble, momentum (its tuned lookback), buy-and-hold and flat. Returns the records and the entry of
+    ``evaluate.json``."""
     records: dict[str, Any] = {}
     entry: dict[str, Any] = {}
     for kind, by_seed in decisions.items():
-        executed = {s: apply_hysteresis(d.raw, **Thresholds.from_dict(thresholds[kind][s]).to_dict())
-                    for s, d in by_seed.items()}  # fmt: skip
+        executed = {s: apply_hysteresis(d.raw, tuned.kind(kind)[s].hysteresis) for s, d in by_seed.items()}
         records[kind], entry[kind] = group(judge, executed, by_seed, trials.null_sharpe[kind])
     records["momentum"], entry["momentum"] = judge.book(
-        momentum_decisions(judge.series, momentum_lookback), None, trials.null_sharpe["momentum"]
+        momentum_decisions(judge.series, tuned.momentum.lookback), None, trials.null_sharpe["momentum"]
     )
     records["buy_and_hold"], entry["buy_and_hold"] = judge.benchmark
     entry["flat"] = judge.scorer.constant(judge.series, 0.0)[1]

@@ -1,6 +1,6 @@
 """The search space and the objective: one trial = one configuration trained from scratch and scored on val.
 
-A trial's value is the val Sharpe of the checkpoint the trainer selects (``TrainResult.best_epoch``; the final
+A trial's value is the val Sharpe of the checkpoint the trainer selects (``TrainResult.selected_score``: the final
 check when none qualified), not the maximum over noisy val checks. The running value of that selection is
 reported at every val check, so a median pruner can stop a trial that lags behind the others at the same epoch.
 A trial is trained with a seed derived from (study seed, trial number) only, so its value does not depend on
@@ -18,19 +18,11 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 
 from diffquant import tracking
 from diffquant.config import Config, from_dict
-from diffquant.data.features import mirror_spec
-from diffquant.data.splits import Samples, Series
 from diffquant.errors import ConfigError
-from diffquant.evaluate.runner import Scorer, Thresholds
-from diffquant.model.policy import PolicyNetwork
-from diffquant.sim.losses import Objective
-from diffquant.train import checkpoint
-from diffquant.train.episodes import episodes_from_arrays
-from diffquant.train.trainer import TrainResult, fit, qualifies, resolve_device, seed_everything
+from diffquant.train.policy_training import TrainingData, train_policy
 
 
 @dataclass(frozen=True)
@@ -83,34 +75,15 @@ def with_params(cfg: Config, params: dict[str, Any], epochs: int = 0) -> Config:
 
 
 @dataclass(frozen=True)
-class TrialData:
-    """The train samples and the val series a trial trains and validates on (``data_source/split``)."""
-
-    samples: Samples
-    val: Series
-
-    @classmethod
-    def load(cls, split_dir: Path) -> TrialData:
-        return cls(Samples.load(Path(split_dir) / "train.npz"), Series.load(Path(split_dir) / "val.npz"))
-
-
-@dataclass(frozen=True)
 class TrialOutcome:
-    value: float  # val Sharpe of the selected checkpoint
+    value: float  # val Sharpe of the checkpoint the trainer selects
     best_epoch: int | None
     history: list[dict[str, Any]]
 
 
-def selected_value(result: TrainResult) -> float:
-    """Val Sharpe of the checkpoint the trainer selected; the last check's when none qualified."""
-    if result.best_epoch is not None:
-        return float(result.best_score)
-    return float([r for r in result.history if "val_sharpe" in r][-1]["val_sharpe"])
-
-
 def train_trial(
     cfg: Config,
-    data: TrialData,
+    data: TrainingData,
     seed: int,
     on_check: Callable[[int, float], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -120,49 +93,15 @@ def train_trial(
     ``on_check(epoch, value)`` gets, at every val check, the value the trial would have if training stopped there;
     it may raise (``optuna.TrialPruned``) to stop the trial.
     """
-    names = data.samples.feature_names
-    seed_everything(seed)
-    model = PolicyNetwork(cfg.model, len(names), cfg.window.context).to(resolve_device(cfg.train.device))
-    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    thresholds = Thresholds.from_eval(cfg.eval)
-    mirror = tuple(torch.as_tensor(a) for a in mirror_spec(names)) if cfg.train.mirror else None
-    best: list[float] = []
-
-    def epoch_done(record: dict[str, Any]) -> None:
-        if on_epoch is not None:
-            on_epoch(record)
-        if "val_sharpe" not in record:
-            return
-        val = {k.removeprefix("val_"): v for k, v in record.items() if k.startswith("val_")}
-        if qualifies(val, cfg.train.select_min_rebalances) and (not best or val["sharpe"] > best[0]):
-            best[:] = [float(val["sharpe"])]  # the same rule as fit's best-checkpoint selection
-        value = best[0] if best else float(val["sharpe"])
-        if on_check is not None and math.isfinite(value):
-            on_check(int(record["epoch"]), value)
-
     with tempfile.TemporaryDirectory(prefix="diffquant-trial-") as tmp:
-        result = fit(
-            model,
-            episodes_from_arrays(data.samples.features, data.samples.close, data.samples.funding, cfg.window.context),
-            lambda m: scorer.policy(m, data.val, thresholds)[1],
-            Objective(cfg.loss, cfg.sim.smooth_abs_eps),
-            cfg.sim,
-            cfg.train,
-            cfg.window.horizon,
-            seed,
-            Path(tmp),
-            {"policy": checkpoint.policy_spec(cfg.model, names, cfg.window.context), "seed": seed},
-            mirror,
-            on_epoch=epoch_done,
-            progress=False,
-        )
-    return TrialOutcome(selected_value(result), result.best_epoch, result.history)
+        result = train_policy(cfg, data, seed, Path(tmp), on_epoch, on_check, progress=False)
+    return TrialOutcome(result.selected_score, result.best_epoch, result.history)
 
 
 class TrialObjective:
     """The Optuna objective: suggest params, train, report val checks to the pruner, log a nested MLflow run."""
 
-    def __init__(self, cfg: Config, data: TrialData, epochs: int, parent: tracking.Run | None, worker: str) -> None:
+    def __init__(self, cfg: Config, data: TrainingData, epochs: int, parent: tracking.Run | None, worker: str) -> None:
         self.cfg, self.data, self.epochs, self.parent, self.worker = cfg, data, epochs, parent, worker
 
     def __call__(self, trial: optuna.Trial) -> float:

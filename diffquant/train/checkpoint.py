@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from diffquant.config import ModelConfig, build_section
@@ -20,6 +23,8 @@ from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
 
 M = TypeVar("M", PolicyNetwork, Forecaster)
+
+PICKLE_PROTOCOL = 2  # torch.save's default, pinned: a torch upgrade changing it must not change the bytes silently
 
 
 class CheckpointError(DiffQuantError):
@@ -32,15 +37,47 @@ def policy_spec(model_cfg: ModelConfig, feature_names: list[str], context: int) 
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: an interrupted save never leaves a truncated checkpoint behind.
+    """Write atomically (an interrupted save never leaves a truncated checkpoint behind) bytes that depend only on
+    ``state``'s content: the same values, dtypes, shapes and key orders give the same file, however the state was
+    reached (a resumed run writes the bytes of an uninterrupted one). See :func:`canonical`.
 
     Serialised through memory: ``torch.save`` to a path names the archive's records after the (random) temp file,
-    which would make identical checkpoints differ byte for byte.
+    which would make identical checkpoints differ byte for byte. The bytes are those of this torch version's format.
     """
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(canonical(state), buffer, pickle_protocol=PICKLE_PROTOCOL)
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+def canonical(obj: Any) -> Any:
+    """A copy of ``obj`` whose pickle is a function of its content alone, not of its objects' identities or memory.
+
+    Pickle writes an object met twice as a back-reference, so two equal states differ in bytes when one shares an
+    object the other holds twice: a resumed run's history holds the strings its checkpoint was unpickled with beside
+    the interned ones of the records added since. ``torch.save`` writes a tensor's whole storage, shared or offset.
+    Here every string is interned (equal strings are one object), every container is a new one (none is shared),
+    every tensor is a contiguous CPU copy with a storage of its own, and numpy scalars become Python numbers.
+    Dict order is kept (a state dict's order is its meaning), as is an ``OrderedDict``'s ``_metadata``.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+    if type(obj) is str:
+        return sys.intern(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        out = type(obj)() if type(obj) in (dict, OrderedDict) else {}
+        for key, value in obj.items():
+            out[canonical(key)] = canonical(value)
+        if type(obj) is OrderedDict and hasattr(obj, "_metadata"):  # module versions, read by load_state_dict
+            out._metadata = canonical(obj._metadata)  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, torch.Size):
+        return torch.Size(obj)
+    if type(obj) in (list, tuple):
+        return type(obj)(canonical(v) for v in obj)
+    return obj
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

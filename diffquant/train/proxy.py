@@ -100,6 +100,16 @@ def forecast_quality(model: Forecaster, data: ForecastSet) -> dict[str, float]:
     }
 
 
+class LowestMse:
+    """The proxy's best-checkpoint rule (a ``trainer.Selection``): the lowest val MSE; every check qualifies."""
+
+    def score(self, val: dict[str, float]) -> float:
+        return -val["mse"]
+
+    def fallback(self, val: dict[str, float]) -> float:
+        return -val["mse"]
+
+
 def calibrate(model: Forecaster, train: ForecastSet) -> float:
     """Set ``model.scale`` to the spread of its train forecasts (a floor keeps a constant model finite)."""
     scale = max(float(predict(model, train).double().std()), 1e-6)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from diffquant.config import SimConfig
+from diffquant.evaluate.metrics import sharpe
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train.episodes import EpisodeBatch, batch_loss, episodes_from_arrays
@@ -121,12 +122,12 @@ def signal_use(
     model.eval()
     with torch.no_grad():
         _, _, pnl = batch_loss(model, batch, objective, sim, horizon, full_bptt=True)
-    sharpe = (pnl.mean() / pnl.std().clamp_min(1e-12)).item()
+    per_bar = sharpe(pnl.double().flatten().numpy(), ann=1.0)
     return CheckResult(
         "signal_use",
-        sharpe > min_sharpe,
-        sharpe,
-        f"in-sample per-bar Sharpe {sharpe:+.3f} with the next return announced (needs > {min_sharpe})",
+        per_bar > min_sharpe,
+        per_bar,
+        f"in-sample per-bar Sharpe {per_bar:+.3f} with the next return announced (needs > {min_sharpe})",
     )
 
 

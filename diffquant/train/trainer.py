@@ -22,14 +22,17 @@ from tqdm import tqdm
 
 from diffquant.config import SimConfig, TrainConfig
 from diffquant.errors import ConfigError
+from diffquant.evaluate.metrics import sharpe
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint
 from diffquant.train.episodes import EpisodeBatch, batch_loss, mirror
+from diffquant.train.layout import CHECKPOINTS, checkpoint_file
+from diffquant.train.resume import ResumeSpec
 
 log = logging.getLogger(__name__)
 
-LAST, BEST, FINAL = "last.pt", "best.pt", "final.pt"
+LAST, BEST, FINAL = (checkpoint_file(n) for n in ("last", "best", "final"))
 
 
 @dataclass
@@ -37,8 +40,37 @@ class TrainResult:
     history: list[dict[str, Any]]
     best_epoch: int | None  # None: no validation check qualified, best.pt is the final model
     best_score: float | None  # the selection score of best.pt (val Sharpe for the policy)
+    selected_score: float  # best_score, or the last check's fallback score when none qualified (best.pt = final)
     resumed_from: int = 0  # epochs already done when this call started
     checkpoints: dict[str, Path] = field(default_factory=dict)
+
+
+class Selection(Protocol):
+    """Which validation check is "best": ``fit_task`` keeps the highest score; None can not be best."""
+
+    def score(self, val: dict[str, float]) -> float | None: ...
+
+    def fallback(self, val: dict[str, float]) -> float:
+        """The score reported for a check when no check qualified (best.pt is then the final model)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SharpeSelection:
+    """The policy's rule: the highest val Sharpe among checks that traded at least ``min_rebalances`` times.
+
+    A model that (almost) never trades is not a candidate, whatever its Sharpe (docs/upstream.md, checkpoint
+    selection).
+    """
+
+    min_rebalances: int
+
+    def score(self, val: dict[str, float]) -> float | None:
+        qualifies = val.get("rebalances", 0) >= self.min_rebalances and math.isfinite(val.get("sharpe", math.nan))
+        return float(val["sharpe"]) if qualifies else None
+
+    def fallback(self, val: dict[str, float]) -> float:
+        return float(val["sharpe"])
 
 
 def seed_everything(seed: int) -> None:
@@ -55,6 +87,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_batch_size(n_samples: int, cfg: TrainConfig) -> None:
+    """Every batch has ``train.batch_size`` samples (the last partial one is dropped): fewer samples train nothing."""
+    if n_samples < cfg.batch_size:
+        raise ConfigError(
+            f"train.batch_size ({cfg.batch_size}) is larger than the {n_samples} training samples; lower "
+            "train.batch_size or widen the train split"
+        )
+
+
 def make_optimizer(model: PolicyNetwork, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW plus a per-epoch schedule: linear warm-up from ``warmup_start_factor``, then cosine to ``min_lr``."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
@@ -65,11 +106,6 @@ def make_optimizer(model: PolicyNetwork, cfg: TrainConfig) -> tuple[torch.optim.
         return opt, cosine
     warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=cfg.warmup_start_factor, total_iters=cfg.warmup_epochs)
     return opt, torch.optim.lr_scheduler.SequentialLR(opt, [warmup, cosine], milestones=[cfg.warmup_epochs])
-
-
-def qualifies(val: dict[str, float], min_rebalances: int) -> bool:
-    """A model that (almost) never trades is not a candidate for "best", whatever its Sharpe (SEED_SPEC 19.1.6)."""
-    return val.get("rebalances", 0) >= min_rebalances and math.isfinite(val.get("sharpe", float("nan")))
 
 
 class EpochTask(Protocol):
@@ -111,7 +147,7 @@ class PolicyTask:
         pnl = torch.cat(self._pnls).flatten()
         out = {
             "train_loss": float(np.mean(self._losses)),
-            "train_sharpe_per_bar": float(pnl.mean() / pnl.std().clamp_min(1e-12)),
+            "train_sharpe_per_bar": sharpe(pnl.double().cpu().numpy(), ann=1.0),
         }
         self._losses, self._pnls = [], []
         return out
@@ -127,46 +163,43 @@ def fit(
     horizon: int,
     seed: int,
     out_dir: Path,
-    spec: dict[str, Any],
+    spec: ResumeSpec,
     mirror_map: tuple[Tensor, Tensor] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_check: Callable[[int, float], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the policy in place on ``episodes``; "best" is the qualifying val check with the highest Sharpe.
+    """Train the policy in place on ``episodes``; "best" is chosen by :class:`SharpeSelection`.
 
-    See :func:`fit_task` for checkpoints and resuming.
+    See :func:`fit_task` for checkpoints, resuming and the callbacks.
     """
-    if len(episodes) < cfg.batch_size:
-        raise ConfigError(
-            f"{len(episodes)} training samples < train.batch_size ({cfg.batch_size}); lower the batch size"
-        )
+    check_batch_size(len(episodes), cfg)
     device = next(model.parameters()).device
     mirror_map = tuple(t.to(device) for t in mirror_map) if mirror_map is not None else None
     task = PolicyTask(episodes.to(device), objective, sim, cfg, horizon, mirror_map)
-
-    def score(val: dict[str, float]) -> float | None:
-        return float(val["sharpe"]) if qualifies(val, cfg.select_min_rebalances) else None
-
-    return fit_task(model, task, validate, score, cfg, seed, out_dir, spec, on_epoch, progress)
+    selection = SharpeSelection(cfg.select_min_rebalances)
+    return fit_task(model, task, validate, selection, cfg, seed, out_dir, spec, on_epoch, on_check, progress)
 
 
 def fit_task(
     model: nn.Module,
     task: EpochTask,
     validate: Callable[[Any], dict[str, float]],
-    score: Callable[[dict[str, float]], float | None],
+    selection: Selection,
     cfg: TrainConfig,
     seed: int,
     out_dir: Path,
-    spec: dict[str, Any],
+    spec: ResumeSpec,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_check: Callable[[int, float], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place; checkpoints ``last.pt`` (every epoch), ``best.pt`` and ``final.pt`` in ``out_dir``.
 
-    Every ``val_freq`` epochs ``validate`` runs and ``score`` ranks it: higher is better, None can not be best.
-    ``spec`` (``checkpoint.policy_spec`` plus anything else that must match) guards resuming: a ``last.pt`` written
-    under another spec is ignored and training starts over.
+    Every ``val_freq`` epochs ``validate`` runs and ``selection`` ranks it. ``on_epoch(record)`` gets every finished
+    epoch; ``on_check(epoch, value)`` the score the run would report if it stopped at this check (it may raise to
+    stop training, as a pruner does). ``spec`` guards resuming: a ``last.pt`` written under another spec is ignored
+    and training starts over.
     """
     out_dir = Path(out_dir)
     opt, sched = make_optimizer(model, cfg)
@@ -183,10 +216,11 @@ def fit_task(
         torch.manual_seed(seed * 1_000_003 + epoch)
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **_train_epoch(model, task, opt, cfg, device)}
         sched.step()
+        val = None
         if (epoch + 1) % cfg.val_freq == 0 or epoch + 1 == cfg.epochs:
             val = validate(model)
             record.update({f"val_{k}": v for k, v in val.items()})
-            candidate = score(val)
+            candidate = selection.score(val)
             if candidate is not None and (best_score is None or candidate > best_score):
                 best_epoch, best_score = epoch + 1, candidate
                 checkpoint.save(
@@ -198,19 +232,20 @@ def fit_task(
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{record.get('val_sharpe', float('nan')):.2f}")
         if on_epoch is not None:
             on_epoch(record)
+        if val is not None and on_check is not None:
+            on_check(epoch + 1, best_score if best_score is not None else selection.fallback(val))
 
     final = _state(model, opt, sched, cfg.epochs, history, spec, best_epoch, best_score)
     checkpoint.save(out_dir / FINAL, final)
     if best_epoch is None:
         log.warning("no validation check qualified as best; best.pt = the final model")
         checkpoint.save(out_dir / BEST, final)
-    return TrainResult(
-        history,
-        best_epoch,
-        best_score,
-        start,
-        {name: out_dir / f for name, f in (("last", LAST), ("best", BEST), ("final", FINAL))},
+    last_check = next(r for r in reversed(history) if any(k.startswith("val_") for k in r))
+    selected = best_score if best_score is not None else selection.fallback(
+        {k.removeprefix("val_"): v for k, v in last_check.items() if k.startswith("val_")}
     )
+    paths = {name: out_dir / checkpoint_file(name) for name in CHECKPOINTS}
+    return TrainResult(history, best_epoch, best_score, selected, start, paths)
 
 
 def _train_epoch(
@@ -233,7 +268,7 @@ def _state(
     sched: Any,
     epoch: int,
     history: list[dict[str, Any]],
-    spec: dict[str, Any],
+    spec: ResumeSpec,
     best_epoch: int | None,
     best_score: float | None,
 ) -> dict[str, Any]:
@@ -243,13 +278,13 @@ def _state(
         "scheduler_state": sched.state_dict(),
         "epoch": epoch,
         "history": history,
-        "spec": spec,
+        "spec": spec.to_dict(),
         "best_epoch": best_epoch,
         "best_score": best_score,
     }
 
 
-def completed_epochs(out_dir: Path, spec: dict[str, Any]) -> int:
+def completed_epochs(out_dir: Path, spec: ResumeSpec) -> int:
     """Epochs a restarted ``fit`` with this ``spec`` would skip (0 when it would start over)."""
     path = Path(out_dir) / LAST
     if not path.exists():
@@ -258,11 +293,16 @@ def completed_epochs(out_dir: Path, spec: dict[str, Any]) -> int:
         state = checkpoint.load(path)
     except checkpoint.CheckpointError:
         return 0
-    return int(state["epoch"]) if state.get("spec") == spec else 0
+    return int(state["epoch"]) if state.get("spec") == spec.to_dict() else 0
+
+
+def finished_history(out_dir: Path, spec: ResumeSpec) -> list[dict[str, Any]]:
+    """The epoch records a restarted ``fit`` with this ``spec`` would not redo (empty when it would start over)."""
+    return checkpoint.load(Path(out_dir) / LAST)["history"] if completed_epochs(out_dir, spec) else []
 
 
 def _resume(
-    path: Path, spec: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, sched: Any
+    path: Path, spec: ResumeSpec, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
 ) -> dict[str, Any]:
     fresh = {"epoch": 0, "history": [], "best_epoch": None, "best_score": None}
     if not path.exists():
@@ -272,7 +312,7 @@ def _resume(
     except checkpoint.CheckpointError as exc:
         log.warning("ignoring unreadable %s, training from scratch: %s", path, exc)
         return fresh
-    if state.get("spec") != spec:
+    if state.get("spec") != spec.to_dict():
         log.info("%s was written under other params; training from scratch", path)
         return fresh
     model.load_state_dict(state["model_state"])

@@ -7,7 +7,7 @@ import pytest
 
 from diffquant.config import SimConfig
 from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
-from diffquant.evaluate.runner import Scorer
+from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.walk_forward import constant_positions
 from tests.evaluate.test_walk_forward import make_series
 
@@ -30,12 +30,13 @@ def test_momentum_holds_the_sign_of_the_past_return_and_is_causal() -> None:
 
 def test_choose_momentum_keeps_the_lookback_with_the_best_val_sharpe() -> None:
     series = make_series(400, 20)
-    lookback, table = choose_momentum(series, [4, 8, 16], SCORER)
+    choice, table = choose_momentum(series, [4, 8, 16], SCORER)
     assert list(table["lookback"]) == [4, 8, 16]
     for n in (4, 8, 16):
         sharpe = SCORER.positions(series, momentum_decisions(series, n))[1]["sharpe"]
         assert table.set_index("lookback").loc[n, "sharpe"] == pytest.approx(sharpe)
-    assert lookback == int(table.loc[table["sharpe"].idxmax(), "lookback"])
+    assert choice.lookback == int(table.loc[table["sharpe"].idxmax(), "lookback"])
+    assert choice.val_sharpe == table["sharpe"].max() and choice.candidate_sharpes == list(table["sharpe"])
 
 
 def test_cost_sweep_scales_every_cost_and_break_even_zeroes_the_mean_return() -> None:

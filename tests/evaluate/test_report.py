@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from diffquant.config import SimConfig
+from diffquant.config import Hysteresis, SimConfig
 from diffquant.evaluate.baselines import momentum_decisions
 from diffquant.evaluate.report import Judge, books_table, group, render_report
-from diffquant.evaluate.runner import Scorer
+from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.stats import expected_max_sharpe, null_max_sharpe
+from diffquant.evaluate.tuned import MomentumChoice, TunedModel, TunedThresholds
 from diffquant.evaluate.walk_forward import Decisions
 from tests.evaluate.test_walk_forward import make_series
 
@@ -61,8 +62,11 @@ def test_group_scores_each_seed_their_spread_and_the_ensemble_book() -> None:
 def test_trials_counted_are_seeds_times_threshold_trials_plus_prior_ones() -> None:
     from diffquant.evaluate.report import trials_tried
 
-    tuned = {"policy": {"1": {"trial_sharpes": [0.0, 1.0, 2.0]}, "2": {"trial_sharpes": [3.0, -1.0, 0.5]}},
-             "momentum": {"candidate_sharpes": [0.5, -0.5]}}  # fmt: skip
+    def model(trial_sharpes: list[float]) -> TunedModel:
+        return TunedModel(Hysteresis(), "optuna", max(trial_sharpes), 0.0, 10.0, len(trial_sharpes), trial_sharpes)
+
+    tuned = TunedThresholds("best", {"1": model([0.0, 1.0, 2.0]), "2": model([3.0, -1.0, 0.5])}, {},
+                            MomentumChoice(24, 0.5, [0.5, -0.5]))
     trials = trials_tried(tuned, ["policy"], ["1", "2"], 2, prior_trials=50, bars_per_year=BARS_PER_YEAR)
     assert trials.count == {"policy": 2 * (2 + 1) + 50, "momentum": 2}
     pooled = [0.0, 1.0, 2.0, 3.0, -1.0, 0.5]

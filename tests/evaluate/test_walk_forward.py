@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from diffquant.config import ModelConfig, SimConfig
+from diffquant.config import Hysteresis, ModelConfig, SimConfig
 from diffquant.data.splits import Series
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.walk_forward import (
@@ -129,7 +129,7 @@ def test_nothing_at_or_before_t_depends_on_bars_after_t(lag: int) -> None:
 
     def run(s: Series) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         d = policy_decisions(model, s)
-        executed = apply_hysteresis(d.raw, 0.05, 0.05, 0.02, 0.01)
+        executed = apply_hysteresis(d.raw, Hysteresis(0.05, 0.05, 0.02, 0.01))
         return d.raw, executed, walk_forward(s, executed, sim, raw=d.raw, gate=d.gate).record
 
     raw_a, exec_a, rec_a = run(series)
@@ -220,7 +220,7 @@ def test_flat_and_buy_and_hold_baselines() -> None:
 def test_policy_path_with_hysteresis_runs_through_the_engine() -> None:
     series, model = make_series(200, CTX + 1), make_model()
     d = policy_decisions(model, series)
-    executed = apply_hysteresis(d.raw, 0.1, 0.1, 0.05, 0.03)
+    executed = apply_hysteresis(d.raw, Hysteresis(0.1, 0.1, 0.05, 0.03))
     rec = walk_forward(series, executed, SimConfig(), raw=d.raw, gate=d.gate).record
     assert rec["raw_position"].notna().all() and rec["gate"].between(0, 1).all()
     assert np.isfinite(rec.drop(columns="time").to_numpy()).all()
@@ -249,17 +249,17 @@ def test_hysteresis_by_hand() -> None:
     # nan: flat | 0.05 dead band, keep 0 | 0.12 enter long | 0.08 dead band, keep | 0.13 move < 0.03, keep 0.12 |
     # 0.14 move 0.02, keep | 0.03 < exit: close | -0.2 enter short | -0.07 keep | -0.11 move 0.09 | 0 close | 0.5
     expected = [0.0, 0.0, 0.12, 0.12, 0.12, 0.12, 0.0, -0.2, -0.2, -0.11, 0.0, 0.5]
-    got = apply_hysteresis(raw, enter_long=0.1, enter_short=0.1, exit=0.05, min_delta=0.03)
+    got = apply_hysteresis(raw, Hysteresis(0.1, 0.1, 0.05, 0.03))
     np.testing.assert_array_equal(got, expected)
 
 
 def test_hysteresis_min_delta_applies_to_closing_and_nan_forces_flat() -> None:
-    got = apply_hysteresis(np.array([0.2, 0.21, 0.01]), 0.1, 0.1, 0.05, 0.03)
+    got = apply_hysteresis(np.array([0.2, 0.21, 0.01]), Hysteresis(0.1, 0.1, 0.05, 0.03))
     np.testing.assert_array_equal(got, [0.2, 0.2, 0.0])
     # 0.5 -> 0.2 is a move of 0.3 >= 0.25; closing 0.2 is a move of 0.2 < 0.25: the position stays
-    got = apply_hysteresis(np.array([0.5, 0.2, 0.01]), 0.1, 0.1, 0.05, 0.25)
+    got = apply_hysteresis(np.array([0.5, 0.2, 0.01]), Hysteresis(0.1, 0.1, 0.05, 0.25))
     np.testing.assert_array_equal(got, [0.5, 0.2, 0.2])
-    got = apply_hysteresis(np.array([0.5, np.nan, 0.5]), 0.1, 0.1, 0.05, 0.9)
+    got = apply_hysteresis(np.array([0.5, np.nan, 0.5]), Hysteresis(0.1, 0.1, 0.05, 0.9))
     np.testing.assert_array_equal(got, [0.0, 0.0, 0.0])  # 0.5 < min_delta: never entered
-    got = apply_hysteresis(np.array([0.5, np.nan, 0.5]), 0.1, 0.1, 0.05, 0.03)
+    got = apply_hysteresis(np.array([0.5, np.nan, 0.5]), Hysteresis(0.1, 0.1, 0.05, 0.03))
     np.testing.assert_array_equal(got, [0.5, 0.0, 0.5])

@@ -1,19 +1,26 @@
-"""Bad params, CLI arguments and checkpoints reaching real stage processes (``python -m stages.<stage>``).
+"""Bad params, CLI arguments and checkpoints reaching the stages.
 
-Each case must end with exit code 2, exactly one ERROR line naming the key or file at fault, no traceback, and no
-output written or changed (the stage's previous valid outputs stay byte for byte). Data-file cases are covered
-through the download stage in tests/data/test_sources.py and checkpoint damage at library level in
-tests/train/test_checkpoint.py; this file covers what enters through params.yaml, the command line and the files
-one stage hands the next.
+The contract of a refusal: exit code 2, exactly one ERROR line naming the key or file at fault, no traceback, and no
+output written or changed (the stage's previous valid outputs stay byte for byte). ``stages._cli.run_stage`` turns
+a :class:`DiffQuantError` into that one line and exit 2, so most cases are checked in this process: the loader
+(:func:`diffquant.config.load`) refuses the params, or the stage's ``main`` raises a ``DiffQuantError`` whose first
+line names the key, and the workspace is unchanged. A few cases, one per kind of refusal (the loader, a data stage,
+the train stage, a checkpoint reaching evaluate, whose MLflow run must stay empty), run as real processes
+(``python -m stages.<stage>``) and check the whole contract; they are marked ``slow``.
+
+Data-file cases are covered through the download stage in tests/data/test_sources.py and checkpoint damage at
+library level in tests/train/test_checkpoint.py; this file covers what enters through params.yaml, the command line
+and the files one stage hands the next.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +30,48 @@ import torch
 import yaml
 
 from diffquant import tracking
-from diffquant.config import ModelConfig, from_dict
+from diffquant.config import ModelConfig, from_dict, load
 from diffquant.data.splits import Series
+from diffquant.errors import ConfigError, DiffQuantError
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
-from tests.repo_copy import TINY, deep_update, stage, tiny_params
+from tests.repo_copy import REPO, TINY, deep_update, stage, tiny_params
 
-DATA_DIRS = ("data_source/raw", "data_source/bars", "data_source/features", "data_source/split")
+DATA_STAGES = ("download", "aggregate", "features", "split")
+
+
+def use_root(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Point the stages at ``root`` as :func:`tests.repo_copy.stage` does for a process: ``DVC_ROOT``, no DVC stage
+    workspace, the local MLflow store."""
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def run_main(name: str, *args: str) -> None:
+    """``stages.<name>.main(args)`` in this process (``DVC_ROOT`` set by :func:`use_root`)."""
+    importlib.import_module(f"stages.{name}").main(list(args))
 
 
 @pytest.fixture(scope="module")
-def root(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace holding the data stages' valid outputs (no git, no DVC): the stages run against it."""
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A workspace holding the data stages' valid outputs for the tiny params (no git, no DVC), made by running the
+    data stages in this process on the bundled data; the refused stages run against it."""
     dst = tmp_path_factory.mktemp("bad_params")
-    for rel in DATA_DIRS:
-        shutil.copytree(prepared / rel, dst / rel)
+    shutil.copytree(REPO / "data_source" / "bundled", dst / "data_source" / "bundled")
     (dst / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        use_root(mp, dst)
+        for name in DATA_STAGES:
+            run_main(name)
     return dst
+
+
+@pytest.fixture
+def in_root(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """:func:`root`, with the stages of this process pointed at it."""
+    use_root(monkeypatch, root)
+    return root
 
 
 def snapshot(root: Path, skip: str | None = None) -> dict[str, str]:
@@ -57,6 +89,7 @@ def params_file(tmp_path: Path, override: dict[str, Any] | str) -> Path:
 
 
 def assert_refused(done: subprocess.CompletedProcess[str], fragments: tuple[str, ...]) -> None:
+    """A stage process's refusal: exit 2, no traceback, one ERROR line holding every fragment."""
     assert done.returncode == 2, f"exit {done.returncode}\n{done.stderr[-3000:]}"
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
@@ -65,8 +98,23 @@ def assert_refused(done: subprocess.CompletedProcess[str], fragments: tuple[str,
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
 
 
+def assert_raises_naming(
+    call: Callable[[], object], fragments: tuple[str, ...], kind: type[Exception] = DiffQuantError
+) -> None:
+    """``call`` raises ``kind`` (a ``DiffQuantError``: the stage process would exit 2 with one ERROR line, no traceback)
+    and the first line of its message, the ERROR line, holds every fragment."""
+    with pytest.raises(kind) as info:
+        call()
+    first = str(info.value).splitlines()[0]
+    for fragment in fragments:
+        assert fragment in first, f"{fragment!r} not in {first!r}"
+
+
 # (stage, params override or YAML text, fragments the ERROR line must contain)
-PARAMS_CASES: dict[str, tuple[str, dict[str, Any] | str, tuple[str, ...]]] = {
+Case = tuple[str, dict[str, Any] | str, tuple[str, ...]]
+
+# Refused by the params loader (diffquant.config.load), which every stage calls before any work.
+LOADER_CASES: dict[str, Case] = {
     # wrong type
     "string_for_int": ("train", {"train": {"epochs": "ten"}}, ("train.epochs", "expected an integer")),
     "float_for_int": ("split", {"window": {"context": 96.5}}, ("window.context", "expected an integer")),
@@ -85,17 +133,23 @@ PARAMS_CASES: dict[str, tuple[str, dict[str, Any] | str, tuple[str, ...]]] = {
     # unknown key
     "unknown_key": ("train", {"train": {"epoch": 5}}, ("unknown key(s) train.epoch", "allowed here")),
     "unknown_section": ("download", {"trian": {"epochs": 5}}, ("unknown key(s) trian",)),
-    # cross-field rules and rules against the data
+    # cross-field rules
     "heads_do_not_divide": ("train", {"model": {"itransformer": {"n_heads": 3}}}, ("model.itransformer.d_model",)),
     "horizon_within_lag": ("split", {"window": {"horizon": 2}, "sim": {"execution_lag_bars": 2}}, ("window.horizon",)),
     "momentum_longer_than_window": (
-        "train", {"baselines": {"momentum_lookbacks": [24, 96]}}, ("baselines.momentum_lookbacks", "window.context"),
+        "train",
+        {"baselines": {"momentum_lookbacks": [24, 96]}},
+        ("baselines.momentum_lookbacks", "window.context"),
     ),
     "duplicate_seeds": ("train", {"train": {"seeds": [1, 1]}}, ("train.seeds", "distinct")),
     "no_seeds": ("train", {"train": {"seeds": []}}, ("train.seeds",)),
     "seed_not_an_integer": ("train", {"train": {"seeds": [1, "two"]}}, ("train.seeds[1]", "expected an integer")),
     "negative_cost_multiple": ("evaluate", {"eval": {"cost_multipliers": [1.0, -1.0]}}, ("eval.cost_multipliers",)),
     "dates_out_of_order": ("split", {"split": {"test_start": "2025-03-01"}}, ("split.test_start", "must be after")),
+}
+
+# Valid params that a stage refuses against its inputs (the data, the machine) before writing anything.
+STAGE_CASES: dict[str, Case] = {
     "window_longer_than_train": (
         "split",
         {"window": {"context": 2800, "horizon": 100}},
@@ -121,11 +175,36 @@ PARAMS_CASES: dict[str, tuple[str, dict[str, Any] | str, tuple[str, ...]]] = {
     "batch_larger_than_data": ("train", {"train": {"batch_size": 4096}}, ("train.batch_size (4096)", "train.npz")),
 }
 if not torch.cuda.is_available():
-    PARAMS_CASES["cuda_without_gpu"] = ("train", {"train": {"device": "cuda"}}, ("train.device",))
+    STAGE_CASES["cuda_without_gpu"] = ("train", {"train": {"device": "cuda"}}, ("train.device",))
+
+PARAMS_CASES = {**LOADER_CASES, **STAGE_CASES}
+
+# One case per kind of refusal, also run as a real process: the loader, a data stage, the train stage
+# (a checkpoint refusal runs through evaluate below).
+END_TO_END = ("unknown_key", "window_longer_than_train", "batch_larger_than_data")
+
+
+@pytest.mark.parametrize("case", LOADER_CASES)
+def test_loader_refuses_bad_params_naming_the_key(tmp_path: Path, case: str) -> None:
+    _, override, fragments = LOADER_CASES[case]
+    path = params_file(tmp_path, override)
+    assert_raises_naming(lambda: load(path), (str(path), *fragments), ConfigError)
 
 
 @pytest.mark.parametrize("case", PARAMS_CASES)
-def test_bad_params_are_refused_without_output(root: Path, tmp_path: Path, case: str) -> None:
+def test_stage_refuses_bad_params_without_output(in_root: Path, tmp_path: Path, case: str) -> None:
+    """The stage's ``main`` in this process: a ``DiffQuantError`` naming the key, the workspace unchanged."""
+    name, override, fragments = PARAMS_CASES[case]
+    path = params_file(tmp_path, override)
+    before = snapshot(in_root)
+    assert_raises_naming(lambda: run_main(name, "--params", str(path)), fragments)
+    assert snapshot(in_root) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", END_TO_END)
+def test_bad_params_end_to_end(root: Path, tmp_path: Path, case: str) -> None:
+    """The whole contract through ``python -m stages.<stage>``: exit 2, one ERROR line, no traceback, no output."""
     name, override, fragments = PARAMS_CASES[case]
     path = params_file(tmp_path, override)
     before = snapshot(root)
@@ -136,24 +215,29 @@ def test_bad_params_are_refused_without_output(root: Path, tmp_path: Path, case:
 # --- command line ----------------------------------------------------------------------------------------------------
 
 
-def test_unknown_option_prints_usage_and_exits_2(root: Path) -> None:
-    before = snapshot(root)
-    done = stage("train", root, "--epochs", "3")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("usage: ") and "error: unrecognized arguments: --epochs 3" in done.stderr
-    assert snapshot(root) == before
+def test_unknown_option_prints_usage_and_exits_2(in_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(in_root)
+    with pytest.raises(SystemExit) as info:
+        run_main("train", "--epochs", "3")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and "error: unrecognized arguments: --epochs 3" in err
+    assert snapshot(in_root) == before
 
 
-def test_missing_params_file_is_one_error_line(root: Path) -> None:
-    before = snapshot(root)
-    assert_refused(stage("split", root, "--params", "no/such/params.yaml"), ("no/such/params.yaml", "file not found"))
-    assert snapshot(root) == before
+def test_missing_params_file_is_one_error_line(in_root: Path) -> None:
+    before = snapshot(in_root)
+    assert_raises_naming(lambda: run_main("split", "--params", "no/such/params.yaml"),
+                         ("no/such/params.yaml", "file not found"))  # fmt: skip
+    assert snapshot(in_root) == before
 
 
-def test_missing_upstream_output_names_the_stage_to_run(root: Path, tmp_path: Path) -> None:
-    before = snapshot(root)
-    assert_refused(stage("aggregate", root, "--raw", str(tmp_path / "empty")), ("not found", "download stage"))
-    assert snapshot(root) == before
+def test_missing_upstream_output_names_the_stage_to_run(in_root: Path, tmp_path: Path) -> None:
+    before = snapshot(in_root)
+    assert_raises_naming(
+        lambda: run_main("aggregate", "--raw", str(tmp_path / "empty")), ("not found", "download stage")
+    )
+    assert snapshot(in_root) == before
 
 
 # --- checkpoints reaching the stages that load them ------------------------------------------------------------------
@@ -194,20 +278,17 @@ CHECKPOINTS: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
 
 
 @pytest.mark.parametrize("case", CHECKPOINTS)
-def test_threshold_opt_refuses_a_bad_checkpoint(root: Path, tmp_path: Path, case: str) -> None:
+def test_threshold_opt_refuses_a_bad_checkpoint(in_root: Path, tmp_path: Path, case: str) -> None:
     make, fragments = CHECKPOINTS[case]
     train_dir = tmp_path / "train"
     (train_dir / "seed_42").mkdir(parents=True)
-    make(train_dir / "seed_42" / "best.pt", root)
-    before = snapshot(root)
+    make(train_dir / "seed_42" / "best.pt", in_root)
+    before = snapshot(in_root)
     out = tmp_path / "thresholds"
-    done = stage(
-        "threshold_opt", root, "--train-dir", str(train_dir), "--out", str(out),
-        "--metrics", str(tmp_path / "thresholds.json"),
-    )  # fmt: skip
-    assert_refused(done, fragments)
+    args = ("--train-dir", str(train_dir), "--out", str(out), "--metrics", str(tmp_path / "thresholds.json"))
+    assert_raises_naming(lambda: run_main("threshold_opt", *args), fragments)
     assert not out.exists() and not (tmp_path / "thresholds.json").exists()
-    assert snapshot(root) == before
+    assert snapshot(in_root) == before
 
 
 @pytest.fixture(scope="module")
@@ -218,13 +299,16 @@ def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     thresholds = {"checkpoint": "best", "policy": {"42": tuned}, "proxy": {"42": tuned},
                   "momentum": {"lookback": 24, "candidate_sharpes": [0.0]}}  # fmt: skip
     (dst / "thresholds.json").write_text(json.dumps(thresholds))
-    run = tracking.start_run(dst, "bad-checkpoint", {})
+    with pytest.MonkeyPatch.context() as mp:
+        use_root(mp, dst)
+        run = tracking.start_run(dst, "bad-checkpoint", {})
     (dst / "run.json").write_text(json.dumps({"run_id": run.run_id}))
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["other_features", "truncated"])
-def test_evaluate_refuses_a_bad_checkpoint(root: Path, eval_root: Path, tmp_path: Path, case: str) -> None:
+def test_evaluate_refuses_a_bad_checkpoint_end_to_end(root: Path, eval_root: Path, tmp_path: Path, case: str) -> None:
     make, fragments = CHECKPOINTS[case]
     train_dir = tmp_path / "train"
     (train_dir / "seed_42").mkdir(parents=True)
@@ -246,15 +330,18 @@ def test_evaluate_refuses_a_bad_checkpoint(root: Path, eval_root: Path, tmp_path
 # --- funding asked for, none in the data -----------------------------------------------------------------------------
 
 
-def test_funding_on_with_a_file_source_without_funding(tmp_path: Path, make_bars: Callable[..., pd.DataFrame]) -> None:
+def test_funding_on_with_a_file_source_without_funding(
+    tmp_path: Path, make_bars: Callable[..., pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The download stage only warns (the bars are fine); the features stage, which would use funding, refuses."""
     make_bars(n=400, minutes=5).to_csv(tmp_path / "bars.csv", index=False)
     params = params_file(tmp_path, {"data": {"source": "file", "path": "bars.csv"}, "sim": {"funding": True}})
-    assert stage("download", tmp_path, "--params", str(params)).returncode == 0
-    assert stage("aggregate", tmp_path, "--params", str(params)).returncode == 0
+    use_root(monkeypatch, tmp_path)
+    run_main("download", "--params", str(params))
+    run_main("aggregate", "--params", str(params))
     before = snapshot(tmp_path)
-    assert_refused(
-        stage("features", tmp_path, "--params", str(params)),
+    assert_raises_naming(
+        lambda: run_main("features", "--params", str(params)),
         ("sim.funding is true", "data.source='file'", "data.funding_path", "sim.funding=false"),
     )
     assert snapshot(tmp_path) == before

@@ -14,7 +14,15 @@ import yaml
 from diffquant.config import ModelConfig, TrainConfig, from_dict
 from diffquant.model.forecaster import Forecaster
 from diffquant.train import checkpoint
-from diffquant.train.proxy import ForecastTask, calibrate, forecast_quality, forecast_set, horizon_log_returns
+from diffquant.train.proxy import (
+    ForecastTask,
+    LowestMse,
+    calibrate,
+    forecast_quality,
+    forecast_set,
+    horizon_log_returns,
+)
+from diffquant.train.resume import ResumeSpec
 from diffquant.train.trainer import fit_task
 from tests.evaluate.test_walk_forward import make_series
 from tests.repo_copy import stage, tiny_params
@@ -71,7 +79,7 @@ def test_the_proxy_learns_a_planted_signal_and_keeps_the_epoch_with_the_lowest_v
     torch.manual_seed(0)
     model = Forecaster(MODEL, 6, CTX)
     result = fit_task(model, ForecastTask(train_set, 128), lambda m: forecast_quality(m, val_set),
-                      lambda v: -v["mse"], cfg, 0, tmp_path, {"test": 1}, progress=False)  # fmt: skip
+                      LowestMse(), cfg, 0, tmp_path, ResumeSpec({}, 0), progress=False)  # fmt: skip
     val_mse = [r["val_mse"] for r in result.history]
     assert result.best_epoch == int(np.argmin(val_mse)) + 1 and result.best_score == -min(val_mse)
     best = checkpoint.load(tmp_path / "best.pt")

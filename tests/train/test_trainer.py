@@ -15,6 +15,7 @@ from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint
 from diffquant.train.episodes import EpisodeBatch, episodes_from_arrays
+from diffquant.train.resume import ResumeSpec
 from diffquant.train.trainer import BEST, FINAL, LAST, fit
 
 CTX, H = 16, 8
@@ -25,7 +26,7 @@ SIM = SimConfig()
 OBJECTIVE = Objective(LossConfig(), SIM.smooth_abs_eps)
 TRAIN = TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=1, val_freq=1, select_min_rebalances=5,
                     mirror=True, mirror_prob=0.5, device="cpu")
-SPEC = {"policy": checkpoint.policy_spec(MODEL, NAMES, CTX), "train": dataclasses.asdict(TRAIN)}
+SPEC = ResumeSpec(checkpoint.policy_spec(MODEL, NAMES, CTX), 7, {"train": dataclasses.asdict(TRAIN)})
 
 
 def synthetic(n: int, seed: int) -> EpisodeBatch:
@@ -63,6 +64,12 @@ def run(out_dir, model=None, cfg=TRAIN, spec=SPEC, validate_fn=validate, on_epoc
     return model, result
 
 
+def fit_with(out_dir, model, cfg, validate_fn, on_epoch, on_check):
+    result = fit(model, EPISODES, validate_fn, OBJECTIVE, SIM, cfg, H, 7, out_dir, SPEC, MIRROR, on_epoch=on_epoch,
+                 on_check=on_check, progress=False)  # fmt: skip
+    return model, result
+
+
 def history(result) -> list[dict]:
     return [{k: v for k, v in rec.items() if k != "seconds"} for rec in result.history]
 
@@ -91,7 +98,7 @@ class Interrupted(Exception):
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     cfg = dataclasses.replace(TRAIN, epochs=4)
-    spec = {**SPEC, "train": dataclasses.asdict(cfg)}
+    spec = dataclasses.replace(SPEC, training={"train": dataclasses.asdict(cfg)})
     full, r_full = run(tmp_path / "full", cfg=cfg, spec=spec)
 
     def stop_after_two(record):
@@ -117,7 +124,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 def test_last_checkpoint_of_another_spec_or_unreadable_is_ignored(tmp_path):
     cfg = dataclasses.replace(TRAIN, epochs=2)
     run(tmp_path / "x", cfg=cfg)
-    other = {**SPEC, "policy": checkpoint.policy_spec(MODEL, [*NAMES[:-1], "typical_price"], CTX)}
+    other = dataclasses.replace(SPEC, policy=checkpoint.policy_spec(MODEL, [*NAMES[:-1], "typical_price"], CTX))
     fresh, r_fresh = run(tmp_path / "fresh", cfg=cfg, spec=other)
     again, r_again = run(tmp_path / "x", cfg=cfg, spec=other)
     assert r_again.resumed_from == 0 and [rec["epoch"] for rec in r_again.history] == [1, 2]
@@ -138,6 +145,7 @@ def test_a_model_that_never_trades_is_never_best(tmp_path):
 
     model, result = run(tmp_path, validate_fn=idle)
     assert result.best_epoch is None and result.best_score is None
+    assert result.selected_score == 9.9  # none qualified: the last check's Sharpe is what the run reports
     assert [rec["val_sharpe"] for rec in result.history] == [9.9] * 3
     best, final = checkpoint.load(tmp_path / BEST), checkpoint.load(tmp_path / FINAL)
     assert_same_weights(best["model_state"], final["model_state"])
@@ -160,8 +168,11 @@ def test_best_is_the_highest_qualifying_check(tmp_path):
         weights[record["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
 
     model = new_model()
-    _, result = run(tmp_path, model=model, cfg=cfg, validate_fn=lambda m: next(script), on_epoch=remember)
-    assert (result.best_epoch, result.best_score) == (3, 2.0)
+    checks = []
+    _, result = fit_with(tmp_path, model, cfg, lambda m: next(script), remember, lambda e, v: checks.append((e, v)))
+    assert (result.best_epoch, result.best_score, result.selected_score) == (3, 2.0, 2.0)
+    # the running selection the pruner sees: the last check's Sharpe until one qualifies, then the best so far
+    assert checks == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0), (5, 2.0)]
     best = checkpoint.load(tmp_path / BEST)
     assert best["epoch"] == 3 and best["best_epoch"] == 3
     assert_same_weights(best["model_state"], weights[3])
@@ -189,5 +200,5 @@ def test_lr_follows_warmup_then_cosine(tmp_path):
 
 def test_batch_larger_than_the_data_is_refused(tmp_path):
     cfg = dataclasses.replace(TRAIN, batch_size=65)
-    with pytest.raises(ValueError, match=r"64 training samples < train.batch_size \(65\); lower the batch size"):
+    with pytest.raises(ValueError, match=r"train.batch_size \(65\) is larger than the 64 training samples"):
         run(tmp_path, cfg=cfg)

@@ -10,14 +10,16 @@ trial, so the result is never worse on val than the defaults.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
 
-from diffquant.evaluate.runner import Scorer, Thresholds
+from diffquant.config import Hysteresis
+from diffquant.evaluate.scoring import Scorer
+from diffquant.evaluate.tuned import TunedModel
 from diffquant.evaluate.walk_forward import Decisions, SeriesLike
 
 log = logging.getLogger(__name__)
@@ -25,26 +27,32 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchResult:
-    best: Thresholds
+    best: Hysteresis
     metrics: dict[str, float]  # val metrics of ``best``
     source: str  # "optuna" or "default" (no feasible trial)
     trials: pd.DataFrame  # one row per trial: number, thresholds, value, rebalances, feasible
 
+    def tuned(self) -> TunedModel:
+        """The record threshold-opt hands to evaluate."""
+        m = self.metrics
+        return TunedModel(self.best, self.source, m["sharpe"], m["total_return_pct"], m["rebalances"],
+                          len(self.trials), [float(v) for v in self.trials["sharpe"]])  # fmt: skip
 
-def _suggest(trial: optuna.Trial, lo: float, hi: float) -> Thresholds:
+
+def _suggest(trial: optuna.Trial, lo: float, hi: float) -> Hysteresis:
     enter_long = trial.suggest_float("enter_long", lo, hi)
     enter_short = trial.suggest_float("enter_short", lo, hi)
     smaller = min(enter_long, enter_short)
     exit_ = trial.suggest_float("exit_fraction", 0.0, 0.95) * smaller
     min_delta = trial.suggest_float("min_delta_fraction", 0.01, 1.0) * smaller
-    return Thresholds(enter_long, enter_short, exit_, min_delta)
+    return Hysteresis(enter_long, enter_short, exit_, min_delta)
 
 
 def search(
     series: SeriesLike,
     decisions: Decisions,
     scorer: Scorer,
-    default: Thresholds,
+    default: Hysteresis,
     trials: int,
     objective: str,
     min_rebalances: int,
@@ -56,12 +64,12 @@ def search(
     hi = max(hi, lo + 1e-6)
     rows: list[dict[str, Any]] = []
 
-    def evaluate(th: Thresholds, number: int) -> tuple[float, float]:
+    def evaluate(th: Hysteresis, number: int) -> tuple[float, float]:
         _, m = scorer.executed(series, decisions, th)
         rows.append(
             {
                 "number": number,
-                **th.to_dict(),
+                **asdict(th),
                 objective: m[objective],
                 "sharpe": m["sharpe"],  # the DSR needs every trial's Sharpe, whatever the objective
                 "rebalances": m["rebalances"],
@@ -90,5 +98,5 @@ def search(
     else:
         best_row = feasible.loc[feasible[objective].idxmax()]
         source = "default" if best_row["number"] == 0 else "optuna"
-    best = Thresholds.from_dict(best_row.to_dict())
+    best = Hysteresis(**{f.name: float(best_row[f.name]) for f in fields(Hysteresis)})
     return SearchResult(best, best_row["metrics"], source, table.drop(columns="metrics"))

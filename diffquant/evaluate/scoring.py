@@ -1,16 +1,16 @@
-"""Policy and baselines through the one walk-forward engine, with the same costs and metrics.
+"""The scorer: positions through the one walk-forward engine, with the same costs and metrics, and the cost sweep.
 
 Used identically by validation during training, threshold search, evaluation and the baselines.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from diffquant.config import EvalConfig, SimConfig
+from diffquant.config import Hysteresis, SimConfig
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.metrics import compute_metrics
 from diffquant.evaluate.walk_forward import (
@@ -25,27 +25,6 @@ from diffquant.model.policy import PolicyNetwork
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """Hysteresis between raw and executed positions (see ``apply_hysteresis``)."""
-
-    enter_long: float
-    enter_short: float
-    exit: float
-    min_delta: float
-
-    @classmethod
-    def from_eval(cls, cfg: EvalConfig) -> Thresholds:
-        return cls(cfg.enter_long, cfg.enter_short, cfg.exit, cfg.min_delta)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Thresholds:
-        return cls(**{k: float(d[k]) for k in ("enter_long", "enter_short", "exit", "min_delta")})
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class Scorer:
     """Everything a walk-forward needs besides the positions: costs, timing and the annualisation."""
 
@@ -54,16 +33,16 @@ class Scorer:
     days_per_year: int
 
     def executed(
-        self, series: SeriesLike, decisions: Decisions, thresholds: Thresholds
+        self, series: SeriesLike, decisions: Decisions, hysteresis: Hysteresis
     ) -> tuple[WalkForwardResult, dict[str, float]]:
         """Hysteresis on the policy's raw decisions, then walk-forward and metrics."""
-        executed = apply_hysteresis(decisions.raw, **thresholds.to_dict())
+        executed = apply_hysteresis(decisions.raw, hysteresis)
         return self.positions(series, executed, decisions)
 
     def policy(
-        self, model: PolicyNetwork, series: SeriesLike, thresholds: Thresholds
+        self, model: PolicyNetwork, series: SeriesLike, hysteresis: Hysteresis
     ) -> tuple[WalkForwardResult, dict[str, float]]:
-        return self.executed(series, policy_decisions(model, series), thresholds)
+        return self.executed(series, policy_decisions(model, series), hysteresis)
 
     def constant(self, series: SeriesLike, position: float) -> tuple[WalkForwardResult, dict[str, float]]:
         """Buy-and-hold (1.0), flat (0.0) or always-short (-1.0) through the same engine and costs."""

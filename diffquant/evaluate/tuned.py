@@ -1,0 +1,102 @@
+"""What threshold-opt hands to evaluate (``thresholds.json``): every choice made on val, typed and defined once.
+
+Per model kind (``policy``, ``proxy``) and seed: the hysteresis traded and the search behind it (every trial's val
+Sharpe, which the deflated Sharpe ratio needs); for momentum: the lookback and its candidates' val Sharpes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from diffquant.config import Hysteresis
+from diffquant.data.contracts import read_json
+from diffquant.errors import DataError
+
+PRODUCER = "threshold-opt"
+MODEL_KINDS = ("policy", "proxy")
+
+
+@dataclass(frozen=True)
+class TunedModel:
+    """One model's hysteresis, chosen on val, and the search that chose it."""
+
+    hysteresis: Hysteresis
+    source: str  # "optuna", or "default" when no trial traded often enough
+    val_sharpe: float
+    val_total_return_pct: float
+    val_rebalances: float
+    trials: int
+    trial_sharpes: list[float]  # every trial's val Sharpe, the configured thresholds first
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        return {**record.pop("hysteresis"), **record}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TunedModel:
+        h = Hysteresis(**{f.name: float(d[f.name]) for f in fields(Hysteresis)})
+        rest = {f.name: d[f.name] for f in fields(cls) if f.name != "hysteresis"}
+        return cls(hysteresis=h, **rest)
+
+
+@dataclass(frozen=True)
+class MomentumChoice:
+    lookback: int  # bars
+    val_sharpe: float
+    candidate_sharpes: list[float]  # val Sharpe of every lookback in baselines.momentum_lookbacks
+
+
+@dataclass(frozen=True)
+class TunedThresholds:
+    """The whole of ``thresholds.json``: for which checkpoint, per kind and seed, and momentum."""
+
+    checkpoint: str  # "best" or "final": the checkpoint the thresholds were tuned for
+    policy: dict[str, TunedModel]
+    proxy: dict[str, TunedModel]
+    momentum: MomentumChoice
+
+    def kind(self, name: str) -> dict[str, TunedModel]:
+        return {"policy": self.policy, "proxy": self.proxy}[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "policy": {s: t.to_dict() for s, t in self.policy.items()},
+            "proxy": {s: t.to_dict() for s, t in self.proxy.items()},
+            "momentum": asdict(self.momentum),
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> TunedThresholds:
+        """Read ``thresholds.json``; a missing or malformed entry is a ``DataError`` naming the file and the key."""
+        raw = read_json(path, PRODUCER)
+        key = "checkpoint"
+        try:
+            checkpoint = str(raw[key])
+            models = {}
+            for kind in MODEL_KINDS:
+                models[kind] = {}
+                for seed, entry in raw[kind].items():
+                    key = f"{kind}.{seed}"
+                    models[kind][seed] = TunedModel.from_dict(entry)
+            key = "momentum"
+            momentum = MomentumChoice(**raw[key])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(
+                f"{path}: entry {key!r} is missing or malformed ({type(exc).__name__}: {exc}); "
+                f"re-run the {PRODUCER} stage (dvc repro -f {PRODUCER})"
+            ) from None
+        return cls(checkpoint, models["policy"], models["proxy"], momentum)
+
+    def require(self, path: Path, checkpoint: str, kinds: list[str], seeds: list[str]) -> None:
+        """Refuse thresholds tuned for another checkpoint or lacking a model that is to be traded."""
+        if self.checkpoint != checkpoint:
+            raise DataError(
+                f"{path} was tuned for {self.checkpoint}.pt but eval.checkpoint is {checkpoint!r}; re-run the "
+                f"{PRODUCER} stage (dvc repro {PRODUCER})"
+            )
+        missing = [f"{k} seed {s}" for k in kinds for s in seeds if s not in self.kind(k)]
+        if missing:
+            raise DataError(f"{path} has no thresholds for {', '.join(missing)}; re-run {PRODUCER}")

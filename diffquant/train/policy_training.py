@@ -1,0 +1,186 @@
+"""Build and train policies from config sections: the one entry point of the train stage and the search.
+
+:func:`train_policy` builds one seed's network, objective, validation and mirror map and trains it;
+:func:`train_policies` trains every seed of ``train.seeds`` into the seed layout, resuming an interrupted seed, and
+reports through :class:`SeedHooks` (the stage connects them to MLflow; nothing here imports tracking).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+
+from diffquant.config import Config
+from diffquant.data.contracts import write_csv, write_json
+from diffquant.data.features import mirror_spec
+from diffquant.data.splits import Samples, Series
+from diffquant.evaluate.scoring import Scorer
+from diffquant.model.policy import PolicyNetwork
+from diffquant.sim.losses import Objective
+from diffquant.train import checkpoint, layout
+from diffquant.train.episodes import episodes_from_arrays
+from diffquant.train.resume import ResumeSpec, code_hash, content_hash
+from diffquant.train.trainer import (
+    TrainResult,
+    check_batch_size,
+    completed_epochs,
+    finished_history,
+    fit,
+    resolve_device,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+VAL_HISTORY_COLUMNS = ("epoch", "train_loss", "val_sharpe", "val_total_return_pct", "val_flat_share", "val_turnover",
+                       "val_rebalances")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The train samples and the val series a policy trains and validates on (``data_source/split``)."""
+
+    samples: Samples
+    val: Series
+    digest: str = ""  # hash of the two files: a checkpoint trained on other data is not resumed
+
+    @classmethod
+    def load(cls, split_dir: Path) -> TrainingData:
+        paths = [Path(split_dir) / "train.npz", Path(split_dir) / "val.npz"]
+        return cls(Samples.load(paths[0]), Series.load(paths[1]), content_hash(paths))
+
+
+def resume_spec(cfg: Config, data: TrainingData, seed: int) -> ResumeSpec:
+    """Everything that shapes a seed's weights: a ``last.pt`` written under anything else is not resumed."""
+    training = {
+        "train": dataclasses.asdict(cfg.train),
+        "loss": dataclasses.asdict(cfg.loss),
+        "sim": dataclasses.asdict(cfg.sim),
+        "experiment": cfg.experiment,
+        "data": data.digest,
+        "code": code_hash(),
+        "validation": {**dataclasses.asdict(cfg.eval.hysteresis), "days_per_year": cfg.eval.days_per_year},
+    }
+    policy = checkpoint.policy_spec(cfg.model, data.samples.feature_names, cfg.window.context)
+    return ResumeSpec(policy, seed, training)
+
+
+def train_policy(
+    cfg: Config,
+    data: TrainingData,
+    seed: int,
+    out_dir: Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_check: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """One seed's policy trained into ``out_dir`` (resumed from its ``last.pt`` when that matches), validated by
+    walk-forward on ``data.val`` with ``eval.hysteresis``; callbacks as :func:`~diffquant.train.trainer.fit_task`."""
+    names = data.samples.feature_names
+    seed_everything(seed)
+    model = PolicyNetwork(cfg.model, len(names), cfg.window.context).to(resolve_device(cfg.train.device))
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    mirror = tuple(torch.as_tensor(a) for a in mirror_spec(names)) if cfg.train.mirror else None
+    s = data.samples
+    return fit(
+        model,
+        episodes_from_arrays(s.features, s.close, s.funding, cfg.window.context),
+        lambda m: scorer.policy(m, data.val, cfg.eval.hysteresis)[1],
+        Objective(cfg.loss, cfg.sim.smooth_abs_eps),
+        cfg.sim,
+        cfg.train,
+        cfg.window.horizon,
+        seed,
+        out_dir,
+        resume_spec(cfg, data, seed),
+        mirror,
+        on_epoch=on_epoch,
+        on_check=on_check,
+        progress=progress,
+    )
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    """One trained seed: the trainer's result, its wall time and the files written beside the checkpoints."""
+
+    seed: int
+    result: TrainResult
+    seconds: float
+    files: dict[str, Path]  # history.json, val_history.csv
+
+    def summary(self) -> dict[str, float | int]:
+        """What ``outputs/metrics/train.json`` keeps per seed (deterministic: no timings)."""
+        last_check = [r for r in self.result.history if "val_sharpe" in r][-1]
+        return {
+            "best_epoch": self.result.best_epoch or 0,
+            "best_val_sharpe": self.result.selected_score,
+            "final_val_sharpe": last_check["val_sharpe"],
+            "final_train_loss": self.result.history[-1]["train_loss"],
+        }
+
+    def run_metrics(self) -> dict[str, float | int]:
+        """What the seed's MLflow run gets at the end (timings included)."""
+        return {"best_epoch": self.result.best_epoch or 0, "best_val_sharpe": self.result.selected_score,
+                "train_seconds": self.seconds, "resumed_after_epoch": self.result.resumed_from}  # fmt: skip
+
+
+class SeedHooks(Protocol):
+    """How :func:`train_policies` reports each seed (``diffquant.tracking.SeedRuns`` logs them to MLflow)."""
+
+    def begin(self, resuming: bool) -> None:
+        """Once the params are accepted, before any seed; ``resuming``: an interrupted run is being continued."""
+
+    def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
+        """Before training; ``finished`` are the epoch records an interrupted run already completed."""
+
+    def epoch(self, seed: int, record: dict[str, Any]) -> None: ...
+
+    def finished(self, seed: int, outcome: SeedOutcome) -> None: ...
+
+    def failed(self, seed: int, exc: BaseException) -> None:
+        """Training raised (or was interrupted); the exception propagates after this."""
+
+
+def resumable(cfg: Config, data: TrainingData, out: Path) -> bool:
+    """Whether any seed would continue from a ``last.pt`` of an interrupted run with these params."""
+    return any(completed_epochs(layout.seed_dir(out, s), resume_spec(cfg, data, s)) for s in cfg.train.seeds)
+
+
+def train_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks) -> dict[int, SeedOutcome]:
+    """Every seed of ``train.seeds`` into ``<out>/seed_<s>/``; stale seeds' folders are removed first.
+
+    A refused config leaves nothing behind: the checks come before ``hooks.begin`` and before any file is touched.
+    """
+    check_batch_size(len(data.samples), cfg.train)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    hooks.begin(resumable(cfg, data, out))
+    layout.prune(out, cfg.train.seeds)
+    outcomes = {}
+    for seed in cfg.train.seeds:
+        folder = layout.seed_dir(out, seed)
+        hooks.started(seed, finished_history(folder, resume_spec(cfg, data, seed)))
+        t0 = time.perf_counter()
+        try:
+            result = train_policy(cfg, data, seed, folder, on_epoch=lambda r, s=seed: hooks.epoch(s, r))
+        except BaseException as exc:
+            hooks.failed(seed, exc)
+            raise
+        checked = [r for r in result.history if "val_sharpe" in r]
+        files = {"history": folder / layout.HISTORY_JSON, "val_history": folder / layout.VAL_HISTORY_CSV}
+        write_csv(files["val_history"], pd.DataFrame(checked)[list(VAL_HISTORY_COLUMNS)])
+        write_json(files["history"], result.history)
+        outcomes[seed] = SeedOutcome(seed, result, time.perf_counter() - t0, files)
+        hooks.finished(seed, outcomes[seed])
+        log.info("seed %d: %d epochs in %.1f s; best epoch %s (val Sharpe %s)", seed, len(result.history),
+                 outcomes[seed].seconds, result.best_epoch, result.best_score)  # fmt: skip
+    return outcomes

@@ -1,0 +1,102 @@
+"""Look-ahead check (not a DVC stage): do the features, decisions or trades at or before a moment change when only
+the data after it changes?
+
+Builds the features of the current params (preset or custom columns, timeframe, lag) from the download stage's source
+bars and funding, and runs every trained policy (``train.seeds``, ``eval.checkpoint``) with its tuned hysteresis,
+on the data and on copies altered or cut after each cut point. Exit code 0: nothing leaked; 1: something at or
+before a cut changed (listed, naming the feature or the policy); 2: bad input. Without checkpoints only the features
+are checked. See ``diffquant.evaluate.lookahead``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from diffquant.config import Config, Hysteresis
+from diffquant.data.contracts import read_json, read_parquet, validate_bars, validate_funding
+from diffquant.data.features import feature_names
+from diffquant.errors import DataError
+from diffquant.evaluate.lookahead import DEFAULT_CUTS, PolicyUnderTest, check_lookahead, parse_cuts
+from diffquant.evaluate.tuned import TunedThresholds
+from diffquant.train import checkpoint, layout
+from stages._cli import load_params, parser, repo_root, run_stage, write_json
+
+log = logging.getLogger("diffquant.stages.lookahead")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--raw", default="data_source/raw", help="the download stage's folder (bars, funding, meta)")
+    p.add_argument("--train-dir", default="outputs/train", help="the train stage's checkpoints")
+    p.add_argument("--thresholds", default="outputs/thresholds/thresholds.json", help="the tuned hysteresis")
+    p.add_argument("--cuts", default="", help="comma-separated UTC times, e.g. 2025-03-01T00:00,2025-06-01T12:00")
+    p.add_argument("--n-cuts", type=int, default=DEFAULT_CUTS, help="cuts spread over the data when --cuts is empty")
+    p.add_argument("--features-only", action="store_true", help="skip the policies")
+    p.add_argument("--out", default="outputs/lookahead/report.json", help="the full report (JSON)")
+    args = p.parse_args(argv)
+    root, cfg = repo_root(), load_params(args.params)
+
+    raw = root / args.raw
+    meta = read_json(raw / "meta.json", "download")
+    stale = [f"data.{k}" for k in ("source", "symbol") if meta.get(k) != getattr(cfg.data, k)]
+    if stale or not isinstance(meta.get("source_minutes"), int):
+        what = f"was downloaded with other {', '.join(stale)}" if stale else "has no integer source_minutes"
+        raise DataError(f"{raw / 'meta.json'}: the data {what}; re-run the download stage (dvc repro download)")
+    bars = validate_bars(read_parquet(raw / "bars.parquet", "download"), str(raw / "bars.parquet"))
+    funding = validate_funding(read_parquet(raw / "funding.parquet", "download"), str(raw / "funding.parquet"))
+    notes: list[str] = []
+    policies: list[PolicyUnderTest] = []
+    if args.features_only:
+        notes.append("policies skipped (--features-only)")
+    else:
+        names = feature_names(cfg.features, "num_trades" in bars.columns)
+        policies = load_policies(cfg, names, root, Path(args.train_dir), Path(args.thresholds), notes)
+    report = check_lookahead(bars, funding, cfg, meta["source_minutes"], policies, parse_cuts(args.cuts) or None,
+                             n_cuts=args.n_cuts, seed=cfg.seed)  # fmt: skip
+    report = dataclasses.replace(report, notes=notes + report.notes)
+    write_json(root / args.out, report.to_dict())
+    print(report.summary())
+    log.info("report in %s", root / args.out)
+    return 0 if report.ok else 1
+
+
+def policy_checkpoint(train_dir: Path, seed: int, cfg: Config) -> Path:
+    """The one place this stage spells where a seed's trained policy lives."""
+    return layout.checkpoint_path(train_dir, seed, cfg.eval.checkpoint)
+
+
+def traded_hysteresis(cfg: Config, root: Path, path: Path, seeds: list[int], notes: list[str]) -> dict[int, Hysteresis]:
+    """The hysteresis each seed trades: threshold-opt's (tuned on val) where it exists for this checkpoint, else the
+    params' ``eval.hysteresis`` (noted)."""
+    found = TunedThresholds.load(root / path) if (root / path).exists() else None
+    tuned = found.policy if found is not None and found.checkpoint == cfg.eval.checkpoint else {}
+    untuned = [s for s in seeds if str(s) not in tuned]
+    if untuned:
+        notes.append(f"no thresholds for {cfg.eval.checkpoint}.pt of seed(s) {untuned} in {path}: they trade "
+                     "eval.hysteresis of the params")  # fmt: skip
+    return {s: tuned[str(s)].hysteresis if str(s) in tuned else cfg.eval.hysteresis for s in seeds}
+
+
+def load_policies(
+    cfg: Config, names: list[str], root: Path, train_dir: Path, thresholds: Path, notes: list[str]
+) -> list[PolicyUnderTest]:
+    """Every seed's policy that has a checkpoint, checked against the current params (a mismatch stops the run).
+    ``train_dir`` and ``thresholds`` are relative to ``root`` (the notes name them so)."""
+    paths = {s: root / policy_checkpoint(train_dir, s, cfg) for s in cfg.train.seeds}
+    found = [s for s, path in paths.items() if path.exists()]
+    if not found:
+        notes.append(f"policies skipped: no {cfg.eval.checkpoint}.pt under {train_dir} (dvc repro train); "
+                     "features checked only")  # fmt: skip
+        return []
+    if len(found) < len(paths):
+        notes.append(f"seed(s) {[s for s in paths if s not in found]} skipped: no {cfg.eval.checkpoint}.pt")
+    expected = checkpoint.policy_spec(cfg.model, names, cfg.window.context)
+    hysteresis = traded_hysteresis(cfg, root, thresholds, found, notes)
+    return [PolicyUnderTest(f"seed_{s}", checkpoint.load_policy(paths[s], expected), hysteresis[s]) for s in found]
+
+
+if __name__ == "__main__":
+    run_stage(lambda: sys.exit(main()))
