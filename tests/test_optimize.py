@@ -143,6 +143,7 @@ def _assert_reproducible(project: Path, trials: list) -> None:
         torch.set_flush_denormal(False)  # torch's default
 
 
+@pytest.mark.slow  # two worker processes of the real command
 def test_two_workers_on_a_journal_file(project: Path) -> None:
     t0 = time.perf_counter()
     out = _finish(_optimize(project, "--trials", "8", "--workers", "2", "--storage", "journal/j.log", "--study-name",
@@ -190,6 +191,7 @@ def _postgres() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.slow  # a PostgreSQL server and three processes of the real command
 def test_two_machines_on_postgresql(project: Path) -> None:
     """The multi-machine recipe: create the study once, then two commands (one worker each) at the same time."""
     with _postgres() as url:

@@ -29,7 +29,7 @@ from diffquant.config import SimConfig
 from diffquant.data.contracts import from_ms
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork, sliding_windows
-from diffquant.sim.simulator import simulate
+from diffquant.sim.simulator import bar_returns, held_positions, simulate
 
 RECORD_COLUMNS = ("time", "close", "raw_position", "gate", "position", "trade", "gross", "commission", "funding",
                   "net", "equity")
@@ -160,14 +160,15 @@ def walk_forward(series: SeriesLike, executed: np.ndarray, sim_cfg: SimConfig, r
             f"series.start = {start} with {n} bars: the quarter's first bar needs the close before it and the "
             f"decision of bar start - 1 - sim.execution_lag_bars ({lag}); rebuild the split with this lag"
         )
-    src = np.arange(start, n) - 1 - lag  # (T,) the bar whose decision each quarter bar holds
-    held = executed[src]  # (T,)
+    first = start - 1 - lag  # the bar whose decision the quarter's first bar holds
+    held = held_positions(torch.from_numpy(executed[first : n - 1]), lag)[lag:].numpy()  # (T,)
+    src = np.arange(start, n) - 1 - lag  # (T,) the bar whose decision each quarter bar holds (for the record)
     if not np.isfinite(held).all():
-        first = int(src[~np.isfinite(held)][0])
-        raise ValueError(f"no executed decision at bar {first}, which quarter bar {first + 1 + lag} must hold")
+        missing = int(src[~np.isfinite(held)][0])
+        raise ValueError(f"no executed decision at bar {missing}, which quarter bar {missing + 1 + lag} must hold")
     close = np.asarray(series.close, dtype=np.float64)
-    returns = close[start:] / close[start - 1 : -1] - 1.0  # (T,) r_j = close_j / close_{j-1} - 1
-    returns[np.asarray(series.gap_before)[start:]] = 0.0
+    returns = bar_returns(close[start - 1 :])  # (T,) r_j = close_j / close_{j-1} - 1
+    returns[np.asarray(series.gap_before)[start:]] = 0.0  # nothing is earned across missing bars
     sim = simulate(
         torch.from_numpy(held)[None],
         torch.from_numpy(returns)[None],

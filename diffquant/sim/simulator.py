@@ -18,11 +18,15 @@ reporting. Funding f_j > 0 makes longs pay and shorts receive.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from diffquant.config import SimConfig
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, Tensor)
 
 
 @dataclass(frozen=True)
@@ -44,21 +48,27 @@ def smooth_abs(x: Tensor, eps: float) -> Tensor:
     return torch.sqrt(x * x + eps) - root
 
 
-def bar_returns(close: Tensor) -> Tensor:
-    """Simple returns of consecutive closes: (B, T+1) -> (B, T); r_j = c_{j+1} / c_j - 1."""
-    return close[:, 1:] / close[:, :-1] - 1.0
+def bar_returns(close: ArrayOrTensor) -> ArrayOrTensor:
+    """Simple returns of consecutive closes along the last axis: (..., T+1) -> (..., T); r_j = c_{j+1} / c_j - 1.
+
+    The one place returns are made from prices: training episodes and walk-forward both call it on float64 closes
+    (walk-forward then zeroes the returns across gaps, which episodes never contain).
+    """
+    return close[..., 1:] / close[..., :-1] - 1.0
 
 
 def held_positions(decisions: Tensor, lag: int) -> Tensor:
-    """Map episode decisions (B, H) to positions held during the episode's H bars (B, H).
+    """Positions held (..., T) from decisions (..., T) taken at the closes of T consecutive bars.
 
-    Decision t is held during bar t + lag; the first ``lag`` bars are held flat and the last ``lag`` decisions
-    fall past the episode's end.
+    The one map from decisions to held bars: the decision of bar k is executed at the close of bar k + lag and held
+    during bar k + lag + 1. Column t of the result is the bar after decision t's bar; it holds decision t - lag, and
+    the first ``lag`` columns (no decision inside the span) are flat. In an episode the last ``lag`` decisions fall
+    past its end; walk-forward passes ``lag`` decisions from before the quarter and drops the first ``lag`` columns.
     """
     if lag == 0:
         return decisions
-    flat = decisions.new_zeros(decisions.shape[0], lag)
-    return torch.cat([flat, decisions[:, :-lag]], dim=1)
+    flat = decisions.new_zeros(*decisions.shape[:-1], lag)
+    return torch.cat([flat, decisions[..., :-lag]], dim=-1)
 
 
 def simulate(

@@ -15,7 +15,7 @@ from torch import Tensor
 from diffquant.config import SimConfig
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
-from diffquant.sim.simulator import held_positions, simulate
+from diffquant.sim.simulator import bar_returns, held_positions, simulate
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class EpisodeBatch:
 
 def episodes_from_arrays(features: np.ndarray, close: np.ndarray, funding: np.ndarray, context: int) -> EpisodeBatch:
     """Samples (S, L, F), (S, L), (S, L) -> an EpisodeBatch scoring bars context .. L-1."""
-    returns = close[:, context:] / close[:, context - 1 : -1] - 1.0  # float64 prices -> (S, H)
+    returns = bar_returns(np.asarray(close, dtype=np.float64)[:, context - 1 :])  # (S, H) scored bars context ..
     return EpisodeBatch(
         torch.as_tensor(features, dtype=torch.float32),
         torch.as_tensor(returns, dtype=torch.float32),

@@ -197,6 +197,7 @@ def outputs(root: Path) -> list[Path]:
     return sorted(p for d in ("data_source/raw", "outputs") for p in (root / d).rglob("*") if p.is_file())
 
 
+@pytest.mark.slow  # a stage process
 def test_stage_writes_tables_reports_and_metrics(tmp_path: Path, make_bars: Callable) -> None:
     make_bars(n=60).to_csv(tmp_path / "bars.csv", index=False)
     done = run_download(tmp_path, {"source": "file", "path": "bars.csv"})
@@ -220,12 +221,14 @@ def _assert_clean_failure(done: subprocess.CompletedProcess[str], root: Path, fr
     assert outputs(root) == []
 
 
+@pytest.mark.slow  # a stage process per case
 @pytest.mark.parametrize("case", BAD_FILES)
 def test_stage_exits_2_on_a_bad_file(tmp_path: Path, make_bars: Callable, case: str) -> None:
     path = _write_bad(case, tmp_path, make_bars())
     _assert_clean_failure(run_download(tmp_path, {"source": "file", "path": path.name}), tmp_path, str(path))
 
 
+@pytest.mark.slow  # a stage process
 def test_stage_exits_2_on_a_bad_checksum(tampered_root: Path) -> None:
     _assert_clean_failure(run_download(tampered_root, {"source": "bundled"}), tampered_root, "sha256")
 

@@ -17,6 +17,8 @@ import pytest
 
 from tests.repo_copy import clone_tree, dvc, env, read_json, runs, stage
 
+pytestmark = pytest.mark.slow  # stage processes on a dvc-reproduced repository copy
+
 LRS = ("0.002", "0.0005")
 
 
@@ -54,7 +56,6 @@ def _wait_for_queue(repo: Path, timeout_s: float) -> str:
         time.sleep(2)
 
 
-@pytest.mark.slow
 def test_two_queued_experiments_land_complete_in_one_store(prepared: Path, tmp_path: Path) -> None:
     repo = clone_tree(prepared, tmp_path / "repo")
     for lr in LRS:

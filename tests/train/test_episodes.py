@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from diffquant.config import Config, SimConfig
+from diffquant.data.contracts import to_ms
 from diffquant.data.features import mirror_spec
-from diffquant.data.splits import make_splits
+from diffquant.data.splits import Series, make_splits
+from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
+from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.sim.simulator import bar_returns, held_positions, simulate
-from diffquant.train.episodes import EpisodeBatch, batch_loss, episodes_from_arrays, mirror
+from diffquant.train.episodes import EpisodeBatch, batch_loss, episode_pnl, episodes_from_arrays, mirror
 from tests.data.real_data import fixture_features_30m  # noqa: F401  (registers the fixture)
 
 CFG = Config()
@@ -139,3 +144,33 @@ def test_batch_loss_mirror_is_the_mean_of_both_halves():
     both, _, pnl = batch_loss(Echo(), batch, objective, sim, h, True, other)
     assert both.item() == pytest.approx(0.5 * (la.item() + lb.item()), rel=1e-6)
     assert torch.equal(pnl, pnl_a) and pnl.shape == (b, h)  # the logged PnL is the original half's
+
+
+@pytest.mark.parametrize("lag", [0, 1, 2])
+def test_an_episode_cut_from_a_series_earns_the_same_per_bar_pnl_on_both_paths(features_30m, lag):
+    """Training (episode rollout, held_positions, episode returns) and walk-forward (decision scan, the quarter's
+    held positions and returns) share one timing map and one return definition: on the same real bars, with the
+    walk-forward book flat before the episode's first decision, every bar's decision and net PnL agree."""
+    sim = dataclasses.replace(SimConfig(), execution_lag_bars=lag, smooth_abs_eps=1e-14)  # |x| to ~1e-7
+    bars = features_30m.iloc[5_000 : 5_000 + CTX + H]
+    names = [c.removeprefix("x_") for c in bars.columns if c.startswith("x_")]
+    features = bars[[f"x_{n}" for n in names]].to_numpy(np.float32)
+    close, funding = bars["close"].to_numpy(), bars["funding_rate"].to_numpy()
+    open_time = to_ms(bars["open_time"])
+    assert (np.diff(open_time) == 30 * 60_000).all()  # no gap: a valid training sample
+    torch.manual_seed(0)
+    model = PolicyNetwork(CFG.model, len(names), CTX).eval()
+
+    episode = episodes_from_arrays(features[None], close[None], funding[None], CTX)
+    with torch.no_grad():
+        decided, pnl = episode_pnl(model, episode, sim, H, full_bptt=True)
+
+    series = Series(features, close, funding, open_time, CTX, 30 * 60_000, names)
+    raw = policy_decisions(model, series).raw  # decisions at bars CTX-1 .. ; NaN before
+    np.testing.assert_allclose(raw[CTX - 1 : -1], decided[0].double().numpy(), rtol=0, atol=1e-5)
+    executed = np.zeros(len(close))  # the episode's book is flat before its first decision
+    executed[CTX - 1 : -1] = decided[0].double().numpy()  # the same decisions: the paths differ only in timing
+    record = walk_forward(series, executed, sim).record
+    assert len(record) == H
+    np.testing.assert_allclose(record["net"].to_numpy(), pnl[0].double().numpy(), rtol=1e-5, atol=1e-8)
+    assert np.abs(record["net"].to_numpy()).max() > 1e-4  # the comparison is not vacuous
