@@ -1,7 +1,7 @@
-"""Data-stage speed: aggregate + features on 2.6 million synthetic 1-minute bars (5 years, the seed's HF file size).
+"""Data-stage speed: aggregate + features on 2.6 million synthetic 1-minute bars (5 years, upstream's HF file size).
 
 Times ``aggregate`` (1 min -> 30 min) against pandas ``resample``, and ``build_features`` at 30 minutes and on all
-2.6M 1-minute bars, the latter against the seed's approach (a per-bar Python loop of ``np.std`` for rolling_vol,
+2.6M 1-minute bars, the latter against upstream's approach (a per-bar Python loop of ``np.std`` for rolling_vol,
 timed on a slice and extrapolated). Run from the repository root: ``python -m benchmarks.bench_data [--bars N]``.
 """
 
@@ -62,7 +62,7 @@ def pandas_resample(bars: pd.DataFrame, minutes: int) -> pd.DataFrame:
 
 
 def loop_rolling_vol(close: np.ndarray, window: int) -> np.ndarray:
-    """The seed's rolling volatility: one np.std per bar."""
+    """Upstream's rolling volatility: one np.std per bar."""
     r = np.r_[0.0, np.diff(np.log(close))]
     return np.array([np.log(max(np.std(r[max(0, t - window + 1) : t + 1]), 1e-6)) for t in range(len(r))])
 

@@ -1,9 +1,9 @@
-"""Training speed: one epoch with the batched rollout vs the seed-style step-by-step rollout.
+"""Training speed: one epoch with the batched rollout vs the upstream-style step-by-step rollout.
 
 Primary config (iTransformer, 6 features, context 96, horizon 24, hybrid loss, AdamW, clipping) on 910 synthetic
 samples of 120 bars: 14 batches of 64, mirror augmentation with probability 0.5 per batch, seeded per epoch as the
 trainer does. The fast path is ``batch_loss`` -> ``model.rollout`` (all B x H windows in one backbone call); the
-reference path is ``batch_loss(..., reference=True)`` (one backbone call per step, like the seed). The reference is
+reference path is ``batch_loss(..., reference=True)`` (one backbone call per step, like upstream). The reference is
 timed per batch on a few batches with and without the mirror half and scaled to the epoch's mix of both (said so in
 the output); the fast path is reported both as whole epochs and scaled to the same mix, which the ratio uses.
 Per-batch medians: the machine may be shared. ``--profile N`` also prints the N most expensive ops of one fast epoch

@@ -1,4 +1,4 @@
-"""Walk-forward speed: batched decisions + hysteresis + engine vs the seed-style per-bar policy loop.
+"""Walk-forward speed: batched decisions + hysteresis + engine vs the upstream-style per-bar policy loop.
 
 Primary config (iTransformer, 6 features, context 96, lag 1) on a synthetic quarter of 4,368 30-minute bars plus
 its 97 warm-up bars. Prints the median of several runs of each path, their ratio and their largest difference.

@@ -48,7 +48,7 @@ class HuggingFaceConfig:
     repo_id: str = "ResearchRL/diffquant-data"
     filename: str = "btcusdt_1min_2021_2025.npz"
     revision: str = "main"
-    # The seed's card calls its stamps "close-time" but prints 00:00 -> 23:59: declare it, never guess.
+    # Upstream's dataset card calls its stamps "close-time" but prints 00:00 -> 23:59: declare it, never guess.
     stamp: StampConvention = "open_time"
     cache_dir: str | None = None
     sha256: str | None = None  # when set, the downloaded file must have this hash
@@ -408,7 +408,7 @@ def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
-    """Build and validate a :class:`Config`; missing keys take the defaults (the seed's primary experiment)."""
+    """Build and validate a :class:`Config`; missing keys take the defaults (upstream's primary experiment)."""
     if not isinstance(raw, dict):
         raise ConfigError("params must be a mapping of sections (data, model, train, ...)")
     return build_section(Config, raw, "").validate()

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import optuna
 import pytest
@@ -108,6 +107,8 @@ def _check_study(project: Path, storage: str, name: str, n_trials: int, n_proces
     assert n_trials <= len(trials) < n_trials + n_processes  # racing workers may overshoot by one each
     assert {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     assert len({t.user_attrs["seed"] for t in trials}) == len(trials)
+
+    import mlflow  # here, not at the top: only the slow scale-out tests read MLflow (an import of seconds)
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     parent_id = study.user_attrs[hpo.PARENT_RUN_ATTR]
@@ -207,6 +208,7 @@ def test_two_machines_on_postgresql(project: Path) -> None:
     print(f"postgresql: 2 workers x {len(trials)} trials in {seconds:.1f} s")
 
 
+@pytest.mark.slow  # trains two trials of three epochs
 def test_objective_is_the_selected_checkpoint_and_reports_feed_the_pruner(project: Path) -> None:
     cfg = load(project / "params.yaml")
     data = TrainingData.load(project / "split")

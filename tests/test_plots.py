@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from diffquant.config import SimConfig
 from diffquant.data.splits import Series
@@ -40,12 +41,14 @@ def test_walk_forward_figure(tmp_path: Path) -> None:
 
 
 def test_history_figure(tmp_path: Path) -> None:
-    history = [{"epoch": e, "train_loss": 1.0 / e, **({"val_sharpe": 0.1 * e} if e % 2 == 0 else {})}
-               for e in range(1, 8)]
+    history = [
+        {"epoch": e, "train_loss": 1.0 / e, **({"val_sharpe": 0.1 * e} if e % 2 == 0 else {})} for e in range(1, 8)
+    ]
     plot_history({"seed 42": history, "seed 43": history[:3]}, tmp_path / "history.png")
     assert _is_png(tmp_path / "history.png")
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_importing_plots_does_not_load_matplotlib() -> None:
     code = "import sys, diffquant.plots; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

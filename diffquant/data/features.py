@@ -12,8 +12,8 @@ Every channel at bar ``t`` uses bars ``<= t`` only (a bar's data is known at its
 
 Rolling windows expand over the first bars (fewer than w rows exist).
 
-Prices are validated > 0, so no epsilon is needed (the seed added 1e-10 everywhere). Rolling windows count rows, so
-after a gap they reach across it (as in the seed): the first bar after a gap carries the log-return across the gap,
+Prices are validated > 0, so no epsilon is needed (upstream added 1e-10 everywhere). Rolling windows count rows, so
+after a gap they reach across it (as in upstream): the first bar after a gap carries the log-return across the gap,
 and the next rolling windows include bars from before it. That is causal, not leakage, and a sample may start right
 after a gap; it never contains one. The first bar is dropped: it has no previous close.
 """
@@ -66,7 +66,7 @@ def source_channels(cfg: FeatureConfig, has_num_trades: bool) -> tuple[str, ...]
 
 
 def feature_names(cfg: FeatureConfig, has_num_trades: bool) -> list[str]:
-    """Channel order: source channels, then typical_price, rolling_vol, time features (as the seed)."""
+    """Channel order: source channels, then typical_price, rolling_vol, time features (as upstream)."""
     names = list(source_channels(cfg, has_num_trades))
     if cfg.typical_price:
         names.append("typical_price")

@@ -2,9 +2,9 @@
 
 Training samples are windows of ``context + horizon`` consecutive bars taken every ``stride`` rows from the first
 train bar, kept only when the whole window lies in ``[train_start, val_start)`` and has no missing bar inside: a
-sample never crosses a gap and never reaches into val. (The seed assigned a sample by its first context bar, so its
-last train samples ran up to 98 bars into val, SEED_SPEC 19.1 item 11: 910 samples on the shipped 30-minute data,
-where whole-window samples number 907, see tests/data/test_splits.py.)
+sample never crosses a gap and never reaches into val. (Upstream assigned a sample by its first context bar, so its
+last train samples ran up to 98 bars into val, docs/upstream.md "Defects fixed" item 7: 910 samples on the
+shipped 30-minute data, where whole-window samples number 907, see tests/data/test_splits.py.)
 
 An evaluation series (val, test, backtest) is every bar of its quarter ``[start, next start)`` preceded by the
 ``context + execution_lag_bars`` bars just before the quarter: exactly what the decision for the quarter's first bar

@@ -79,18 +79,6 @@ class Check:
     def leaks(self) -> bool:
         return self.changed > 0
 
-    def describe(self) -> str:
-        """One line: what moved, where, by how much."""
-        if not self.leaks:
-            return f"cut {self.cut} ({self.variant}): {self.what} unchanged at {self.compared} bars"
-        diff = f"max |diff| {self.max_abs_diff:.3g}" if self.max_abs_diff is not None else "no finite diff"
-        nan = f", {self.nan_mismatch} NaN/missing in one run only" if self.nan_mismatch else ""
-        where = "the bar closing at the cut" if self.bars_before_cut == 0 else f"{self.bars_before_cut} bar(s) earlier"
-        return (
-            f"cut {self.cut} ({self.variant}): {self.what} changed at {self.changed} of {self.compared} bars, first "
-            f"at the bar opening {self.first_changed} ({where}), {diff}{nan}"
-        )
-
 
 @dataclass(frozen=True)
 class LookaheadReport:
@@ -139,8 +127,31 @@ class LookaheadReport:
             lines.append(f"OK: nothing at or before a cut changed ({len(self.checks)} checks)")
         else:
             lines.append(f"LEAK: {len(self.leaks)} of {len(self.checks)} checks changed at or before a cut")
-            lines += [f"  {c.describe()}" for c in self.leaks]
+            by_what: dict[str, list[Check]] = {}
+            for c in self.leaks:
+                by_what.setdefault(c.what, []).append(c)
+            lines += [f"  {_leak_line(what, found, len(self.cuts))}" for what, found in by_what.items()]
+            if any(w.startswith(("feature", "column", "rows")) for w in by_what) and self.policies:
+                lines.append("  (a policy fed a leaking feature moves with it: fix the features first)")
         return "\n".join(lines)
+
+
+def _leak_line(what: str, leaks: list[Check], n_cuts: int) -> str:
+    """One quantity's leaks over all cuts: how many cuts, how far back before a cut, how much, and an example."""
+    cuts = {c.cut for c in leaks}
+    variants = [v for v in VARIANTS if any(c.variant == v for c in leaks)]
+    reach = max(c.bars_before_cut or 0 for c in leaks)
+    where = "only the bar closing at the cut" if reach == 0 else f"as far back as {reach} bar(s) before the cut"
+    diffs = [c.max_abs_diff for c in leaks if c.max_abs_diff is not None]
+    size = f"max |diff| {max(diffs):.3g}" if diffs else "no finite difference"
+    nan = sum(c.nan_mismatch for c in leaks)
+    size += f", {nan} bar(s) NaN or missing in one run only" if nan else ""
+    e = leaks[0]
+    return (
+        f"{what} changed at {len(cuts)} of {n_cuts} cut(s) ({', '.join(variants)}): up to "
+        f"{max(c.changed for c in leaks)} of {e.compared} bars per cut, {where}; {size}; first: cut {e.cut} "
+        f"({e.variant}), bar opening {e.first_changed}"
+    )
 
 
 def pipeline_builder(cfg: Config, source_minutes: int) -> FeatureBuilder:

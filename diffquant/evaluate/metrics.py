@@ -1,16 +1,16 @@
 """The one metrics module: every reported number of a walk-forward record is defined here, once.
 
-Departures from the seed (SEED_SPEC sections 12 and 19.1), on purpose:
+Departures from upstream (docs/upstream.md, "Metrics" and "Defects fixed" items 5, 8, 9), on purpose:
 
-- Sharpe is annualised for a 24/7 market, sqrt(365 * bars_per_day); ``sharpe_252`` keeps the seed's 252 days for
+- Sharpe is annualised for a 24/7 market, sqrt(365 * bars_per_day); ``sharpe_252`` keeps upstream's 252 days for
   comparison with its published numbers;
 - no epsilons in denominators: a ratio whose denominator is zero (no variation, no losing bar, no drawdown) is
   reported as 0.0, so an all-flat policy scores exactly 0 and nothing is NaN or huge;
 - Sortino divides by the downside deviation sqrt(mean(min(net, 0)^2)) over all bars (target 0), the textbook
-  definition; the seed used the std of the negative bars about their own mean;
+  definition; upstream used the std of the negative bars about their own mean;
 - the drawdown's running peak starts at the initial capital (equity 1.0), and Calmar uses the annualised return;
-- direction accuracy: a bar held long or short is right when it earned, gross > 0, for both sides (the seed counted
-  a losing short as right, 19.1 item 2).
+- direction accuracy: a bar held long or short is right when it earned, gross > 0, for both sides (upstream counted
+  a losing short as right, docs/upstream.md, "Defects fixed" item 5).
 
 Metrics are floats only (JSON and MLflow friendly); :func:`period` gives the time range.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 MINUTES_PER_DAY = 1440
-SEED_DAYS_PER_YEAR = 252
+UPSTREAM_DAYS_PER_YEAR = 252
 
 
 def annualization(timeframe_minutes: float, days_per_year: float = 365) -> float:
@@ -102,7 +102,7 @@ def compute_metrics(record: pd.DataFrame, timeframe_minutes: float, days_per_yea
 
     metrics = {
         "sharpe": sharpe(net, ann),
-        "sharpe_252": sharpe(net, annualization(timeframe_minutes, SEED_DAYS_PER_YEAR)),
+        "sharpe_252": sharpe(net, annualization(timeframe_minutes, UPSTREAM_DAYS_PER_YEAR)),
         "sortino": sortino(net, ann),
         "total_return_pct": (final - 1.0) * 100.0,
         "annual_return_pct": annual * 100.0,

@@ -115,7 +115,7 @@ def forecast_decisions(model: Forecaster, series: SeriesLike, batch_size: int = 
 
 
 def policy_decisions_reference(model: PolicyNetwork, series: SeriesLike) -> Decisions:
-    """The plain per-bar loop (the seed's way): one ``model(window, prev_pos, prev_delta)`` call per bar.
+    """The plain per-bar loop (upstream's way): one ``model(window, prev_pos, prev_delta)`` call per bar.
 
     Kept as the obviously-correct reference that :func:`policy_decisions` must equal (tests, benchmark).
     """

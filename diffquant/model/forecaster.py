@@ -1,6 +1,6 @@
 """The MSE proxy's model: the policy's backbone and dense layers ending in one number, a return forecast.
 
-It is what the seed argues against: fit the next-horizon return by least squares, then trade the forecast. Its
+It is what upstream argues against: fit the next-horizon return by least squares, then trade the forecast. Its
 raw position (``forecast_decisions`` in walk_forward) is ``tanh(forecast / scale)``, ``scale`` the spread of its
 forecasts on the train bars (set after training), so a one-sigma forecast is a 0.76 position; the same hysteresis
 as the policy's then decides the trades.

@@ -1,9 +1,9 @@
 """Training objectives on the simulator's per-bar PnL: sharpe, sortino and the hybrid with regularisers.
 
-Shapes: B episodes, T bars. Ratios pool all B x T bars of a batch (the seed's choice: a batch is one sample of the
+Shapes: B episodes, T bars. Ratios pool all B x T bars of a batch (upstream's choice: a batch is one sample of the
 return distribution) and are per bar, not annualised.
 
-Fixes against the seed (SEED_SPEC 19.1), each covered by a test:
+Fixes against upstream (docs/upstream.md, "Defects fixed" items 1 and 10), each covered by a test:
 - an exactly-flat policy earns exactly 0 (the simulator's idle cost is 0), so -Sharpe is 0 there, not +70;
 - the drawdown's running maximum starts at zero log-equity, so a loss from the episode's start is a drawdown;
 - the terminal and turnover terms use the same zero-at-zero smooth |x| as the simulator.
@@ -39,7 +39,7 @@ def drawdown(pnl: Tensor) -> Tensor:
 
 
 def turnover(decisions: Tensor, eps: float) -> Tensor:
-    """Mean smooth |change| between consecutive decisions (the entry from flat is not counted, as in the seed)."""
+    """Mean smooth |change| between consecutive decisions (the entry from flat is not counted, as in upstream)."""
     return smooth_abs(torch.diff(decisions, dim=1), eps).mean()
 
 

@@ -11,7 +11,8 @@ docs/design_notes.md for how decisions map to held positions under the execution
     + \\eta \\Delta_j^2,\\quad \\text{funding}_j = x_j f_j
 
 The smooth |Δ| keeps the cost differentiable at Δ = 0; subtracting sqrt(ε) makes an idle bar cost exactly zero,
-so a flat book earns exactly zero (the seed charged 7e-7 per idle bar). ``exact=True`` uses the plain |Δ| for
+so a flat book earns exactly zero (upstream charged 7e-7 per idle bar: docs/upstream.md, "Defects fixed"
+item 1). ``exact=True`` uses the plain |Δ| for
 reporting. Funding f_j > 0 makes longs pay and shorts receive.
 """
 

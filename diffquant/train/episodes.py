@@ -56,8 +56,8 @@ def mirror(batch: EpisodeBatch, perm: Tensor, sign: Tensor) -> EpisodeBatch:
     Log-return features negate (high and low swap: the reflected high is the reflected low), scale-free channels
     stay, every return r becomes 1/(1+r) - 1 (its log negates), and funding flips sign (in the reflected market
     longs and shorts trade places). Positions are scored *as they are*: the sign-equivariant policy p(mirror x) =
-    -p(x) then earns, to first order in r, what it earns on the original (the seed also negated positions, which
-    rewarded the sign-invariant policy instead, SEED_SPEC 19.1 item 1).
+    -p(x) then earns, to first order in r, what it earns on the original (upstream also negated positions, which
+    rewarded the sign-invariant policy instead: docs/upstream.md, "Defects fixed" item 2).
     """
     return EpisodeBatch(
         batch.features[..., perm] * sign,

@@ -51,11 +51,12 @@ class TrainingData:
     samples: Samples
     val: Series
     digest: str = ""  # hash of the two files: a checkpoint trained on other data is not resumed
+    source: str = ""  # where the samples came from, for error messages
 
     @classmethod
     def load(cls, split_dir: Path) -> TrainingData:
         paths = [Path(split_dir) / "train.npz", Path(split_dir) / "val.npz"]
-        return cls(Samples.load(paths[0]), Series.load(paths[1]), content_hash(paths))
+        return cls(Samples.load(paths[0]), Series.load(paths[1]), content_hash(paths), str(paths[0]))
 
 
 def resume_spec(cfg: Config, data: TrainingData, seed: int) -> ResumeSpec:
@@ -160,7 +161,7 @@ def train_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks)
 
     A refused config leaves nothing behind: the checks come before ``hooks.begin`` and before any file is touched.
     """
-    check_batch_size(len(data.samples), cfg.train)
+    check_batch_size(len(data.samples), cfg.train, data.source)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     hooks.begin(resumable(cfg, data, out))

@@ -2,8 +2,8 @@
 
 1. gradient flow: every parameter gets a finite, non-zero gradient from the configured loss;
 2. trend bias: on uninformative features over a steadily rising (falling) market the policy learns to be long
-   (short): the loss, simulator and optimiser can at least learn a constant exposure (the seed's check);
-3. signal use (the seed has none): when the features announce the return the decision will earn, training makes
+   (short): the loss, simulator and optimiser can at least learn a constant exposure (upstream's check);
+3. signal use (upstream has none): when the features announce the return the decision will earn, training makes
    the in-sample Sharpe clearly positive, which a constant bias can not do on a market without drift.
 """
 

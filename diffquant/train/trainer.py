@@ -59,8 +59,8 @@ class Selection(Protocol):
 class SharpeSelection:
     """The policy's rule: the highest val Sharpe among checks that traded at least ``min_rebalances`` times.
 
-    A model that (almost) never trades is not a candidate, whatever its Sharpe (docs/upstream.md, checkpoint
-    selection).
+    A model that (almost) never trades is not a candidate, whatever its Sharpe (docs/upstream.md, "Defects
+    fixed" item 6).
     """
 
     min_rebalances: int
@@ -87,11 +87,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_batch_size(n_samples: int, cfg: TrainConfig) -> None:
+def check_batch_size(n_samples: int, cfg: TrainConfig, where: str = "") -> None:
     """Every batch has ``train.batch_size`` samples (the last partial one is dropped): fewer samples train nothing."""
     if n_samples < cfg.batch_size:
+        source = f" in {where}" if where else ""
         raise ConfigError(
-            f"train.batch_size ({cfg.batch_size}) is larger than the {n_samples} training samples; lower "
+            f"train.batch_size ({cfg.batch_size}) is larger than the {n_samples} training samples{source}; lower "
             "train.batch_size or widen the train split"
         )
 

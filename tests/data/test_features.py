@@ -27,7 +27,7 @@ TF_MS = 30 * 60_000
 
 
 def reference_features(bars: pd.DataFrame, cfg: FeatureConfig, tf_minutes: int) -> dict[str, np.ndarray]:
-    """The formulas of SEED_SPEC section 4 (without epsilons), one bar at a time in float64; first bar dropped."""
+    """The formulas of docs/upstream.md, "Feature formulas" (no epsilons), bar by bar in float64; first bar dropped."""
     o, h, low, c = (bars[k].to_numpy() for k in ("open", "high", "low", "close"))
     closes_at = [ts.to_pydatetime() for ts in bars["open_time"] + pd.Timedelta(minutes=tf_minutes)]
     r = [0.0] + [math.log(c[t] / c[t - 1]) for t in range(1, len(c))]
@@ -99,6 +99,7 @@ def test_layout_dtypes_and_first_bar_dropped(bars_30m, funding):
     assert np.isfinite(feats.drop(columns="open_time").to_numpy()).all()
 
 
+@pytest.mark.slow  # a per-bar Python reference over the whole shipped series
 def test_real_data_matches_the_per_bar_reference(bars_30m, funding):
     """Whole shipped series: the rolling means/stds keep float32 accuracy over 35k bars."""
     cfg = FeatureConfig(typical_price=True, rolling_vol=True, time_features=True, vol_window=12, vol_window_vol=48)

@@ -61,18 +61,19 @@ def test_shipped_data_counts(features_30m):
     assert series["backtest"].open_time[-1] == day_ms("2025-12-31") + 47 * TF_MS
 
 
-def test_seed_rule_gives_910_on_the_same_data(features_30m):
-    """The seed's 910 (SEED_SPEC 6, 19.1 item 11) comes from its rule, not from different data.
+def test_upstream_rule_gives_910_on_the_same_data(features_30m):
+    """Upstream's 910 comes from its rule, not from different data (docs/upstream.md, "Sample count").
 
     It steps every 24 rows from the first feature row and keeps a sample when its first bar's CLOSE time lies in
     [2024-01-01, 2025-03-31): the boundary is a day early and the window may run 98 bars past it. Whole windows in
-    our [2024-01-01, 2025-04-01) give 907; 912 would start there by the seed's first-bar rule.
+    our [2024-01-01, 2025-04-01) give 907; 912 would start there by upstream's first-bar rule. The overlap into val is
+    docs/upstream.md, "Defects fixed" item 7.
     """
     close_ms = to_ms(features_30m["open_time"]) + TF_MS
     firsts = close_ms[np.arange(0, len(close_ms) - 120 + 1, 24)]
     assert ((firsts >= day_ms("2024-01-01")) & (firsts < day_ms("2025-03-31"))).sum() == 910
     last_sample = close_ms[np.flatnonzero(close_ms == firsts[909])[0] + np.arange(120)]
-    assert (last_sample >= day_ms("2025-03-31")).sum() == 98  # bars of the seed's own val
+    assert (last_sample >= day_ms("2025-03-31")).sum() == 98  # bars of upstream's own val
     open_ms = close_ms - TF_MS
     first_bar_rule = open_ms[np.arange(0, len(open_ms) - 120 + 1, 24)] < day_ms("2025-04-01")
     assert first_bar_rule.sum() == 912

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from diffquant.evaluate.compare import LAMBDAS, ablation_table, comparison_table
+from diffquant.evaluate.metric_names import metric_name
 
 
 def _runs() -> pd.DataFrame:
@@ -16,7 +17,7 @@ def _runs() -> pd.DataFrame:
         "tags.role": ["policy", "policy_seed", "proxy", "policy", "policy", "policy", "policy"],
         "tags.dvc_exp_name": [None, None, None, None, "ablate-bias", "ablate-bias", None],
         "params.loss.lambda_bias": ["0.25", "0.25", None, "0.25", "0", "0", "0.25"],
-        "metrics.test_sharpe": [1.0, 9.0, 9.0, 2.0, 3.0, 4.0, float("nan")],
+        f"metrics.{metric_name('test', 'sharpe')}": [1.0, 9.0, 9.0, 2.0, 3.0, 4.0, float("nan")],
     })  # fmt: skip
 
 
@@ -33,3 +34,11 @@ def test_ablation_takes_the_newest_baseline_and_the_newest_run_of_each_term() ->
     assert rows.loc["lambda_bias", "lambda_bias"] == "0"
     assert math.isnan(rows.loc["lambda_flat", "test_sharpe"])  # not run yet: an empty row, not a missing one
     assert rows.loc["lambda_flat", "note"] == "no evaluated run" and rows.loc["lambda_bias", "note"] == ""
+
+
+def test_metric_names_are_the_documented_mlflow_keys() -> None:
+    """Users filter runs by these names (README, MLflow UI): renaming one is a breaking change."""
+    assert metric_name("test", "sharpe") == "test_sharpe"
+    assert metric_name("val", "dsr") == "tuned_val_dsr"  # "val_sharpe" is a seed run's training curve
+    assert metric_name("backtest", "sharpe_seed_median") == "backtest_sharpe_seed_median"
+    assert metric_name("test", "sharpe", "buy_and_hold") == "test_buy_and_hold_sharpe"

@@ -110,7 +110,7 @@ def test_planted_leaky_feature_is_named(real: tuple[pd.DataFrame, pd.DataFrame],
                 assert found.bars_before_cut == ahead - 1 and found.changed == ahead
         decisions = [c for c in report.leaks if c.cut == cut and c.what == "untrained raw decision"]
         assert decisions and decisions[0].variant == "altered"
-    assert "feature peek changed at" in report.summary()
+    assert "feature peek changed at 2 of 2 cut(s) (altered, truncated)" in report.summary()
 
 
 class PeekingPolicy(PolicyNetwork):
@@ -199,7 +199,11 @@ def test_stage_passes_then_exits_1_on_a_leak_naming_it(
     monkeypatch.setattr(lookahead, "build_features", next_close)
     assert stage.main(["--n-cuts", "2"]) == 1
     out = capsys.readouterr().out
-    assert "LEAK" in out and "feature close changed at 1 of" in out and "seed_42 raw decision changed" in out
+    assert "LEAK" in out and "seed_42 raw decision changed at 2 of 2 cut(s) (altered)" in out
+    assert (
+        "feature close changed at 2 of 2 cut(s) (altered, truncated): up to 1 of 127 bars per cut, only the bar "
+        "closing at the cut" in out
+    )
     report = json.loads((workspace / "outputs" / "lookahead" / "report.json").read_text())
     assert not report["ok"] and {leak["what"] for leak in report["leaks"]} >= {"feature close", "seed_42 gate"}
 

@@ -35,7 +35,7 @@ def make_record(net: list[float], position: list[float] | None = None, gross: li
 
 def test_annualization() -> None:
     assert annualization(30) == pytest.approx(math.sqrt(17_520))  # 48 bars a day, 365 days
-    assert annualization(30, 252) == pytest.approx(109.98, abs=0.01)  # the seed's sqrt(12,096)
+    assert annualization(30, 252) == pytest.approx(109.98, abs=0.01)  # upstream's sqrt(12,096)
     assert annualization(DAY, 365) == pytest.approx(math.sqrt(365))
 
 
@@ -95,7 +95,7 @@ def test_a_short_is_right_when_the_price_falls() -> None:
     returns = [-0.01, -0.02, 0.01, 0.01]
     gross = [p * r for p, r in zip(position, returns, strict=True)]  # 0.01, 0.02, -0.01, 0.01
     m = compute_metrics(make_record(gross, position=position), 30)
-    assert m["short_accuracy"] == pytest.approx(2 / 3)  # the seed reported 1/3
+    assert m["short_accuracy"] == pytest.approx(2 / 3)  # upstream reported 1/3
     assert m["long_accuracy"] == 1.0
     assert m["direction_accuracy"] == pytest.approx(3 / 4)
     assert (m["long_bars"], m["short_bars"]) == (1.0, 3.0)

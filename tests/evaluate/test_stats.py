@@ -155,6 +155,7 @@ def test_bootstrap_rejects_small_block():
 # --- Sharpe CI ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 100 bootstrap intervals of 300 resamples each
 def test_sharpe_ci_coverage():
     ppy = 48 * 365
     mean, std, n = 0.0005, 0.01, 2000

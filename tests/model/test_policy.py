@@ -44,10 +44,10 @@ def make_batch(b: int, horizon: int, seed: int) -> EpisodeBatch:
 
 
 def test_parameter_count_primary_itransformer():
-    # The seed's PolicyNetwork had 52,354 parameters. Its head's first dense layer also read the 4 recurrent extras
+    # Upstream's PolicyNetwork had 52,354 parameters. Its head's first dense layer also read the 4 recurrent extras
     # [prev_pos, prev_delta, t/H, (H-t)/H]: 4 x 64 = 256 weights. Here the time extras are gone and the state
     # [prev_pos, prev_delta] enters the final direction/gate pre-activations through a 2 x 2 matrix
-    # (docs/design_notes.md): 52,354 - 256 + 4 = 52,102. The seed's two Linear(32 -> 1) heads are one
+    # (docs/design_notes.md): 52,354 - 256 + 4 = 52,102. Upstream's two Linear(32 -> 1) heads are one
     # Linear(32 -> 2) here, the same 66 parameters.
     model = PolicyNetwork(Config().model, F, CTX)
     assert count_parameters(model) == 52_102
@@ -123,7 +123,8 @@ def test_fast_rollout_equals_reference(backbone, full_bptt):
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("reference", [False, True])
 def test_full_bptt_changes_gradients_not_values(backbone, reference):
-    """The seed's flag did nothing (SEED_SPEC 19.1 item 3): here it decides whether the gradient crosses steps."""
+    """Upstream's flag did nothing (docs/upstream.md, "Defects fixed" item 3): here it decides whether the gradient
+    crosses steps."""
     horizon = 8
     model = make_model(backbone).eval()
     batch = make_batch(4, horizon, seed=3)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from diffquant.evaluate.metric_names import metric_name
 from tests.repo_copy import REPO, deep_update, env, make_repo, run
 
 pytestmark = pytest.mark.slow
@@ -71,10 +72,12 @@ def test_repro_logs_a_parent_run_with_one_child_per_seed(repo: Path) -> None:
     assert len([r for r in _role(runs, "proxy_seed") if r.data.tags["mlflow.parentRunId"] == proxy.info.run_id]) == 2
 
     m, p = parent.data.metrics, parent.data.params
-    for key in ("best_val_sharpe_median", "test_sharpe", "backtest_sharpe", "test_sharpe_seed_median",
-                "test_sharpe_seed_min", "test_psr", "test_dsr", "test_sharpe_ci_low", "test_break_even_bps",
-                "test_sharpe_at_0x_cost", "test_sharpe_at_3x_cost", "test_proxy_sharpe", "test_momentum_sharpe",
-                "test_buy_and_hold_sharpe", "tuned_val_sharpe", "tuned_val_dsr"):  # fmt: skip
+    evaluated = [metric_name("test", k) for k in ("sharpe", "sharpe_seed_median", "sharpe_seed_min", "psr", "dsr",
+                                                  "sharpe_ci_low", "break_even_bps", "sharpe_at_0x_cost",
+                                                  "sharpe_at_3x_cost")]  # fmt: skip
+    evaluated += [metric_name("test", "sharpe", book) for book in ("proxy", "momentum", "buy_and_hold")]
+    evaluated += [metric_name(split, k) for split, k in (("backtest", "sharpe"), ("val", "sharpe"), ("val", "dsr"))]
+    for key in ("best_val_sharpe_median", *evaluated):
         assert key in m, key
     assert p["loss.lambda_bias"] == "0.25" and p["train.epochs"] == "2" and p["train.seeds"] == "[1, 2]"
     assert parent.data.tags["git_commit"] != "unknown" and "data_hash" in parent.data.tags
@@ -84,7 +87,9 @@ def test_repro_logs_a_parent_run_with_one_child_per_seed(repo: Path) -> None:
                                                                      ("evaluate", "train", "data"))  # fmt: skip
     for child in children:
         assert [h.step for h in _client(repo).get_metric_history(child.info.run_id, "train_loss")] == [1, 2]
-        for key in ("threshold_enter_long", "tuned_val_sharpe", "test_sharpe", "test_dsr", "backtest_sharpe"):
+        seed_keys = [metric_name(split, k) for split, k in (("val", "sharpe"), ("test", "sharpe"), ("test", "dsr"),
+                                                            ("backtest", "sharpe"))]  # fmt: skip
+        for key in ("threshold_enter_long", *seed_keys):
             assert key in child.data.metrics, key
         seed = child.data.tags["seed"]
         assert {"checkpoints/best.pt", "train/history.json", f"thresholds/policy_seed_{seed}.csv"} <= _artifacts(

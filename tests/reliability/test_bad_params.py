@@ -15,7 +15,6 @@ and the files one stage hands the next.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import shutil
@@ -74,10 +73,11 @@ def in_root(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def snapshot(root: Path, skip: str | None = None) -> dict[str, str]:
-    """sha256 of every file under ``root`` (but the folder ``skip``): a failed stage must leave this unchanged."""
+def snapshot(root: Path, skip: str | None = None) -> dict[str, tuple[int, int, int]]:
+    """Every file under ``root`` (but the folder ``skip``) with its inode, size and modification time: a failed stage
+    must leave this unchanged. Writing a file, even with the same bytes, or replacing it changes these."""
     files = [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != skip]
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {str(p.relative_to(root)): (s.st_ino, s.st_size, s.st_mtime_ns) for p in files for s in [p.stat()]}
 
 
 def params_file(tmp_path: Path, override: dict[str, Any] | str) -> Path:

@@ -1,4 +1,4 @@
-"""Loss functions: hand-worked values, the seed's pathologies fixed, the hybrid's composition, gradients."""
+"""Loss functions: hand-worked values, upstream's pathologies fixed, the hybrid's composition, gradients."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_sortino_ignores_upside_spread():
 
 @pytest.mark.parametrize("loss_type", ["sharpe", "sortino", "hybrid"])
 def test_flat_policy_core_loss_is_zero_not_plus_70(loss_type):
-    """SEED_SPEC 19.1 item 9: the seed's idle cost made a flat policy's -Sharpe 7e-7 / 1e-8 = +70."""
+    """docs/upstream.md, "Defects fixed" item 1: upstream's idle cost made a flat policy's -Sharpe 7e-7 / 1e-8 = +70."""
     sim = SimConfig()
     gen = torch.Generator().manual_seed(0)
     returns = 0.005 * torch.randn(64, 24, generator=gen)
@@ -46,15 +46,15 @@ def test_flat_policy_core_loss_is_zero_not_plus_70(loss_type):
     assert terms["core"].item() == 0.0
     if loss_type != "hybrid":
         assert loss.item() == 0.0
-    # the seed's cost floor, for contrast: sqrt(0 + eps) * rate every bar
-    seed_pnl = pnl - math.sqrt(sim.smooth_abs_eps) * sim.cost_rate
-    assert -sharpe_ratio(seed_pnl, 1e-8).item() == pytest.approx(70.0, rel=1e-3)
+    # upstream's cost floor, for contrast: sqrt(0 + eps) * rate every bar
+    upstream_pnl = pnl - math.sqrt(sim.smooth_abs_eps) * sim.cost_rate
+    assert -sharpe_ratio(upstream_pnl, 1e-8).item() == pytest.approx(70.0, rel=1e-3)
 
 
 def test_drawdown_counts_a_loss_from_the_start():
     # one -10% bar first: log-equity log(0.9) stays 0.10536 under the starting peak 0 for all three bars
     first = t64([[-0.1, 0.0, 0.0]])
-    assert drawdown(first).item() == pytest.approx(-math.log(0.9), rel=1e-12)  # the seed: 0 (peak = first bar)
+    assert drawdown(first).item() == pytest.approx(-math.log(0.9), rel=1e-12)  # upstream: 0 (peak = first bar)
     # -10%, +20%, -5%: log-equity -0.10536, 0.07696, 0.02567; peaks 0, 0.07696, 0.07696; gaps 0.10536, 0, 0.05129
     pnl = t64([[-0.1, 0.2, -0.05]])
     want = (-math.log(0.9) + 0.0 - math.log(0.95)) / 3
@@ -73,7 +73,7 @@ def test_hybrid_is_the_weighted_sum_of_its_terms():
     pnl = 0.01 * torch.randn(4, 12, generator=gen, dtype=torch.float64)
     loss, terms = Objective(cfg, eps)(pnl, decisions)
 
-    # every term written out from its definition (docs/design_notes.md, SEED_SPEC section 10)
+    # every term written out from its definition (docs/design_notes.md; docs/upstream.md, "Loss terms")
     m = pnl.mean()
     sharpe = m / (torch.sqrt(((pnl - m) ** 2).sum() / (pnl.numel() - 1)) + cfg.eps)
     d = decisions[:, 1:] - decisions[:, :-1]
@@ -114,7 +114,7 @@ def test_loss_type_switches_the_objective():
     assert loss(type="hybrid", core="sortino", **hybrid_core) == pytest.approx(-so, rel=1e-12)
     assert loss(type="hybrid", core="sharpe", **hybrid_core) == pytest.approx(-sh, rel=1e-12)
     assert loss(type="hybrid") != pytest.approx(-sh, rel=1e-3)  # the regularisers count by default
-    # the sharpe loss ignores the hybrid's lambdas (the seed's itransformer_sharpe set them to no effect)
+    # the sharpe loss ignores the hybrid's lambdas (upstream's itransformer_sharpe set them to no effect)
     assert loss(type="sharpe", lambda_bias=5.0) == loss(type="sharpe")
 
 

@@ -88,7 +88,8 @@ def test_funding_sign_long_pays_short_receives():
 
 @pytest.mark.parametrize("eps", [1e-6, 2e-8, 3e-6, 1e-4])  # 2e-8 and 3e-6 left float32 residues before the fix
 def test_flat_book_earns_exactly_zero(eps):
-    """No idle cost: the seed charged sqrt(eps) * rate = 7e-7 per flat bar (SEED_SPEC 19.1 item 9)."""
+    """No idle cost: upstream charged sqrt(eps) * rate = 7e-7 per flat bar (docs/upstream.md,
+    "Defects fixed" item 1)."""
     gen = torch.Generator().manual_seed(0)
     returns = 0.01 * torch.randn(8, 24, generator=gen)
     funding = 1e-4 * torch.randn(8, 24, generator=gen)

@@ -1,4 +1,5 @@
-"""Episodes as tensors and their mirror images; the mirror term rewards the sign-equivariant policy (19.1 item 1)."""
+"""Episodes as tensors and their mirror images; the mirror term rewards the sign-equivariant policy
+(docs/upstream.md, "Defects fixed" item 2)."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def test_mirror_term_rewards_the_equivariant_oracle(real):
     equivariant oracle: on mirrored inputs it returns minus its position (the correct policy in a reflected market);
     invariant oracle: it returns the same position. Our mirrored loss scores positions as they are on
     ``episodes.mirror``: the equivariant oracle gets the same good loss as on the original, the invariant one a bad
-    loss. The seed's construction (reflected closes 2 c0 - c, positions negated) does the opposite.
+    loss. Upstream's construction (reflected closes 2 c0 - c, positions negated) does the opposite.
     """
     samples, batch, perm, sign = real
     sim = CFG.sim
@@ -101,17 +102,17 @@ def test_mirror_term_rewards_the_equivariant_oracle(real):
     ours_equivariant = loss(-d, mirrored.returns, mirrored.funding)
     ours_invariant = loss(d, mirrored.returns, mirrored.funding)
 
-    # the seed: closes reflected about the last context close, the mirrored positions negated before scoring
+    # upstream: closes reflected about the last context close, the mirrored positions negated before scoring
     closes = torch.as_tensor(samples.close[:, CTX - 1 :])
     reflected = bar_returns(2 * closes[:, :1] - closes).float()
-    seed_equivariant = loss(d, reflected, None)  # -(mirrored output) = -(-d)
-    seed_invariant = loss(-d, reflected, None)  # -(mirrored output) = -d
+    upstream_equivariant = loss(d, reflected, None)  # -(mirrored output) = -(-d)
+    upstream_invariant = loss(-d, reflected, None)  # -(mirrored output) = -d
 
     assert original < -0.3
     assert ours_equivariant == pytest.approx(original, rel=0.02)
     assert ours_invariant > 0.3
-    assert seed_equivariant > 0.3  # the seed punishes the correct policy ...
-    assert seed_invariant < -0.3  # ... and rewards the sign-invariant one
+    assert upstream_equivariant > 0.3  # upstream punishes the correct policy ...
+    assert upstream_invariant < -0.3  # ... and rewards the sign-invariant one
 
     # the same through batch_loss, with a policy that must read its inputs: the mirrored half costs nothing
     announce = torch.zeros(len(batch), CTX + H, 1)

@@ -71,6 +71,7 @@ def _planted(n: int, seed: int):
     return dataclasses.replace(series, features=features)
 
 
+@pytest.mark.slow  # trains the proxy for several epochs
 def test_the_proxy_learns_a_planted_signal_and_keeps_the_epoch_with_the_lowest_val_mse(tmp_path: Path) -> None:
     train, val = _planted(1500, 1), _planted(600, 2)
     scale = float(np.std(horizon_log_returns(train, CTX, H, LAG)[1]))

@@ -16,7 +16,7 @@ CFG = Config()
 H = CFG.window.horizon
 OBJECTIVE = Objective(CFG.loss, CFG.sim.smooth_abs_eps)
 
-
+pytestmark = pytest.mark.slow  # every check trains or steps the full-size primary model
 
 
 def primary_model(seed: int = 42, **head) -> PolicyNetwork:
@@ -38,8 +38,9 @@ def test_primary_config_passes_all_checks():
 
 def test_a_gate_stuck_shut_fails_every_check():
     """gate bias -200: sigmoid underflows to 0, every position is exactly 0 and no gradient reaches any weight."""
-    results = sanity.run_checks(primary_model(gate_bias=-200.0), OBJECTIVE, CFG.sim, H, seed=42, trend_steps=5,
-                                signal_steps=5)
+    results = sanity.run_checks(
+        primary_model(gate_bias=-200.0), OBJECTIVE, CFG.sim, H, seed=42, trend_steps=5, signal_steps=5
+    )
     assert not any(r["passed"] for r in results), results
     flow = results[0]
     assert flow["value"] == 0 and "dead: backbone.embed.weight" in flow["detail"]
@@ -48,8 +49,7 @@ def test_a_gate_stuck_shut_fails_every_check():
 
 def test_signal_use_fails_without_training_and_for_a_feature_blind_policy():
     gen = 45
-    untrained = sanity.signal_use(primary_model(), OBJECTIVE, CFG.sim, H, torch.Generator().manual_seed(gen),
-                                  steps=0)
+    untrained = sanity.signal_use(primary_model(), OBJECTIVE, CFG.sim, H, torch.Generator().manual_seed(gen), steps=0)
     assert not untrained.passed and "needs > 0.2" in untrained.detail
 
     # only the output biases and the state feedback can learn; the features never reach the position

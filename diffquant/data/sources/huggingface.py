@@ -1,4 +1,4 @@
-"""The seed's 1-minute dataset on the Hugging Face Hub (``ResearchRL/diffquant-data``), through the Hub cache.
+"""Upstream's 1-minute dataset on the Hugging Face Hub (``ResearchRL/diffquant-data``), through the Hub cache.
 
 The npz holds ``bars`` (N, 6) float32 open, high, low, close, volume, num_trades and ``timestamps`` (N,) int64 Unix
 ms. Whether a stamp is the minute's open or its close is declared in ``data.huggingface.stamp``: the dataset card
