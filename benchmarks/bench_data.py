@@ -78,20 +78,25 @@ def main() -> None:
 
     t_agg, (bars_30m, _) = timed(lambda: aggregate(bars, 1, 30))
     t_ref, _ = timed(lambda: pandas_resample(bars, 30), repeat=1)
-    print(f"aggregate 1m -> 30m   {t_agg:7.3f} s  {len(bars) / t_agg / 1e6:6.1f} M bars/s   "
-          f"pandas resample {t_ref:6.3f} s  ({t_ref / t_agg:.1f}x)")  # fmt: skip
+    print(
+        f"aggregate 1m -> 30m   {t_agg:7.3f} s  {len(bars) / t_agg / 1e6:6.1f} M bars/s   "
+        f"pandas resample {t_ref:6.3f} s  ({t_ref / t_agg:.1f}x)"
+    )
 
     t_f30, _ = timed(lambda: build_features(bars_30m, funding, cfg, 30))
-    print(f"features at 30m       {t_f30:7.3f} s  {len(bars_30m) / t_f30 / 1e6:6.1f} M bars/s   "
-          f"({len(bars_30m):,} bars)")  # fmt: skip
+    print(
+        f"features at 30m       {t_f30:7.3f} s  {len(bars_30m) / t_f30 / 1e6:6.1f} M bars/s   ({len(bars_30m):,} bars)"
+    )
 
     t_f1, _ = timed(lambda: build_features(bars, funding, cfg, 1), repeat=2)
     n_loop = min(args.loop_slice, len(bars))
     t_loop, _ = timed(lambda: loop_rolling_vol(bars["close"].to_numpy()[:n_loop], cfg.vol_window_vol), repeat=1)
     t_loop_all = t_loop * len(bars) / n_loop
-    print(f"features at 1m        {t_f1:7.3f} s  {len(bars) / t_f1 / 1e6:6.1f} M bars/s   "
-          f"per-bar loop rolling_vol alone {t_loop_all:6.1f} s (timed on {n_loop:,}, extrapolated; "
-          f"{t_loop_all / t_f1:.0f}x)")  # fmt: skip
+    print(
+        f"features at 1m        {t_f1:7.3f} s  {len(bars) / t_f1 / 1e6:6.1f} M bars/s   "
+        f"per-bar loop rolling_vol alone {t_loop_all:6.1f} s (timed on {n_loop:,}, extrapolated; "
+        f"{t_loop_all / t_f1:.0f}x)"
+    )
     total = t_agg + t_f30 + t_f1
     print(f"total                 {total:7.3f} s  (target < 10 s)")
 

@@ -69,8 +69,16 @@ class Setup:
         t0 = time.perf_counter()
         batch = self.episodes.index(idx)
         mirrored = mirror(batch, self.perm, self.sign) if use_mirror else None
-        loss, _, _ = batch_loss(self.model, batch, self.objective, self.cfg.sim, self.cfg.window.horizon,
-                                self.cfg.train.full_bptt, mirrored, reference=reference)
+        loss, _, _ = batch_loss(
+            self.model,
+            batch,
+            self.objective,
+            self.cfg.sim,
+            self.cfg.window.horizon,
+            self.cfg.train.full_bptt,
+            mirrored,
+            reference=reference,
+        )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
@@ -89,8 +97,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     s = Setup()
     s.model.train()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; primary config, {SAMPLES} samples x "
-          f"{LENGTH} bars x {len(NAMES)} features, batch {s.cfg.train.batch_size}, mirror p={s.cfg.train.mirror_prob}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; primary config, {SAMPLES} samples x "
+        f"{LENGTH} bars x {len(NAMES)} features, batch {s.cfg.train.batch_size}, mirror p={s.cfg.train.mirror_prob}"
+    )
 
     for idx, use_mirror in s.plan(0)[:2]:  # warm-up (allocator, lazy init)
         s.step(idx, use_mirror, reference=False)
@@ -107,10 +117,13 @@ def main() -> None:
     n_mirror = sum(m for _, m in plan)
     # both paths on epoch 0's mix of batches with and without the mirror half (the mix varies by epoch)
     fast_epoch = n_mirror * statistics.median(fast_kind[True]) + (len(plan) - n_mirror) * statistics.median(
-        fast_kind[False])
-    print(f"fast      (rollout, 1 backbone call per batch): {statistics.median(fast):7.2f} s/epoch  (median of "
-          f"{len(fast)} whole epochs of {len(plan)} batches; {fast_epoch:.2f} s on epoch 0's mix, {n_mirror} with "
-          "mirror)")
+        fast_kind[False]
+    )
+    print(
+        f"fast      (rollout, 1 backbone call per batch): {statistics.median(fast):7.2f} s/epoch  (median of "
+        f"{len(fast)} whole epochs of {len(plan)} batches; {fast_epoch:.2f} s on epoch 0's mix, {n_mirror} with "
+        "mirror)"
+    )
 
     per_kind: dict[bool, list[float]] = {True: [], False: []}
     for epoch in range(100):
@@ -121,9 +134,11 @@ def main() -> None:
             break
     t_mirror, t_plain = statistics.median(per_kind[True]), statistics.median(per_kind[False])
     ref_epoch = n_mirror * t_mirror + (len(plan) - n_mirror) * t_plain
-    print(f"reference (rollout_reference, 1 backbone call per step): {ref_epoch:7.2f} s/epoch  (scaled: median "
-          f"{t_plain:.3f} s/batch without mirror, {t_mirror:.3f} s/batch with it, {args.reference_batches} batches "
-          f"each, x {len(plan) - n_mirror} + {n_mirror})")
+    print(
+        f"reference (rollout_reference, 1 backbone call per step): {ref_epoch:7.2f} s/epoch  (scaled: median "
+        f"{t_plain:.3f} s/batch without mirror, {t_mirror:.3f} s/batch with it, {args.reference_batches} batches "
+        f"each, x {len(plan) - n_mirror} + {n_mirror})"
+    )
     print(f"ratio reference / fast (same mix): {ref_epoch / fast_epoch:.1f}x")
 
     if args.profile:

@@ -31,9 +31,15 @@ def _save(fig: Any, path: str | Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def plot_walk_forward(record: pd.DataFrame, title: str, path: str | Path, benchmark_record: pd.DataFrame | None = None,
-                      benchmark_label: str = "buy and hold", label: str = "policy",
-                      others: dict[str, pd.DataFrame] | None = None) -> None:  # fmt: skip
+def plot_walk_forward(
+    record: pd.DataFrame,
+    title: str,
+    path: str | Path,
+    benchmark_record: pd.DataFrame | None = None,
+    benchmark_label: str = "buy and hold",
+    label: str = "policy",
+    others: dict[str, pd.DataFrame] | None = None,
+) -> None:
     """Equity, drawdown and positions of a walk-forward ``record``; a benchmark's equity and ``others`` (e.g. the
     single seeds beside their ensemble) are overlaid thinly on the equity panel."""
     fig = _figure(3, 8.0)
@@ -42,8 +48,14 @@ def plot_walk_forward(record: pd.DataFrame, title: str, path: str | Path, benchm
     equity = record["equity"].to_numpy()
     for name, other in (others or {}).items():  # single seeds thin, other books dashed
         seed = name.startswith("seed")
-        ax_eq.plot(other["time"], other["equity"], lw=0.6 if seed else 1.0, ls="-" if seed else "--",
-                   alpha=0.5 if seed else 0.9, label=name)  # fmt: skip
+        ax_eq.plot(
+            other["time"],
+            other["equity"],
+            lw=0.6 if seed else 1.0,
+            ls="-" if seed else "--",
+            alpha=0.5 if seed else 0.9,
+            label=name,
+        )
     ax_eq.plot(time, equity, lw=1.4, color="black", label=label)
     if benchmark_record is not None:
         ax_eq.plot(benchmark_record["time"], benchmark_record["equity"], lw=1.0, color="grey", label=benchmark_label)
@@ -69,8 +81,7 @@ def plot_history(histories: dict[str, list[dict[str, Any]]], path: str | Path) -
     fig = _figure(2, 6.0)
     ax_loss, ax_val = fig.axes
     for name, history in histories.items():
-        ax_loss.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker=".", lw=1.0,
-                     label=name)  # fmt: skip
+        ax_loss.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker=".", lw=1.0, label=name)
         validated = [h for h in history if h.get("val_sharpe") is not None]
         ax_val.plot([h["epoch"] for h in validated], [h["val_sharpe"] for h in validated], marker="o", lw=1.0)
     ax_loss.set_ylabel("train loss")

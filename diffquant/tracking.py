@@ -292,8 +292,16 @@ class SeedRuns:
     opens new runs and a resumed seed's earlier epochs are carried into its new child.
     """
 
-    def __init__(self, root: Path, run_name: str, role: str, params: Mapping[str, Any], tags: Mapping[str, str],
-                 child_params: Mapping[str, Any] | None = None, run_file: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        run_name: str,
+        role: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        child_params: Mapping[str, Any] | None = None,
+        run_file: Path | None = None,
+    ) -> None:
         self.root, self.run_name, self.role, self.run_file = root, run_name, role, run_file
         self.params, self.tags, self.child_params = dict(params), dict(tags), dict(child_params or {})
         self.seeds: dict[str, str] = {}

@@ -26,8 +26,9 @@ log = logging.getLogger("diffquant.stages.ablation")
 def _dvc(*args: str, detached: bool = False) -> None:
     """Run a dvc command; ``detached`` for one that leaves a worker behind, which would hold captured pipes open."""
     output = subprocess.DEVNULL if detached else subprocess.PIPE
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo_root(), stdout=output, stderr=output,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo_root(), stdout=output, stderr=output, text=True
+    )
     if done.returncode:
         why = "" if detached else f": {done.stderr.strip()[-2000:]}"
         raise DiffQuantError(f"dvc {' '.join(args)} failed ({done.returncode}){why}")
@@ -54,8 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(out / "ablation.csv", table)
     with atomic_path(out / "ablation.md") as tmp:
         tmp.write_text(to_markdown(table))
-    log.info("ablation table in %s%s", out / "ablation.md",
-             f"; no finished run yet for: {', '.join(missing)}" if missing else "")  # fmt: skip
+    log.info(
+        "ablation table in %s%s",
+        out / "ablation.md",
+        f"; no finished run yet for: {', '.join(missing)}" if missing else "",
+    )
 
 
 if __name__ == "__main__":

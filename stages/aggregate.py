@@ -38,9 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     write_json(root / args.metrics, {"bars": len(out), **dataclasses.asdict(stats)})
     log.info(
         "%d bars of %d min -> %d bars of %d min (%d incomplete bucket(s) dropped%s)",
-        stats.source_bars, stats.source_minutes, len(out), timeframe, stats.buckets_dropped,
+        stats.source_bars,
+        stats.source_minutes,
+        len(out),
+        timeframe,
+        stats.buckets_dropped,
         f", first: {', '.join(stats.first_dropped)}" if stats.first_dropped else "",
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

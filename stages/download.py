@@ -39,10 +39,19 @@ def main(argv: list[str] | None = None) -> None:
     log.info(
         "%s %s: %d bars of %d min, %s .. %s; %d gap(s) (%d missing bars), %d zero-volume bar(s) in %d run(s); "
         "%d funding events; report in %s",
-        cfg.source, cfg.symbol, len(raw.bars), raw.meta["source_minutes"], report["first_open_time"],
-        report["last_open_time"], s["gaps"], s["missing_bars"], s["zero_volume_bars"], s["zero_volume_runs"],
-        len(raw.funding), out / "quality.json",
-    )  # fmt: skip
+        cfg.source,
+        cfg.symbol,
+        len(raw.bars),
+        raw.meta["source_minutes"],
+        report["first_open_time"],
+        report["last_open_time"],
+        s["gaps"],
+        s["missing_bars"],
+        s["zero_volume_bars"],
+        s["zero_volume_runs"],
+        len(raw.funding),
+        out / "quality.json",
+    )
     if not raw.meta["funding_available"]:
         log.warning(
             "no funding rates from data.source=%s: set sim.funding: false or give data.funding_path", cfg.source

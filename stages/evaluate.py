@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     bars_per_day = 24 * 60 // cfg.data.timeframe_minutes  # the bootstrap's mean block: one day of bars
     bars_per_year = bars_per_day * cfg.eval.days_per_year
     trials = trials_tried(tuned, kinds, seeds, cfg.thresholds.trials, cfg.eval.prior_trials, bars_per_year)
-    summary: dict[str, Any] = {"trials": trials.summary(bars_per_year),
-                               "momentum_lookback": tuned.momentum.lookback}  # fmt: skip
-    runs = {k: {s: tracking.run_of_checkpoint(root, cfg.eval.checkpoint, sha256(paths[k][s])) for s in seeds}
-            for k in kinds}  # fmt: skip
+    summary: dict[str, Any] = {"trials": trials.summary(bars_per_year), "momentum_lookback": tuned.momentum.lookback}
+    runs = {
+        k: {s: tracking.run_of_checkpoint(root, cfg.eval.checkpoint, sha256(paths[k][s])) for s in seeds} for k in kinds
+    }
     parent = tracking.parent_of(runs["policy"][seeds[0]])
     parent.set_tags({"eval.checkpoint": cfg.eval.checkpoint})
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
@@ -80,10 +80,15 @@ def main(argv: list[str] | None = None) -> None:
                 runs[kind][s].log_metrics({metric_name(split, k): v for k, v in entry.items()})
         log_parent(parent, split, summary[split], kinds)
         policy = summary[split]["policy"]
-        log.info("%s: policy ensemble Sharpe %+.3f, seeds median %+.3f [%+.3f .. %+.3f] | buy-and-hold %+.3f", split,
-                 policy["ensemble"]["metrics"]["sharpe"], policy["distribution"]["sharpe"]["median"],
-                 policy["distribution"]["sharpe"]["min"], policy["distribution"]["sharpe"]["max"],
-                 summary[split]["buy_and_hold"]["sharpe"])  # fmt: skip
+        log.info(
+            "%s: policy ensemble Sharpe %+.3f, seeds median %+.3f [%+.3f .. %+.3f] | buy-and-hold %+.3f",
+            split,
+            policy["ensemble"]["metrics"]["sharpe"],
+            policy["distribution"]["sharpe"]["median"],
+            policy["distribution"]["sharpe"]["min"],
+            policy["distribution"]["sharpe"]["max"],
+            summary[split]["buy_and_hold"]["sharpe"],
+        )
 
     table = books_table(summary, SPLITS, kinds)
     write_csv(out / "books.csv", table)
@@ -99,8 +104,12 @@ def main(argv: list[str] | None = None) -> None:
 def flat_entry(entry: dict[str, Any]) -> dict[str, float | None]:
     """A book's {metrics, significance, costs} as MLflow metric names."""
     costs = entry["costs"]
-    return {**entry["metrics"], **entry["significance"], "break_even_bps": costs["break_even_bps"],
-            **{f"sharpe_at_{level}_cost": v["sharpe"] for level, v in costs["levels"].items()}}  # fmt: skip
+    return {
+        **entry["metrics"],
+        **entry["significance"],
+        "break_even_bps": costs["break_even_bps"],
+        **{f"sharpe_at_{level}_cost": v["sharpe"] for level, v in costs["levels"].items()},
+    }
 
 
 def log_parent(parent: tracking.Run, split: str, entry: dict[str, Any], kinds: list[str]) -> None:
@@ -137,8 +146,14 @@ def plot_quarter(records: dict[str, Any], title: str, path: Path) -> None:
     if "proxy" in records:
         others["MSE proxy ensemble"] = records["proxy"]["ensemble"].record
     others["momentum"] = records["momentum"].record
-    plot_walk_forward(records["policy"]["ensemble"].record, title, path,
-                      benchmark_record=records["buy_and_hold"].record, label="policy ensemble", others=others)
+    plot_walk_forward(
+        records["policy"]["ensemble"].record,
+        title,
+        path,
+        benchmark_record=records["buy_and_hold"].record,
+        label="policy ensemble",
+        others=others,
+    )
 
 
 if __name__ == "__main__":

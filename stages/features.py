@@ -53,9 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     write_json(root / args.metrics, metrics)
     log.info(
         "%d feature rows (%s .. %s), channels %s; %d of %d funding events fall in a bar",
-        len(table), metrics["first_bar"], metrics["last_bar"], ", ".join(metrics["features"]),
-        metrics["bars_with_funding"], len(funding),
-    )  # fmt: skip
+        len(table),
+        metrics["first_bar"],
+        metrics["last_bar"],
+        ", ".join(metrics["features"]),
+        metrics["bars_with_funding"],
+        len(funding),
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = feature_names(cfg.features, "num_trades" in bars.columns)
         policies = load_policies(cfg, names, root, Path(args.train_dir), Path(args.thresholds), notes)
-    report = check_lookahead(bars, funding, cfg, meta["source_minutes"], policies, parse_cuts(args.cuts) or None,
-                             n_cuts=args.n_cuts, seed=cfg.seed)  # fmt: skip
+    report = check_lookahead(
+        bars,
+        funding,
+        cfg,
+        meta["source_minutes"],
+        policies,
+        parse_cuts(args.cuts) or None,
+        n_cuts=args.n_cuts,
+        seed=cfg.seed,
+    )
     report = dataclasses.replace(report, notes=notes + report.notes)
     write_json(root / args.out, report.to_dict())
     print(report.summary())
@@ -75,8 +83,10 @@ def traded_hysteresis(cfg: Config, root: Path, path: Path, seeds: list[int], not
     tuned = found.policy if found is not None and found.checkpoint == cfg.eval.checkpoint else {}
     untuned = [s for s in seeds if str(s) not in tuned]
     if untuned:
-        notes.append(f"no thresholds for {cfg.eval.checkpoint}.pt of seed(s) {untuned} in {path}: they trade "
-                     "eval.hysteresis of the params")  # fmt: skip
+        notes.append(
+            f"no thresholds for {cfg.eval.checkpoint}.pt of seed(s) {untuned} in {path}: they trade "
+            "eval.hysteresis of the params"
+        )
     return {s: tuned[str(s)].hysteresis if str(s) in tuned else cfg.eval.hysteresis for s in seeds}
 
 
@@ -88,8 +98,9 @@ def load_policies(
     paths = {s: root / policy_checkpoint(train_dir, s, cfg) for s in cfg.train.seeds}
     found = [s for s, path in paths.items() if path.exists()]
     if not found:
-        notes.append(f"policies skipped: no {cfg.eval.checkpoint}.pt under {train_dir} (dvc repro train); "
-                     "features checked only")  # fmt: skip
+        notes.append(
+            f"policies skipped: no {cfg.eval.checkpoint}.pt under {train_dir} (dvc repro train); features checked only"
+        )
         return []
     if len(found) < len(paths):
         notes.append(f"seed(s) {[s for s in paths if s not in found]} skipped: no {cfg.eval.checkpoint}.pt")

@@ -108,9 +108,23 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     workers = args.workers or o.workers
-    command = [sys.executable, "-m", "stages.optimize", "--params", args.params, "--split", args.split,
-               "--trials", str(args.trials), "--storage", args.storage, "--study-name", args.study_name,
-               "--epochs", str(args.epochs)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stages.optimize",
+        "--params",
+        args.params,
+        "--split",
+        args.split,
+        "--trials",
+        str(args.trials),
+        "--storage",
+        args.storage,
+        "--study-name",
+        args.study_name,
+        "--epochs",
+        str(args.epochs),
+    ]
     t0 = time.perf_counter()
     procs = [subprocess.Popen([*command, "--worker", str(i)]) for i in range(workers)]  # same cwd and env
     codes = [proc.wait() for proc in procs]
@@ -134,9 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     parent.finish()
     log.info(
         "study '%s': %d trials (%d complete, %d pruned, %d failed) in %.1f s here; best val Sharpe %s (trial %s)",
-        args.study_name, summary["n_trials"], summary["n_complete"], summary["n_pruned"], summary["n_failed"],
-        seconds, summary["best_value"], summary["best_trial"],
-    )  # fmt: skip
+        args.study_name,
+        summary["n_trials"],
+        summary["n_complete"],
+        summary["n_pruned"],
+        summary["n_failed"],
+        seconds,
+        summary["best_value"],
+        summary["best_trial"],
+    )
     failed = [f"worker {i}: exit {c}" for i, c in enumerate(codes) if c]
     if failed:
         raise DiffQuantError(f"{', '.join(failed)}; the log lines above say why (summary.json is written)")
@@ -145,8 +165,12 @@ def main(argv: list[str] | None = None) -> None:
             raise DiffQuantError("--write-params: the study has no complete trial yet; nothing written")
         # the trials tried are part of the result: the deflated Sharpe ratio in evaluate counts them
         hpo.write_params(root / args.params, {**summary["best_params"], "eval.prior_trials": summary["n_trials"]})
-        log.info("wrote the best params of trial %d and eval.prior_trials = %d into %s", summary["best_trial"],
-                 summary["n_trials"], args.params)  # fmt: skip
+        log.info(
+            "wrote the best params of trial %d and eval.prior_trials = %d into %s",
+            summary["best_trial"],
+            summary["n_trials"],
+            args.params,
+        )
 
 
 if __name__ == "__main__":

@@ -37,11 +37,15 @@ def main(argv: list[str] | None = None) -> None:
     write_json(root / args.metrics, stats)
     log.info(
         "train: %d samples of %d bars from %d bars (%d gap(s)); %s",
-        stats["train"]["samples"], cfg.window.context + cfg.window.horizon, stats["train"]["bars"],
+        stats["train"]["samples"],
+        cfg.window.context + cfg.window.horizon,
+        stats["train"]["bars"],
         stats["train"]["gaps"],
-        "; ".join(f"{n}: {stats[n]['bars']} bars + {stats[n]['warmup_bars']} warm-up, {stats[n]['gaps']} gap(s)"
-                  for n in EVAL_SPLITS),
-    )  # fmt: skip
+        "; ".join(
+            f"{n}: {stats[n]['bars']} bars + {stats[n]['warmup_bars']} warm-up, {stats[n]['gaps']} gap(s)"
+            for n in EVAL_SPLITS
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -44,13 +44,27 @@ def main(argv: list[str] | None = None) -> None:
     expected = checkpoint.policy_spec(cfg.model, val.feature_names, cfg.window.context)
 
     def tune(kind: str, seed: int, path: Path, decisions: Decisions) -> TunedModel:
-        result = search(val, decisions, scorer, cfg.eval.hysteresis, cfg.thresholds.trials, cfg.thresholds.objective,
-                        cfg.train.select_min_rebalances, cfg.seed)  # fmt: skip
+        result = search(
+            val,
+            decisions,
+            scorer,
+            cfg.eval.hysteresis,
+            cfg.thresholds.trials,
+            cfg.thresholds.objective,
+            cfg.train.select_min_rebalances,
+            cfg.seed,
+        )
         write_csv(out / "trials" / f"{kind}_seed_{seed}.csv", result.trials)
         run = tracking.run_of_checkpoint(root, cfg.eval.checkpoint, sha256(path))
         log_search(run, cfg, result, out / "trials" / f"{kind}_seed_{seed}.csv")
-        log.info("%s seed %d thresholds (%s): val Sharpe %+.3f, %d rebalances", kind, seed, result.source,
-                 result.metrics["sharpe"], result.metrics["rebalances"])  # fmt: skip
+        log.info(
+            "%s seed %d thresholds (%s): val Sharpe %+.3f, %d rebalances",
+            kind,
+            seed,
+            result.source,
+            result.metrics["sharpe"],
+            result.metrics["rebalances"],
+        )
         return result.tuned()
 
     tuned: dict[str, dict[str, TunedModel]] = {"policy": {}, "proxy": {}}
@@ -67,17 +81,27 @@ def main(argv: list[str] | None = None) -> None:
     record = TunedThresholds(cfg.eval.checkpoint, tuned["policy"], tuned["proxy"], momentum)
     write_json(out / "thresholds.json", record.to_dict())
 
-    summary = {kind: {"val_sharpe": distribution([t.val_sharpe for t in tuned[kind].values()]),
-                      "trials_per_seed": cfg.thresholds.trials + 1}
-               for kind in ("policy", "proxy") if tuned[kind]}  # fmt: skip
+    summary = {
+        kind: {
+            "val_sharpe": distribution([t.val_sharpe for t in tuned[kind].values()]),
+            "trials_per_seed": cfg.thresholds.trials + 1,
+        }
+        for kind in ("policy", "proxy")
+        if tuned[kind]
+    }
     write_json(root / args.metrics, {**summary, "momentum": dataclasses.asdict(momentum)})
     log.info("momentum: lookback %d bars (val Sharpe %+.3f)", momentum.lookback, momentum.val_sharpe)
 
 
 def log_search(run: tracking.Run, cfg: Config, result: SearchResult, trials_csv: Path) -> None:
     """A search's settings, result and trials into the run of the checkpoint it tuned."""
-    run.set_tags({"eval.checkpoint": cfg.eval.checkpoint, "thresholds.trials": str(cfg.thresholds.trials),
-                  "thresholds.objective": cfg.thresholds.objective})  # fmt: skip
+    run.set_tags(
+        {
+            "eval.checkpoint": cfg.eval.checkpoint,
+            "thresholds.trials": str(cfg.thresholds.trials),
+            "thresholds.objective": cfg.thresholds.objective,
+        }
+    )
     run.log_metrics({**dataclasses.asdict(result.best), "trials": len(result.trials)}, prefix="threshold_")
     run.log_metrics(result.metrics, prefix="tuned_val_")
     run.log_artifact(trials_csv, "thresholds")

@@ -33,10 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     data = TrainingData.load(root / args.split)
 
     tags = {"data_hash": data.digest, "seeds": ",".join(map(str, cfg.train.seeds))}
-    child_params = {"objective": repr(Objective(cfg.loss, cfg.sim.smooth_abs_eps)),
-                    "device": str(resolve_device(cfg.train.device))}  # fmt: skip
-    runs = tracking.SeedRuns(root, cfg.experiment, "policy", flatten(cfg.to_dict()), tags, child_params,
-                             root / args.run_file)  # fmt: skip
+    child_params = {
+        "objective": repr(Objective(cfg.loss, cfg.sim.smooth_abs_eps)),
+        "device": str(resolve_device(cfg.train.device)),
+    }
+    runs = tracking.SeedRuns(
+        root, cfg.experiment, "policy", flatten(cfg.to_dict()), tags, child_params, root / args.run_file
+    )
     outcomes = train_policies(cfg, data, out, runs)
     parent = runs.parent
 

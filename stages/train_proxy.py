@@ -43,12 +43,21 @@ def main(argv: list[str] | None = None) -> None:
     runs = tracking.SeedRuns(root, f"{cfg.experiment}/mse_proxy", "proxy", params, {})
     outcomes = train_proxies(cfg, train, val, out, runs)
     for seed, o in outcomes.items():
-        log.info("proxy seed %d: best epoch %s, val MSE %.4f, IC %+.4f", seed, o.result.best_epoch,
-                 o.quality["val_mse"], o.quality["val_ic"])  # fmt: skip
+        log.info(
+            "proxy seed %d: best epoch %s, val MSE %.4f, IC %+.4f",
+            seed,
+            o.result.best_epoch,
+            o.quality["val_mse"],
+            o.quality["val_ic"],
+        )
 
     seeds = {str(s): o.summary() for s, o in outcomes.items()}
-    metrics = {"trained": True, "target_scale": target_scale(cfg, train), "seeds": seeds,
-               "val_ic": distribution([s["val_ic"] for s in seeds.values()])}  # fmt: skip
+    metrics = {
+        "trained": True,
+        "target_scale": target_scale(cfg, train),
+        "seeds": seeds,
+        "val_ic": distribution([s["val_ic"] for s in seeds.values()]),
+    }
     write_json(root / args.metrics, metrics)
     runs.parent.log_metrics({f"val_ic_{k}": v for k, v in metrics["val_ic"].items()})
     runs.parent.finish()

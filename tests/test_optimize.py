@@ -41,11 +41,17 @@ TINY = {
     "seed": 7,
     "window": {"context": CTX, "horizon": H, "stride": H},
     "model": {"itransformer": {"d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16}, "head": {"dense": [8]}},
-    "train": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "val_freq": 1, "select_min_rebalances": 1,
-              "device": "cpu"},
+    "train": {
+        "epochs": 2,
+        "batch_size": 16,
+        "warmup_epochs": 1,
+        "val_freq": 1,
+        "select_min_rebalances": 1,
+        "device": "cpu",
+    },
     "optimize": {"pruner_warmup_epochs": 0},
     "baselines": {"momentum_lookbacks": [4, 8]},
-}  # fmt: skip
+}
 
 
 def _walk(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +95,9 @@ def _env(project: Path) -> dict[str, str]:
 def _optimize(project: Path, *args: str) -> subprocess.Popen:
     """The command as a user runs it, from the project folder (its repo root)."""
     cmd = [sys.executable, "-m", "stages.optimize", "--split", "split", *args]
-    return subprocess.Popen(cmd, cwd=project, env=_env(project), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=project, env=_env(project), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -147,8 +154,21 @@ def _assert_reproducible(project: Path, trials: list) -> None:
 @pytest.mark.slow  # two worker processes of the real command
 def test_two_workers_on_a_journal_file(project: Path) -> None:
     t0 = time.perf_counter()
-    out = _finish(_optimize(project, "--trials", "8", "--workers", "2", "--storage", "journal/j.log", "--study-name",
-                            "journal", "--out", "out"))  # fmt: skip
+    out = _finish(
+        _optimize(
+            project,
+            "--trials",
+            "8",
+            "--workers",
+            "2",
+            "--storage",
+            "journal/j.log",
+            "--study-name",
+            "journal",
+            "--out",
+            "out",
+        )
+    )
     seconds = time.perf_counter() - t0
     trials = _check_study(project, "journal/j.log", "journal", 8, 2)
     workers = {t.user_attrs["worker"] for t in trials}
@@ -233,8 +253,15 @@ def test_search_space_covers_the_defaults_and_the_key_lambdas() -> None:
     cfg = load(REPO / "params.yaml")
     flat = flatten(cfg.to_dict())
     keys = {d.key for d in hpo.search_space(cfg)}
-    assert {"train.lr", "train.weight_decay", "train.grad_clip", "loss.lambda_bias", "loss.lambda_flat",
-            "model.head.tau_dir", "model.head.tau_gate"} <= keys  # fmt: skip
+    assert {
+        "train.lr",
+        "train.weight_decay",
+        "train.grad_clip",
+        "loss.lambda_bias",
+        "loss.lambda_flat",
+        "model.head.tau_dir",
+        "model.head.tau_gate",
+    } <= keys
     for d in hpo.SPACE:
         assert d.low <= flat[d.key] <= d.high, d.key
     sharpe_only = from_dict({"loss": {"type": "sharpe"}})
@@ -262,8 +289,14 @@ def test_write_params_keeps_a_comment_in_its_column(tmp_path: Path) -> None:
     path.write_text("# top\ntrain:\n  lr: 1.0e-3        # step size\n  epochs: 30\nloss:\n  lambda_bias: 0.25  # key\n")
     hpo.write_params(path, {"train.lr": 0.000123456789, "loss.lambda_bias": 0.0})
     lines = path.read_text().splitlines()
-    assert lines == ["# top", "train:", "  lr: 0.000123456789 # step size", "  epochs: 30", "loss:",
-                     "  lambda_bias: 0.0   # key"]  # fmt: skip
+    assert lines == [
+        "# top",
+        "train:",
+        "  lr: 0.000123456789 # step size",
+        "  epochs: 30",
+        "loss:",
+        "  lambda_bias: 0.0   # key",
+    ]
     assert yaml.safe_load(path.read_text())["train"]["lr"] == 0.000123456789
 
 

@@ -25,8 +25,14 @@ def choose_momentum(val: SeriesLike, lookbacks: list[int], scorer: Scorer) -> tu
     rows = []
     for n in lookbacks:
         _, m = scorer.positions(val, momentum_decisions(val, n))
-        rows.append({"lookback": n, "sharpe": m["sharpe"], "total_return_pct": m["total_return_pct"],
-                     "rebalances": m["rebalances"]})  # fmt: skip
+        rows.append(
+            {
+                "lookback": n,
+                "sharpe": m["sharpe"],
+                "total_return_pct": m["total_return_pct"],
+                "rebalances": m["rebalances"],
+            }
+        )
     table = pd.DataFrame(rows).sort_values("lookback", kind="stable").reset_index(drop=True)
     best = table.loc[table["sharpe"].idxmax()]
     choice = MomentumChoice(int(best["lookback"]), float(best["sharpe"]), [float(v) for v in table["sharpe"]])

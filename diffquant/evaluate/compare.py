@@ -72,9 +72,19 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 ABLATION_PREFIX = "ablate-"
-ABLATION_COLUMNS = ("val_sharpe_median", "test_sharpe", "test_sharpe_seed_median", "test_sharpe_seed_min",
-                    "test_sharpe_seed_max", "test_dsr", "backtest_sharpe", "backtest_sharpe_seed_median",
-                    "backtest_sharpe_seed_min", "backtest_sharpe_seed_max", "backtest_dsr")  # fmt: skip
+ABLATION_COLUMNS = (
+    "val_sharpe_median",
+    "test_sharpe",
+    "test_sharpe_seed_median",
+    "test_sharpe_seed_min",
+    "test_sharpe_seed_max",
+    "test_dsr",
+    "backtest_sharpe",
+    "backtest_sharpe_seed_median",
+    "backtest_sharpe_seed_min",
+    "backtest_sharpe_seed_max",
+    "backtest_dsr",
+)
 
 
 def ablation_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -373,8 +373,18 @@ def compare_policy(
     wa, wb = ra["record"], rb["record"]
     known = to_ms(wa["time"]) + tf <= cut
     for key, what in (("position", "walk-forward held position"), ("net", "walk-forward net return")):
-        checks.append(_compare(iso, "altered", f"{policy.name} {what}", to_ms(wa["time"])[known], cut, tf,
-                               wa[key].to_numpy()[known], wb[key].to_numpy()[known]))  # fmt: skip
+        checks.append(
+            _compare(
+                iso,
+                "altered",
+                f"{policy.name} {what}",
+                to_ms(wa["time"])[known],
+                cut,
+                tf,
+                wa[key].to_numpy()[known],
+                wb[key].to_numpy()[known],
+            )
+        )
     return checks
 
 
@@ -410,8 +420,10 @@ def executed_positions(decisions: Decisions, hysteresis: Hysteresis) -> np.ndarr
 
 def _known_rows(table: pd.DataFrame, cut: int, tf: int, name: str) -> pd.DataFrame:
     if "open_time" not in table.columns:
-        raise DataError(f"the feature builder's {name} table has no open_time column; it must return the table "
-                        "of build_features (open_time, close, funding_rate, x_<name>...)")  # fmt: skip
+        raise DataError(
+            f"the feature builder's {name} table has no open_time column; it must return the table "
+            "of build_features (open_time, close, funding_rate, x_<name>...)"
+        )
     return table[to_ms(table["open_time"]) + tf <= cut]
 
 
@@ -439,15 +451,23 @@ def _compare(cut: str, variant: str, what: str, times: np.ndarray, cut_ms: int, 
 
 
 def _check(
-    cut: str, variant: str, what: str, times: np.ndarray, cut_ms: int, tf: int, changed: np.ndarray,
-    max_diff: float | None, nan_mismatch: int,
-) -> Check:  # fmt: skip
+    cut: str,
+    variant: str,
+    what: str,
+    times: np.ndarray,
+    cut_ms: int,
+    tf: int,
+    changed: np.ndarray,
+    max_diff: float | None,
+    nan_mismatch: int,
+) -> Check:
     idx = np.flatnonzero(changed)
     if not idx.size:
         return Check(cut, variant, what, len(changed), 0)
     first = int(times[idx[0]])
-    return Check(cut, variant, what, len(changed), len(idx), _iso(first), (cut_ms - first - tf) // tf, max_diff,
-                 nan_mismatch)  # fmt: skip
+    return Check(
+        cut, variant, what, len(changed), len(idx), _iso(first), (cut_ms - first - tf) // tf, max_diff, nan_mismatch
+    )
 
 
 def _label(column: str) -> str:

@@ -68,8 +68,9 @@ def max_drawdown(equity: np.ndarray) -> float:
     return float(np.max(underwater(equity)))
 
 
-def compute_metrics(record: pd.DataFrame, timeframe_minutes: float, days_per_year: float = 365,
-                    flat_threshold: float = 0.0) -> dict[str, float]:
+def compute_metrics(
+    record: pd.DataFrame, timeframe_minutes: float, days_per_year: float = 365, flat_threshold: float = 0.0
+) -> dict[str, float]:
     """Metrics of a walk-forward ``record`` (columns of ``diffquant.evaluate.walk_forward.RECORD_COLUMNS``).
 
     A bar is long when position > ``flat_threshold``, short when position < -``flat_threshold``, flat otherwise

@@ -23,8 +23,19 @@ from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import Decisions, SeriesLike, WalkForwardResult
 
 # the per-seed metrics kept in evaluate.json (the ensemble and the baselines keep them all)
-SEED_METRICS = ("sharpe", "total_return_pct", "max_drawdown_pct", "rebalances", "turnover", "exposure",
-                "long_share", "short_share", "flat_share", "commission_pct", "funding_pct")  # fmt: skip
+SEED_METRICS = (
+    "sharpe",
+    "total_return_pct",
+    "max_drawdown_pct",
+    "rebalances",
+    "turnover",
+    "exposure",
+    "long_share",
+    "short_share",
+    "flat_share",
+    "commission_pct",
+    "funding_pct",
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,9 @@ class Judge:
         """One book: its walk-forward record and {metrics, significance, costs}."""
         result, metrics = self.scorer.positions(self.series, executed, decisions)
         benchmark_net = self.benchmark[0].record["net"].to_numpy()
-        signif = significance(result.record["net"].to_numpy(), benchmark_net, self.bars_per_year,
-                              self.mean_block, self.seed, null_sharpe)  # fmt: skip
+        signif = significance(
+            result.record["net"].to_numpy(), benchmark_net, self.bars_per_year, self.mean_block, self.seed, null_sharpe
+        )
         costs = self.scorer.cost_sweep(self.series, executed, self.cost_multipliers)
         return result, {"metrics": metrics, "significance": signif, "costs": costs}
 
@@ -83,27 +95,37 @@ class Trials:
     null_sharpe: dict[str, float]  # per bar: the best Sharpe that many skill-less trials are expected to show
 
     def summary(self, bars_per_year: float) -> dict[str, float]:
-        return {**{f"{k}_n": n for k, n in self.count.items()},
-                **{f"{k}_null_sharpe_annual": v * math.sqrt(bars_per_year) for k, v in self.null_sharpe.items()}}
+        return {
+            **{f"{k}_n": n for k, n in self.count.items()},
+            **{f"{k}_null_sharpe_annual": v * math.sqrt(bars_per_year) for k, v in self.null_sharpe.items()},
+        }
 
 
-def trials_tried(tuned: TunedThresholds, kinds: list[str], seeds: list[str], threshold_trials: int,
-                 prior_trials: int, bars_per_year: float) -> Trials:  # fmt: skip
+def trials_tried(
+    tuned: TunedThresholds,
+    kinds: list[str],
+    seeds: list[str],
+    threshold_trials: int,
+    prior_trials: int,
+    bars_per_year: float,
+) -> Trials:
     """Trials from threshold-opt's record: per model kind, seeds x (threshold trials + the configured thresholds) +
     ``prior_trials`` (HPO), with the spread of every threshold trial's val Sharpe; for momentum, its candidate
     lookbacks."""
     count = {k: len(seeds) * (threshold_trials + 1) + prior_trials for k in kinds}
-    null = {k: null_max_sharpe(np.concatenate([tuned.kind(k)[s].trial_sharpes for s in seeds]), count[k],
-                               bars_per_year)
-            for k in kinds}  # fmt: skip
+    null = {
+        k: null_max_sharpe(np.concatenate([tuned.kind(k)[s].trial_sharpes for s in seeds]), count[k], bars_per_year)
+        for k in kinds
+    }
     candidates = np.asarray(tuned.momentum.candidate_sharpes, dtype=float)
     count["momentum"] = len(candidates)
     null["momentum"] = null_max_sharpe(candidates, len(candidates), bars_per_year)
     return Trials(count, null)
 
 
-def score_quarter(judge: Judge, decisions: dict[str, dict[str, Decisions]], tuned: TunedThresholds,
-                  trials: Trials) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def score_quarter(
+    judge: Judge, decisions: dict[str, dict[str, Decisions]], tuned: TunedThresholds, trials: Trials
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every book of one quarter: each kind's seeds (raw decisions through their tuned hysteresis) with their spread
     and ensemble, momentum (its tuned lookback), buy-and-hold and flat. Returns the records and the entry of
     ``evaluate.json``."""
@@ -123,13 +145,23 @@ def score_quarter(judge: Judge, decisions: dict[str, dict[str, Decisions]], tune
 def _row(split: str, book: str, seed: str, entry: dict[str, Any]) -> dict[str, Any]:
     m, sig, costs = entry["metrics"], entry["significance"], entry["costs"]
     return {
-        "split": split, "book": book, "seed": seed, "sharpe": m["sharpe"], "total_return_pct": m["total_return_pct"],
-        "max_drawdown_pct": m["max_drawdown_pct"], "rebalances": m["rebalances"], "exposure": m["exposure"],
-        "psr": sig["psr"], "dsr": sig["dsr"], "sharpe_ci_low": sig["sharpe_ci_low"],
-        "sharpe_ci_high": sig["sharpe_ci_high"], "minus_bh_ci_low": sig["sharpe_minus_benchmark_ci_low"],
-        "minus_bh_ci_high": sig["sharpe_minus_benchmark_ci_high"], "break_even_bps": costs["break_even_bps"],
+        "split": split,
+        "book": book,
+        "seed": seed,
+        "sharpe": m["sharpe"],
+        "total_return_pct": m["total_return_pct"],
+        "max_drawdown_pct": m["max_drawdown_pct"],
+        "rebalances": m["rebalances"],
+        "exposure": m["exposure"],
+        "psr": sig["psr"],
+        "dsr": sig["dsr"],
+        "sharpe_ci_low": sig["sharpe_ci_low"],
+        "sharpe_ci_high": sig["sharpe_ci_high"],
+        "minus_bh_ci_low": sig["sharpe_minus_benchmark_ci_low"],
+        "minus_bh_ci_high": sig["sharpe_minus_benchmark_ci_high"],
+        "break_even_bps": costs["break_even_bps"],
         **{f"sharpe_{level}_cost": v["sharpe"] for level, v in costs["levels"].items()},
-    }  # fmt: skip
+    }
 
 
 def books_table(summary: dict[str, Any], splits: tuple[str, ...], kinds: list[str]) -> pd.DataFrame:
@@ -143,9 +175,18 @@ def books_table(summary: dict[str, Any], splits: tuple[str, ...], kinds: list[st
         rows.append(_row(split, "momentum", "", entry["momentum"]))
         for name in ("buy_and_hold", "flat"):
             m = entry[name]
-            rows.append({"split": split, "book": name, "seed": "", "sharpe": m["sharpe"],
-                         "total_return_pct": m["total_return_pct"], "max_drawdown_pct": m["max_drawdown_pct"],
-                         "rebalances": m["rebalances"], "exposure": m["exposure"]})  # fmt: skip
+            rows.append(
+                {
+                    "split": split,
+                    "book": name,
+                    "seed": "",
+                    "sharpe": m["sharpe"],
+                    "total_return_pct": m["total_return_pct"],
+                    "max_drawdown_pct": m["max_drawdown_pct"],
+                    "rebalances": m["rebalances"],
+                    "exposure": m["exposure"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -159,12 +200,23 @@ def _ci(lo: Any, hi: Any) -> str:
     return f"{_num(lo)} .. {_num(hi)}" if lo is not None and lo == lo else ""
 
 
-BOOK_NAMES = {"policy": "policy", "proxy": "MSE proxy", "momentum": "momentum", "buy_and_hold": "buy and hold",
-              "flat": "flat"}  # fmt: skip
+BOOK_NAMES = {
+    "policy": "policy",
+    "proxy": "MSE proxy",
+    "momentum": "momentum",
+    "buy_and_hold": "buy and hold",
+    "flat": "flat",
+}
 
 
-def render_report(experiment: str, summary: dict[str, Any], table: pd.DataFrame, splits: tuple[str, ...],
-                  kinds: list[str], multipliers: list[float]) -> str:  # fmt: skip
+def render_report(
+    experiment: str,
+    summary: dict[str, Any],
+    table: pd.DataFrame,
+    splits: tuple[str, ...],
+    kinds: list[str],
+    multipliers: list[float],
+) -> str:
     """The evaluation as markdown: per quarter the seed spread, the ensembles and the baselines; the cost sweep."""
     t = summary["trials"]
     n_seeds = len(summary[splits[0]]["policy"]["seeds"])
@@ -177,38 +229,60 @@ def render_report(experiment: str, summary: dict[str, Any], table: pd.DataFrame,
         "CIs: 95% stationary bootstrap, mean block one day. Ensemble: the seeds' average position as one book.",
         f"Momentum: sign of the past {summary['momentum_lookback']}-bar return (lookback chosen on val).",
     ]
-    head = ("| book | Sharpe | seeds: median [min .. max] | return % | max DD % | PSR | DSR | Sharpe 95% CI | "
-            "Sharpe − B&H 95% CI | break-even bps |")  # fmt: skip
+    head = (
+        "| book | Sharpe | seeds: median [min .. max] | return % | max DD % | PSR | DSR | Sharpe 95% CI | "
+        "Sharpe − B&H 95% CI | break-even bps |"
+    )
     for split in splits:
         lines += ["", f"## {split}", "", head, "|---|---|---|---|---|---|---|---|---|---|"]
         for kind in [*kinds, "momentum", "buy_and_hold", "flat"]:
-            row = table[(table["split"] == split) & (table["book"] == kind)
-                        & table["seed"].isin(["ensemble", ""])].iloc[0]  # fmt: skip
+            row = table[
+                (table["split"] == split) & (table["book"] == kind) & table["seed"].isin(["ensemble", ""])
+            ].iloc[0]
             spread = ""
             if kind in kinds:
                 d = summary[split][kind]["distribution"]["sharpe"]
                 spread = f"{d['median']:+.2f} [{d['min']:+.2f} .. {d['max']:+.2f}]"
             name = BOOK_NAMES[kind] + (" ensemble" if kind in kinds else "")
-            cells = [name, _num(row["sharpe"]), spread, _num(row["total_return_pct"]),
-                     _num(row["max_drawdown_pct"], ".2f"), _num(row.get("psr"), ".2f"), _num(row.get("dsr"), ".2f"),
-                     _ci(row.get("sharpe_ci_low"), row.get("sharpe_ci_high")),
-                     _ci(row.get("minus_bh_ci_low"), row.get("minus_bh_ci_high")),
-                     _num(row.get("break_even_bps"), ".1f")]  # fmt: skip
+            cells = [
+                name,
+                _num(row["sharpe"]),
+                spread,
+                _num(row["total_return_pct"]),
+                _num(row["max_drawdown_pct"], ".2f"),
+                _num(row.get("psr"), ".2f"),
+                _num(row.get("dsr"), ".2f"),
+                _ci(row.get("sharpe_ci_low"), row.get("sharpe_ci_high")),
+                _ci(row.get("minus_bh_ci_low"), row.get("minus_bh_ci_high")),
+                _num(row.get("break_even_bps"), ".1f"),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     levels = [f"{m:g}x" for m in multipliers]
-    lines += ["", "## Cost sweep (annual Sharpe when every cost is scaled)", "",
-              "| quarter | book | " + " | ".join(levels) + " |", "|---|---|" + "---|" * len(levels)]  # fmt: skip
+    lines += [
+        "",
+        "## Cost sweep (annual Sharpe when every cost is scaled)",
+        "",
+        "| quarter | book | " + " | ".join(levels) + " |",
+        "|---|---|" + "---|" * len(levels),
+    ]
     for split in splits:
         for kind in [*kinds, "momentum"]:
             row = table[(table["split"] == split) & (table["book"] == kind) & table["seed"].isin(["ensemble", ""])]
             row = row.iloc[0]
             name = BOOK_NAMES[kind] + (" ensemble" if kind in kinds else "")
-            lines.append(f"| {split} | {name} | " + " | ".join(_num(row[f'sharpe_{lv}_cost']) for lv in levels) + " |")
-    lines += ["", "## Every seed", "", "| quarter | book | seed | Sharpe | return % | rebalances | PSR | DSR | "
-              "Sharpe 95% CI | break-even bps |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines.append(f"| {split} | {name} | " + " | ".join(_num(row[f"sharpe_{lv}_cost"]) for lv in levels) + " |")
+    lines += [
+        "",
+        "## Every seed",
+        "",
+        "| quarter | book | seed | Sharpe | return % | rebalances | PSR | DSR | Sharpe 95% CI | break-even bps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in table[~table["seed"].isin(["ensemble", ""])].itertuples(index=False):
-        lines.append(f"| {row.split} | {BOOK_NAMES[row.book]} | {row.seed} | {_num(row.sharpe)} | "
-                     f"{_num(row.total_return_pct)} | {row.rebalances:.0f} | {_num(row.psr, '.2f')} | "
-                     f"{_num(row.dsr, '.2f')} | {_ci(row.sharpe_ci_low, row.sharpe_ci_high)} | "
-                     f"{_num(row.break_even_bps, '.1f')} |")  # fmt: skip
+        lines.append(
+            f"| {row.split} | {BOOK_NAMES[row.book]} | {row.seed} | {_num(row.sharpe)} | "
+            f"{_num(row.total_return_pct)} | {row.rebalances:.0f} | {_num(row.psr, '.2f')} | "
+            f"{_num(row.dsr, '.2f')} | {_ci(row.sharpe_ci_low, row.sharpe_ci_high)} | "
+            f"{_num(row.break_even_bps, '.1f')} |"
+        )
     return "\n".join(lines) + "\n"

@@ -59,8 +59,12 @@ class Scorer:
     def at_cost(self, multiplier: float) -> Scorer:
         """The same scorer with commission, slippage and market impact scaled by ``multiplier``."""
         s = self.sim
-        sim = replace(s, commission=s.commission * multiplier, slippage=s.slippage * multiplier,
-                      impact_eta=s.impact_eta * multiplier)  # fmt: skip
+        sim = replace(
+            s,
+            commission=s.commission * multiplier,
+            slippage=s.slippage * multiplier,
+            impact_eta=s.impact_eta * multiplier,
+        )
         return replace(self, sim=sim)
 
     def cost_sweep(self, series: SeriesLike, executed: np.ndarray, multipliers: list[float]) -> dict[str, Any]:

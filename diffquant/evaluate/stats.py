@@ -180,13 +180,27 @@ def significance(
         psr = dsr = None
     low, high = bootstrap_sharpe_ci(net, periods_per_year, mean_block, seed=seed)
     d_low, d_high = bootstrap_sharpe_ci(net, periods_per_year, mean_block, seed=seed, benchmark=benchmark_net)
-    return {"psr": psr, "dsr": dsr, "sharpe_ci_low": low, "sharpe_ci_high": high,
-            "sharpe_minus_benchmark_ci_low": d_low, "sharpe_minus_benchmark_ci_high": d_high}  # fmt: skip
+    return {
+        "psr": psr,
+        "dsr": dsr,
+        "sharpe_ci_low": low,
+        "sharpe_ci_high": high,
+        "sharpe_minus_benchmark_ci_low": d_low,
+        "sharpe_minus_benchmark_ci_high": d_high,
+    }
 
 
 def distribution(values: list[float]) -> dict[str, float]:
     """Median, quartiles, min, max, mean and std (ddof 1) of a metric over seeds."""
     v = np.asarray(values, dtype=float)
     q25, median, q75 = np.quantile(v, [0.25, 0.5, 0.75])
-    return {"n": int(v.size), "median": float(median), "q25": float(q25), "q75": float(q75), "min": float(v.min()),
-            "max": float(v.max()), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+    return {
+        "n": int(v.size),
+        "median": float(median),
+        "q25": float(q25),
+        "q75": float(q75),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+    }

@@ -35,8 +35,15 @@ class SearchResult:
     def tuned(self) -> TunedModel:
         """The record threshold-opt hands to evaluate."""
         m = self.metrics
-        return TunedModel(self.best, self.source, m["sharpe"], m["total_return_pct"], m["rebalances"],
-                          len(self.trials), [float(v) for v in self.trials["sharpe"]])  # fmt: skip
+        return TunedModel(
+            self.best,
+            self.source,
+            m["sharpe"],
+            m["total_return_pct"],
+            m["rebalances"],
+            len(self.trials),
+            [float(v) for v in self.trials["sharpe"]],
+        )
 
 
 def _suggest(trial: optuna.Trial, lo: float, hi: float) -> Hysteresis:

@@ -31,8 +31,19 @@ from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork, sliding_windows
 from diffquant.sim.simulator import bar_returns, held_positions, simulate
 
-RECORD_COLUMNS = ("time", "close", "raw_position", "gate", "position", "trade", "gross", "commission", "funding",
-                  "net", "equity")
+RECORD_COLUMNS = (
+    "time",
+    "close",
+    "raw_position",
+    "gate",
+    "position",
+    "trade",
+    "gross",
+    "commission",
+    "funding",
+    "net",
+    "equity",
+)
 
 
 class SeriesLike(Protocol):
@@ -84,8 +95,9 @@ def _encode_series(model: PolicyNetwork | Forecaster, series: SeriesLike, batch_
         with torch.inference_mode():
             features = torch.as_tensor(series.features, dtype=torch.float32, device=_model_device(model))
             windows = sliding_windows(features[None], model.context)[0]  # (N - ctx + 1, F, ctx), a view
-            out = torch.cat([model.encode_channel_major(windows[i : i + batch_size])
-                             for i in range(0, len(windows), batch_size)])  # fmt: skip
+            out = torch.cat(
+                [model.encode_channel_major(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+            )
     finally:
         model.train(was_training)
     return out.double().cpu().numpy()
@@ -142,8 +154,13 @@ def constant_positions(series: SeriesLike, value: float) -> np.ndarray:
     return np.full(len(series.close), float(value))
 
 
-def walk_forward(series: SeriesLike, executed: np.ndarray, sim_cfg: SimConfig, raw: np.ndarray | None = None,
-                 gate: np.ndarray | None = None) -> WalkForwardResult:
+def walk_forward(
+    series: SeriesLike,
+    executed: np.ndarray,
+    sim_cfg: SimConfig,
+    raw: np.ndarray | None = None,
+    gate: np.ndarray | None = None,
+) -> WalkForwardResult:
     """Price executed decisions over the quarter bars of ``series``.
 
     ``executed`` (N,) is the position decided at the close of each bar (after hysteresis, or a baseline's);
@@ -187,25 +204,29 @@ def walk_forward(series: SeriesLike, executed: np.ndarray, sim_cfg: SimConfig, r
             raise ValueError(f"{name} has shape {values.shape}; the series has {n} bars")
         return values[src]
 
-    record = pd.DataFrame({
-        "time": time,
-        "close": close[start:],
-        "raw_position": recorded(raw, "raw"),
-        "gate": recorded(gate, "gate"),
-        "position": held,
-        "trade": sim.trades[0].numpy(),
-        "gross": sim.gross[0].numpy(),
-        "commission": sim.commission[0].numpy(),
-        "funding": sim.funding[0].numpy(),
-        "net": net,
-        "equity": np.cumprod(1.0 + net),
-    })
+    record = pd.DataFrame(
+        {
+            "time": time,
+            "close": close[start:],
+            "raw_position": recorded(raw, "raw"),
+            "gate": recorded(gate, "gate"),
+            "position": held,
+            "trade": sim.trades[0].numpy(),
+            "gross": sim.gross[0].numpy(),
+            "commission": sim.commission[0].numpy(),
+            "funding": sim.funding[0].numpy(),
+            "net": net,
+            "equity": np.cumprod(1.0 + net),
+        }
+    )
     before = np.r_[0.0, held[:-1]]  # the book is flat before the quarter
     traded = held != before
-    rebalances = pd.DataFrame({
-        "time": time[traded].reset_index(drop=True),
-        "from": before[traded],
-        "to": held[traded],
-        "commission": record["commission"].to_numpy()[traded],
-    })
+    rebalances = pd.DataFrame(
+        {
+            "time": time[traded].reset_index(drop=True),
+            "from": before[traded],
+            "to": held[traded],
+            "commission": record["commission"].to_numpy()[traded],
+        }
+    )
     return WalkForwardResult(record=record, rebalances=rebalances)

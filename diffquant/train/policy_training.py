@@ -40,8 +40,15 @@ from diffquant.train.trainer import (
 
 log = logging.getLogger(__name__)
 
-VAL_HISTORY_COLUMNS = ("epoch", "train_loss", "val_sharpe", "val_total_return_pct", "val_flat_share", "val_turnover",
-                       "val_rebalances")  # fmt: skip
+VAL_HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_sharpe",
+    "val_total_return_pct",
+    "val_flat_share",
+    "val_turnover",
+    "val_rebalances",
+)
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,12 @@ class SeedOutcome:
 
     def run_metrics(self) -> dict[str, float | int]:
         """What the seed's MLflow run gets at the end (timings included)."""
-        return {"best_epoch": self.result.best_epoch or 0, "best_val_sharpe": self.result.selected_score,
-                "train_seconds": self.seconds, "resumed_after_epoch": self.result.resumed_from}  # fmt: skip
+        return {
+            "best_epoch": self.result.best_epoch or 0,
+            "best_val_sharpe": self.result.selected_score,
+            "train_seconds": self.seconds,
+            "resumed_after_epoch": self.result.resumed_from,
+        }
 
 
 class SeedHooks(Protocol):
@@ -182,6 +193,12 @@ def train_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks)
         write_json(files["history"], result.history)
         outcomes[seed] = SeedOutcome(seed, result, time.perf_counter() - t0, files)
         hooks.finished(seed, outcomes[seed])
-        log.info("seed %d: %d epochs in %.1f s; best epoch %s (val Sharpe %s)", seed, len(result.history),
-                 outcomes[seed].seconds, result.best_epoch, result.best_score)  # fmt: skip
+        log.info(
+            "seed %d: %d epochs in %.1f s; best epoch %s (val Sharpe %s)",
+            seed,
+            len(result.history),
+            outcomes[seed].seconds,
+            result.best_epoch,
+            result.best_score,
+        )
     return outcomes

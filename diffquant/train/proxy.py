@@ -83,8 +83,12 @@ def predict(model: Forecaster, data: ForecastSet, batch_size: int = 4096) -> Ten
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model.encode_channel_major(data.windows[data.rows[i : i + batch_size]])
-                          for i in range(0, len(data), batch_size)])  # fmt: skip
+        return torch.cat(
+            [
+                model.encode_channel_major(data.windows[data.rows[i : i + batch_size]])
+                for i in range(0, len(data), batch_size)
+            ]
+        )
     finally:
         model.train(was_training)
 

@@ -63,9 +63,13 @@ def target_scale(cfg: Config, train: Series) -> float:
 
 
 def resume_spec(cfg: Config, feature_names: list[str], scale: float, seed: int) -> ResumeSpec:
-    training = {"train": dataclasses.asdict(cfg.train), "horizon": cfg.window.horizon,
-                "lag": cfg.sim.execution_lag_bars, "target_scale": scale,
-                "batch_windows": cfg.baselines.proxy_batch_windows}  # fmt: skip
+    training = {
+        "train": dataclasses.asdict(cfg.train),
+        "horizon": cfg.window.horizon,
+        "lag": cfg.sim.execution_lag_bars,
+        "target_scale": scale,
+        "batch_windows": cfg.baselines.proxy_batch_windows,
+    }
     return ResumeSpec(checkpoint.policy_spec(cfg.model, feature_names, cfg.window.context), seed, training)
 
 
@@ -87,10 +91,20 @@ def train_proxies(cfg: Config, train: Series, val: Series, out: Path, hooks: See
             seed_everything(seed)
             model = Forecaster(cfg.model, len(train.feature_names), ctx).to(device)
             task = ForecastTask(train_set, cfg.baselines.proxy_batch_windows)
-            result = fit_task(model, task, lambda m: forecast_quality(m, val_set), LowestMse(), cfg.train, seed,
-                              folder, specs[seed], on_epoch=lambda r, s=seed: hooks.epoch(s, r))  # fmt: skip
-            quality = {name: _calibrate_file(model, result.checkpoints[name], train_set, val_set)
-                       for name in ("best", "final")}  # fmt: skip
+            result = fit_task(
+                model,
+                task,
+                lambda m: forecast_quality(m, val_set),
+                LowestMse(),
+                cfg.train,
+                seed,
+                folder,
+                specs[seed],
+                on_epoch=lambda r, s=seed: hooks.epoch(s, r),
+            )
+            quality = {
+                name: _calibrate_file(model, result.checkpoints[name], train_set, val_set) for name in ("best", "final")
+            }
         except BaseException as exc:
             hooks.failed(seed, exc)
             raise
@@ -104,7 +118,9 @@ def _calibrate_file(model: Forecaster, path: Path, train_set: ForecastSet, val_s
     """Give the checkpoint at ``path`` the position scale of the weights it holds; its val quality."""
     state = checkpoint.load(path)
     model.load_state_dict(state["model_state"])
-    quality = {"forecast_scale": calibrate(model, train_set),
-               **{f"val_{k}": v for k, v in forecast_quality(model, val_set).items()}}  # fmt: skip
+    quality = {
+        "forecast_scale": calibrate(model, train_set),
+        **{f"val_{k}": v for k, v in forecast_quality(model, val_set).items()},
+    }
     checkpoint.save(path, {**state, "model_state": model.state_dict()})
     return quality

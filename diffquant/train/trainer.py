@@ -127,8 +127,15 @@ class EpochTask(Protocol):
 class PolicyTask:
     """Episodes scored by the differentiable simulator under the objective, each batch mirrored with ``mirror_prob``."""
 
-    def __init__(self, episodes: EpisodeBatch, objective: Objective, sim: SimConfig, cfg: TrainConfig, horizon: int,
-                 mirror_map: tuple[Tensor, Tensor] | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        episodes: EpisodeBatch,
+        objective: Objective,
+        sim: SimConfig,
+        cfg: TrainConfig,
+        horizon: int,
+        mirror_map: tuple[Tensor, Tensor] | None,
+    ) -> None:
         self.episodes, self.objective, self.sim, self.cfg, self.horizon = episodes, objective, sim, cfg, horizon
         self.mirror_map = mirror_map
         self.n_items, self.batch_size = len(episodes), cfg.batch_size
@@ -242,8 +249,10 @@ def fit_task(
         log.warning("no validation check qualified as best; best.pt = the final model")
         checkpoint.save(out_dir / BEST, final)
     last_check = next(r for r in reversed(history) if any(k.startswith("val_") for k in r))
-    selected = best_score if best_score is not None else selection.fallback(
-        {k.removeprefix("val_"): v for k, v in last_check.items() if k.startswith("val_")}
+    selected = (
+        best_score
+        if best_score is not None
+        else selection.fallback({k.removeprefix("val_"): v for k, v in last_check.items() if k.startswith("val_")})
     )
     paths = {name: out_dir / checkpoint_file(name) for name in CHECKPOINTS}
     return TrainResult(history, best_epoch, best_score, selected, start, paths)
@@ -302,9 +311,7 @@ def finished_history(out_dir: Path, spec: ResumeSpec) -> list[dict[str, Any]]:
     return checkpoint.load(Path(out_dir) / LAST)["history"] if completed_epochs(out_dir, spec) else []
 
 
-def _resume(
-    path: Path, spec: ResumeSpec, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
-) -> dict[str, Any]:
+def _resume(path: Path, spec: ResumeSpec, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
     fresh = {"epoch": 0, "history": [], "best_epoch": None, "best_score": None}
     if not path.exists():
         return fresh

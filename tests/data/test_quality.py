@@ -83,8 +83,16 @@ def test_large_moves_and_robust_z() -> None:
     r = np.r_[np.tile([0.001, -0.001], 20), 0.02, np.tile([0.001, -0.001], 5)]
     close = 100 * np.exp(np.cumsum(r))
     open_ = np.r_[100.0, close[:-1]]
-    bars = pd.DataFrame({"open_time": np.arange(len(r)) * 5 * MIN, "open": open_, "high": close.clip(min=open_),
-                         "low": close.clip(max=open_), "close": close, "volume": 1.0})  # fmt: skip
+    bars = pd.DataFrame(
+        {
+            "open_time": np.arange(len(r)) * 5 * MIN,
+            "open": open_,
+            "high": close.clip(min=open_),
+            "low": close.clip(max=open_),
+            "close": close,
+            "volume": 1.0,
+        }
+    )
     report = quality_report(bars, 5, jump_threshold=0.01)
     top = report["largest_moves"][0]
     assert top["log_return"] == pytest.approx(0.02) and top["above_threshold"]

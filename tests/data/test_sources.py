@@ -204,8 +204,12 @@ def test_stage_writes_tables_reports_and_metrics(tmp_path: Path, make_bars: Call
     assert done.returncode == 0, done.stderr
     raw = tmp_path / "data_source" / "raw"
     assert {p.name for p in outputs(tmp_path)} == {
-        "bars.parquet", "funding.parquet", "meta.json", "quality.json", "download.json",
-    }  # fmt: skip
+        "bars.parquet",
+        "funding.parquet",
+        "meta.json",
+        "quality.json",
+        "download.json",
+    }
     assert len(pd.read_parquet(raw / "bars.parquet")) == 60
     assert yaml.safe_load((raw / "meta.json").read_text())["funding_available"] is False
     metrics = yaml.safe_load((tmp_path / "outputs" / "metrics" / "download.json").read_text())
@@ -333,16 +337,28 @@ def write_zip(path: Path, rows: list[list[object]], header: tuple[str, ...] | No
 
 
 KLINE_HEADER = (
-    "open_time", "open", "high", "low", "close", "volume", "close_time",
-    "quote_volume", "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore",
-)  # fmt: skip
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "count",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+    "ignore",
+)
 UM = "data/futures/um/monthly"
 
 
 def kline_rows(opens: np.ndarray, scale: int) -> list[list[object]]:
     """Kline rows for 5-minute ``opens`` (ms); ``scale`` 1000 writes the stamps in microseconds."""
-    return [[t * scale, 100, 101, 99, 100.5, 2.5, (t + 5 * MIN - 1) * scale, 250, 40 + i, 1, 100, 0] for i, t in
-            enumerate(opens)]  # fmt: skip
+    return [
+        [t * scale, 100, 101, 99, 100.5, 2.5, (t + 5 * MIN - 1) * scale, 250, 40 + i, 1, 100, 0]
+        for i, t in enumerate(opens)
+    ]
 
 
 @pytest.fixture

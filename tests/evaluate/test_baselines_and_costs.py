@@ -23,8 +23,15 @@ def test_momentum_holds_the_sign_of_the_past_return_and_is_causal() -> None:
     for k in (n, 50, 299):
         assert got[k] == np.sign(c[k] - c[k - n])
     later = make_series(300, 20, seed=1)  # other bars after k = 150 must not change any decision up to 150
-    mixed = type(series)(series.features, np.r_[c[:151], later.close[151:]], series.funding, series.open_time,
-                         series.start, series.timeframe_ms, series.feature_names)  # fmt: skip
+    mixed = type(series)(
+        series.features,
+        np.r_[c[:151], later.close[151:]],
+        series.funding,
+        series.open_time,
+        series.start,
+        series.timeframe_ms,
+        series.feature_names,
+    )
     np.testing.assert_array_equal(momentum_decisions(mixed, n)[:151], got[:151])
 
 

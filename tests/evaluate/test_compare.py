@@ -11,14 +11,16 @@ from diffquant.evaluate.metric_names import metric_name
 
 
 def _runs() -> pd.DataFrame:
-    return pd.DataFrame({
-        "run_id": ["old", "seed", "proxy", "new", "abl", "abl_old", "unevaluated"],
-        "start_time": [1, 2, 3, 4, 5, 0, 6],
-        "tags.role": ["policy", "policy_seed", "proxy", "policy", "policy", "policy", "policy"],
-        "tags.dvc_exp_name": [None, None, None, None, "ablate-bias", "ablate-bias", None],
-        "params.loss.lambda_bias": ["0.25", "0.25", None, "0.25", "0", "0", "0.25"],
-        f"metrics.{metric_name('test', 'sharpe')}": [1.0, 9.0, 9.0, 2.0, 3.0, 4.0, float("nan")],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "run_id": ["old", "seed", "proxy", "new", "abl", "abl_old", "unevaluated"],
+            "start_time": [1, 2, 3, 4, 5, 0, 6],
+            "tags.role": ["policy", "policy_seed", "proxy", "policy", "policy", "policy", "policy"],
+            "tags.dvc_exp_name": [None, None, None, None, "ablate-bias", "ablate-bias", None],
+            "params.loss.lambda_bias": ["0.25", "0.25", None, "0.25", "0", "0", "0.25"],
+            f"metrics.{metric_name('test', 'sharpe')}": [1.0, 9.0, 9.0, 2.0, 3.0, 4.0, float("nan")],
+        }
+    )
 
 
 def test_comparison_lists_evaluated_parent_runs_newest_first() -> None:

@@ -13,24 +13,31 @@ from diffquant.evaluate.metrics import annualization, compute_metrics, period
 DAY = 1440  # daily bars keep the annualisation factors readable: sqrt(365), sqrt(252)
 
 
-def make_record(net: list[float], position: list[float] | None = None, gross: list[float] | None = None,
-                commission: list[float] | None = None, funding: list[float] | None = None,
-                gate: list[float] | None = None) -> pd.DataFrame:
+def make_record(
+    net: list[float],
+    position: list[float] | None = None,
+    gross: list[float] | None = None,
+    commission: list[float] | None = None,
+    funding: list[float] | None = None,
+    gate: list[float] | None = None,
+) -> pd.DataFrame:
     n = len(net)
     pos = np.zeros(n) if position is None else np.asarray(position, dtype=float)
-    return pd.DataFrame({
-        "time": pd.date_range("2025-07-01", periods=n, freq="D", tz="UTC"),
-        "close": np.full(n, 100.0),
-        "raw_position": np.full(n, np.nan),
-        "gate": np.full(n, np.nan) if gate is None else gate,
-        "position": pos,
-        "trade": np.diff(pos, prepend=0.0),
-        "gross": np.asarray(net if gross is None else gross, dtype=float),
-        "commission": np.zeros(n) if commission is None else commission,
-        "funding": np.zeros(n) if funding is None else funding,
-        "net": np.asarray(net, dtype=float),
-        "equity": np.cumprod(1.0 + np.asarray(net, dtype=float)),
-    })
+    return pd.DataFrame(
+        {
+            "time": pd.date_range("2025-07-01", periods=n, freq="D", tz="UTC"),
+            "close": np.full(n, 100.0),
+            "raw_position": np.full(n, np.nan),
+            "gate": np.full(n, np.nan) if gate is None else gate,
+            "position": pos,
+            "trade": np.diff(pos, prepend=0.0),
+            "gross": np.asarray(net if gross is None else gross, dtype=float),
+            "commission": np.zeros(n) if commission is None else commission,
+            "funding": np.zeros(n) if funding is None else funding,
+            "net": np.asarray(net, dtype=float),
+            "equity": np.cumprod(1.0 + np.asarray(net, dtype=float)),
+        }
+    )
 
 
 def test_annualization() -> None:
@@ -78,9 +85,23 @@ def test_ratios_are_scale_invariant() -> None:
 def test_an_all_flat_policy_scores_zero_without_nan() -> None:
     m = compute_metrics(make_record([0.0] * 48), 30, flat_threshold=0.05)
     assert all(math.isfinite(v) for v in m.values())
-    for key in ("sharpe", "sharpe_252", "sortino", "calmar", "total_return_pct", "annual_return_pct",
-                "max_drawdown_pct", "rebalances", "turnover", "exposure", "long_accuracy", "short_accuracy",
-                "direction_accuracy", "long_share", "short_share"):
+    for key in (
+        "sharpe",
+        "sharpe_252",
+        "sortino",
+        "calmar",
+        "total_return_pct",
+        "annual_return_pct",
+        "max_drawdown_pct",
+        "rebalances",
+        "turnover",
+        "exposure",
+        "long_accuracy",
+        "short_accuracy",
+        "direction_accuracy",
+        "long_share",
+        "short_share",
+    ):
         assert m[key] == 0.0, key
     assert m["flat_share"] == 1.0
 
@@ -103,8 +124,13 @@ def test_a_short_is_right_when_the_price_falls() -> None:
 
 def test_exposure_shares_turnover_and_costs() -> None:
     position = [0.0, 0.5, 0.5, -0.25]  # trades 0, 0.5, 0, -0.75
-    rec = make_record([0.0, 0.001, -0.002, 0.0], position=position, commission=[0.0, 0.00035, 0.0, 0.000525],
-                      funding=[0.0, 0.0001, 0.0001, -0.00005], gate=[0.2, 0.4, 0.6, 0.8])
+    rec = make_record(
+        [0.0, 0.001, -0.002, 0.0],
+        position=position,
+        commission=[0.0, 0.00035, 0.0, 0.000525],
+        funding=[0.0, 0.0001, 0.0001, -0.00005],
+        gate=[0.2, 0.4, 0.6, 0.8],
+    )
     m = compute_metrics(rec, 30)
     assert m["rebalances"] == 2.0
     assert m["turnover"] == pytest.approx(1.25 / 4)
@@ -120,7 +146,9 @@ def test_exposure_shares_turnover_and_costs() -> None:
 
 
 def test_period_and_empty_record() -> None:
-    assert period(make_record([0.0, 0.0, 0.0])) == {"first_bar": "2025-07-01T00:00:00+00:00",
-                                                    "last_bar": "2025-07-03T00:00:00+00:00"}
+    assert period(make_record([0.0, 0.0, 0.0])) == {
+        "first_bar": "2025-07-01T00:00:00+00:00",
+        "last_bar": "2025-07-03T00:00:00+00:00",
+    }
     with pytest.raises(ValueError, match="empty"):
         compute_metrics(make_record([]), 30)

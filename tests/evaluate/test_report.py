@@ -44,15 +44,18 @@ def test_group_scores_each_seed_their_spread_and_the_ensemble_book() -> None:
     assert entry["ensemble"]["metrics"]["sharpe"] == pytest.approx(ensemble["sharpe"])
     # trades of opposite sign net out inside the ensemble: it pays less than the seeds' average
     assert ensemble["commission_pct"] < np.mean([entry["seeds"][s]["metrics"]["commission_pct"] for s in executed])
-    assert records["ensemble"].record["position"].to_numpy() == pytest.approx(
-        mean_position[series.start - 2 : -2])
+    assert records["ensemble"].record["position"].to_numpy() == pytest.approx(mean_position[series.start - 2 : -2])
     sig = entry["ensemble"]["significance"]
     assert sig["dsr"] < sig["psr"]  # a positive null Sharpe can only lower the probability
 
     summary = {"trials": {"policy_n": 3, "policy_null_sharpe_annual": 1.0}, "momentum_lookback": 4}
     for split in ("val", "test"):
-        summary[split] = {"policy": entry, "momentum": entry["ensemble"],
-                          "buy_and_hold": scorer.constant(series, 1.0)[1], "flat": scorer.constant(series, 0.0)[1]}
+        summary[split] = {
+            "policy": entry,
+            "momentum": entry["ensemble"],
+            "buy_and_hold": scorer.constant(series, 1.0)[1],
+            "flat": scorer.constant(series, 0.0)[1],
+        }
     table = books_table(summary, ("val", "test"), ["policy"])
     assert len(table) == 2 * (3 + 1 + 1 + 2)  # per quarter: 3 seeds, ensemble, momentum, buy-and-hold, flat
     text = render_report("x", summary, table, ("val", "test"), ["policy"], [0.0, 1.0, 2.0])
@@ -65,11 +68,13 @@ def test_trials_counted_are_seeds_times_threshold_trials_plus_prior_ones() -> No
     def model(trial_sharpes: list[float]) -> TunedModel:
         return TunedModel(Hysteresis(), "optuna", max(trial_sharpes), 0.0, 10.0, len(trial_sharpes), trial_sharpes)
 
-    tuned = TunedThresholds("best", {"1": model([0.0, 1.0, 2.0]), "2": model([3.0, -1.0, 0.5])}, {},
-                            MomentumChoice(24, 0.5, [0.5, -0.5]))
+    tuned = TunedThresholds(
+        "best", {"1": model([0.0, 1.0, 2.0]), "2": model([3.0, -1.0, 0.5])}, {}, MomentumChoice(24, 0.5, [0.5, -0.5])
+    )
     trials = trials_tried(tuned, ["policy"], ["1", "2"], 2, prior_trials=50, bars_per_year=BARS_PER_YEAR)
     assert trials.count == {"policy": 2 * (2 + 1) + 50, "momentum": 2}
     pooled = [0.0, 1.0, 2.0, 3.0, -1.0, 0.5]
     assert trials.null_sharpe["policy"] == pytest.approx(null_max_sharpe(np.array(pooled), 56, BARS_PER_YEAR))
     assert trials.summary(BARS_PER_YEAR)["policy_null_sharpe_annual"] == pytest.approx(
-        trials.null_sharpe["policy"] * math.sqrt(BARS_PER_YEAR))
+        trials.null_sharpe["policy"] * math.sqrt(BARS_PER_YEAR)
+    )

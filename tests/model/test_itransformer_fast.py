@@ -81,7 +81,16 @@ def test_state_dict_keys_unchanged() -> None:
     layer = EncoderLayer(32, 2, 64, 0.1)
     shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
     assert shapes == {
-        "norm1.weight": (32,), "norm1.bias": (32,), "qkv.weight": (96, 32), "qkv.bias": (96,),
-        "proj.weight": (32, 32), "proj.bias": (32,), "norm2.weight": (32,), "norm2.bias": (32,),
-        "ff1.weight": (64, 32), "ff1.bias": (64,), "ff2.weight": (32, 64), "ff2.bias": (32,),
+        "norm1.weight": (32,),
+        "norm1.bias": (32,),
+        "qkv.weight": (96, 32),
+        "qkv.bias": (96,),
+        "proj.weight": (32, 32),
+        "proj.bias": (32,),
+        "norm2.weight": (32,),
+        "norm2.bias": (32,),
+        "ff1.weight": (64, 32),
+        "ff1.bias": (64,),
+        "ff2.weight": (32, 64),
+        "ff2.bias": (32,),
     }

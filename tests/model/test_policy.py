@@ -19,8 +19,6 @@ CTX, F = 96, 6
 BACKBONES = ["itransformer", "lstm"]
 
 
-
-
 def make_model(backbone: str = "itransformer", seed: int = 0, feedback: bool = True) -> PolicyNetwork:
     torch.manual_seed(seed)
     model = PolicyNetwork(dataclasses.replace(Config().model, backbone=backbone), F, CTX)
@@ -109,8 +107,9 @@ def test_fast_rollout_equals_reference(backbone, full_bptt):
     grads, losses = [], []
     for reference in (False, True):
         model.zero_grad()
-        loss, _, _ = batch_loss(model, batch, objective, sim, horizon, full_bptt, mirror(batch, perm, sign),
-                                reference=reference)
+        loss, _, _ = batch_loss(
+            model, batch, objective, sim, horizon, full_bptt, mirror(batch, perm, sign), reference=reference
+        )
         loss.backward()
         losses.append(loss.item())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})

@@ -187,8 +187,10 @@ def stage_problems(stage: dict[str, Any], root: Path, produced: list[str]) -> li
             continue
         if flag not in given:
             kind = "outs/metrics" if flag in OUTPUT_FLAGS else "deps"
-            problems.append(f"{module} reads {flag} (default {default}) not given in cmd: pass `{flag} {default}` "
-                            f"in cmd and list it in {kind}")  # fmt: skip
+            problems.append(
+                f"{module} reads {flag} (default {default}) not given in cmd: pass `{flag} {default}` "
+                f"in cmd and list it in {kind}"
+            )
     for flag, value in sorted(given.items()):
         if flag in UNTRACKED_FLAGS:
             continue
@@ -319,8 +321,10 @@ def test_closure_follows_submodule_imports_and_their_packages(tmp_path: Path, te
     (data / "splits.py").write_text("from ..errors import DataError\n")
     (tmp_path / "diffquant" / "errors.py").write_text("import numpy\n")
     (tmp_path / "stages" / "y.py").write_text("import diffquant.gone\n")
-    assert import_closure(tmp_path, "stages.y") == ({"stages/__init__.py", "stages/y.py", "diffquant/__init__.py"},
-                                                    {"diffquant.gone"})  # fmt: skip
+    assert import_closure(tmp_path, "stages.y") == (
+        {"stages/__init__.py", "stages/y.py", "diffquant/__init__.py"},
+        {"diffquant.gone"},
+    )
     assert import_closure(tmp_path, "stages.x")[0] == {
         "stages/__init__.py",
         "stages/x.py",

@@ -72,9 +72,20 @@ def test_repro_logs_a_parent_run_with_one_child_per_seed(repo: Path) -> None:
     assert len([r for r in _role(runs, "proxy_seed") if r.data.tags["mlflow.parentRunId"] == proxy.info.run_id]) == 2
 
     m, p = parent.data.metrics, parent.data.params
-    evaluated = [metric_name("test", k) for k in ("sharpe", "sharpe_seed_median", "sharpe_seed_min", "psr", "dsr",
-                                                  "sharpe_ci_low", "break_even_bps", "sharpe_at_0x_cost",
-                                                  "sharpe_at_3x_cost")]  # fmt: skip
+    evaluated = [
+        metric_name("test", k)
+        for k in (
+            "sharpe",
+            "sharpe_seed_median",
+            "sharpe_seed_min",
+            "psr",
+            "dsr",
+            "sharpe_ci_low",
+            "break_even_bps",
+            "sharpe_at_0x_cost",
+            "sharpe_at_3x_cost",
+        )
+    ]
     evaluated += [metric_name("test", "sharpe", book) for book in ("proxy", "momentum", "buy_and_hold")]
     evaluated += [metric_name(split, k) for split, k in (("backtest", "sharpe"), ("val", "sharpe"), ("val", "dsr"))]
     for key in ("best_val_sharpe_median", *evaluated):
@@ -82,13 +93,20 @@ def test_repro_logs_a_parent_run_with_one_child_per_seed(repo: Path) -> None:
     assert p["loss.lambda_bias"] == "0.25" and p["train.epochs"] == "2" and p["train.seeds"] == "[1, 2]"
     assert parent.data.tags["git_commit"] != "unknown" and "data_hash" in parent.data.tags
     assert parent.info.status == "FINISHED"
-    assert {"evaluate/report.md", "evaluate/test.png", "evaluate/books.csv", "train/history.png",
-            "train/params.yaml", "data/quality.json"} <= _artifacts(repo, parent.info.run_id,
-                                                                     ("evaluate", "train", "data"))  # fmt: skip
+    assert {
+        "evaluate/report.md",
+        "evaluate/test.png",
+        "evaluate/books.csv",
+        "train/history.png",
+        "train/params.yaml",
+        "data/quality.json",
+    } <= _artifacts(repo, parent.info.run_id, ("evaluate", "train", "data"))
     for child in children:
         assert [h.step for h in _client(repo).get_metric_history(child.info.run_id, "train_loss")] == [1, 2]
-        seed_keys = [metric_name(split, k) for split, k in (("val", "sharpe"), ("test", "sharpe"), ("test", "dsr"),
-                                                            ("backtest", "sharpe"))]  # fmt: skip
+        seed_keys = [
+            metric_name(split, k)
+            for split, k in (("val", "sharpe"), ("test", "sharpe"), ("test", "dsr"), ("backtest", "sharpe"))
+        ]
         for key in ("threshold_enter_long", *seed_keys):
             assert key in child.data.metrics, key
         seed = child.data.tags["seed"]

@@ -29,9 +29,10 @@ import torch
 import yaml
 
 from diffquant import tracking
-from diffquant.config import ModelConfig, from_dict, load
+from diffquant.config import Hysteresis, ModelConfig, from_dict, load
 from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DiffQuantError
+from diffquant.evaluate.tuned import MomentumChoice, TunedModel, TunedThresholds
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
 from tests.repo_copy import REPO, TINY, deep_update, stage, tiny_params
@@ -227,8 +228,9 @@ def test_unknown_option_prints_usage_and_exits_2(in_root: Path, capsys: pytest.C
 
 def test_missing_params_file_is_one_error_line(in_root: Path) -> None:
     before = snapshot(in_root)
-    assert_raises_naming(lambda: run_main("split", "--params", "no/such/params.yaml"),
-                         ("no/such/params.yaml", "file not found"))  # fmt: skip
+    assert_raises_naming(
+        lambda: run_main("split", "--params", "no/such/params.yaml"), ("no/such/params.yaml", "file not found")
+    )
     assert snapshot(in_root) == before
 
 
@@ -295,10 +297,9 @@ def test_threshold_opt_refuses_a_bad_checkpoint(in_root: Path, tmp_path: Path, c
 def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with an open MLflow run and thresholds, to show a refused checkpoint logs nothing anywhere."""
     dst = tmp_path_factory.mktemp("evaluate")
-    tuned = {"enter_long": 0.1, "enter_short": 0.1, "exit": 0.05, "min_delta": 0.03, "trial_sharpes": [0.0, 1.0]}
-    thresholds = {"checkpoint": "best", "policy": {"42": tuned}, "proxy": {"42": tuned},
-                  "momentum": {"lookback": 24, "candidate_sharpes": [0.0]}}  # fmt: skip
-    (dst / "thresholds.json").write_text(json.dumps(thresholds))
+    tuned = TunedModel(Hysteresis(), "default", 1.0, 0.5, 10.0, 2, [0.0, 1.0])
+    thresholds = TunedThresholds("best", {"42": tuned}, {"42": tuned}, MomentumChoice(24, 0.0, [0.0]))
+    (dst / "thresholds.json").write_text(json.dumps(thresholds.to_dict()))
     with pytest.MonkeyPatch.context() as mp:
         use_root(mp, dst)
         run = tracking.start_run(dst, "bad-checkpoint", {})
@@ -316,10 +317,21 @@ def test_evaluate_refuses_a_bad_checkpoint_end_to_end(root: Path, eval_root: Pat
     before = snapshot(eval_root, skip="mlruns")
     out = tmp_path / "evaluate"
     done = stage(
-        "evaluate", eval_root, "--params", str(root / "params.yaml"), "--split", str(root / "data_source/split"),
-        "--train-dir", str(train_dir), "--thresholds", "thresholds.json", "--out", str(out),
-        "--metrics", str(tmp_path / "evaluate.json"),
-    )  # fmt: skip
+        "evaluate",
+        eval_root,
+        "--params",
+        str(root / "params.yaml"),
+        "--split",
+        str(root / "data_source/split"),
+        "--train-dir",
+        str(train_dir),
+        "--thresholds",
+        "thresholds.json",
+        "--out",
+        str(out),
+        "--metrics",
+        str(tmp_path / "evaluate.json"),
+    )
     assert_refused(done, fragments)
     assert not out.exists() and not (tmp_path / "evaluate.json").exists()
     assert snapshot(eval_root, skip="mlruns") == before  # the store itself is checked through MLflow below

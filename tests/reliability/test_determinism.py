@@ -23,9 +23,17 @@ def _train(repo: Path, name: str) -> Path:
     out.mkdir(parents=True)
     (out / "params.yaml").write_text(yaml.safe_dump(tiny_params(train={"device": "cpu"})))
     done = stage(
-        "train", repo, "--params", str(out / "params.yaml"), "--out", f"runs/{name}/train",
-        "--metrics", f"runs/{name}/train.json", "--run-file", f"runs/{name}/run.json",
-    )  # fmt: skip
+        "train",
+        repo,
+        "--params",
+        str(out / "params.yaml"),
+        "--out",
+        f"runs/{name}/train",
+        "--metrics",
+        f"runs/{name}/train.json",
+        "--run-file",
+        f"runs/{name}/run.json",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

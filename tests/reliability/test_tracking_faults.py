@@ -35,9 +35,14 @@ def test_unreachable_tracking_server_stops_train_before_training(prepared: Path,
     done = stage(
         "train",
         prepared,
-        "--out", str(out / "train"), "--metrics", str(out / "train.json"), "--run-file", str(out / "run.json"),
+        "--out",
+        str(out / "train"),
+        "--metrics",
+        str(out / "train.json"),
+        "--run-file",
+        str(out / "run.json"),
         MLFLOW_TRACKING_URI=uri,
-    )  # fmt: skip
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]

@@ -65,8 +65,18 @@ def test_drawdown_counts_a_loss_from_the_start():
 
 
 def test_hybrid_is_the_weighted_sum_of_its_terms():
-    cfg = LossConfig(type="hybrid", lambda_sharpe=1.3, lambda_turnover=0.7, lambda_drawdown=2.1,
-                     lambda_terminal=0.9, lambda_flat=3.0, lambda_bias=1.7, flat_target=0.3, flat_eps=0.05, flat_k=40.0)
+    cfg = LossConfig(
+        type="hybrid",
+        lambda_sharpe=1.3,
+        lambda_turnover=0.7,
+        lambda_drawdown=2.1,
+        lambda_terminal=0.9,
+        lambda_flat=3.0,
+        lambda_bias=1.7,
+        flat_target=0.3,
+        flat_eps=0.05,
+        flat_k=40.0,
+    )
     eps = 1e-6
     gen = torch.Generator().manual_seed(1)
     decisions = torch.tanh(torch.randn(4, 12, generator=gen, dtype=torch.float64))
@@ -90,8 +100,17 @@ def test_hybrid_is_the_weighted_sum_of_its_terms():
     weighted = 1.3 * -sharpe + 0.7 * turn + 2.1 * dd + 0.9 * term + 3.0 * flat + 1.7 * bias
     assert loss.item() == pytest.approx(weighted.item(), rel=1e-12)
     # and each weight acts on its own term only
-    zero = {f: 0.0 for f in ("lambda_sharpe", "lambda_turnover", "lambda_drawdown", "lambda_terminal", "lambda_flat",
-                             "lambda_bias")}
+    zero = {
+        f: 0.0
+        for f in (
+            "lambda_sharpe",
+            "lambda_turnover",
+            "lambda_drawdown",
+            "lambda_terminal",
+            "lambda_flat",
+            "lambda_bias",
+        )
+    }
     for key, name in (("lambda_drawdown", "drawdown"), ("lambda_bias", "bias"), ("lambda_flat", "flat")):
         only, _ = Objective(dataclasses.replace(cfg, **{**zero, key: 2.0}), eps)(pnl, decisions)
         assert only.item() == pytest.approx(2.0 * manual[name].item(), rel=1e-12)
@@ -109,8 +128,13 @@ def test_loss_type_switches_the_objective():
 
     assert loss(type="sharpe") == pytest.approx(-sh, rel=1e-12)
     assert loss(type="sortino") == pytest.approx(-so, rel=1e-12)
-    hybrid_core = {"lambda_turnover": 0.0, "lambda_drawdown": 0.0, "lambda_terminal": 0.0, "lambda_flat": 0.0,
-                   "lambda_bias": 0.0}
+    hybrid_core = {
+        "lambda_turnover": 0.0,
+        "lambda_drawdown": 0.0,
+        "lambda_terminal": 0.0,
+        "lambda_flat": 0.0,
+        "lambda_bias": 0.0,
+    }
     assert loss(type="hybrid", core="sortino", **hybrid_core) == pytest.approx(-so, rel=1e-12)
     assert loss(type="hybrid", core="sharpe", **hybrid_core) == pytest.approx(-sh, rel=1e-12)
     assert loss(type="hybrid") != pytest.approx(-sh, rel=1e-3)  # the regularisers count by default

@@ -13,8 +13,9 @@ from diffquant.train import checkpoint
 from diffquant.train.checkpoint import CheckpointError
 
 NAMES = ["open", "high", "low", "close", "volume", "rolling_vol"]
-MODEL = ModelConfig(itransformer=ITransformerConfig(d_model=8, n_heads=2, n_layers=1, d_ff=16),
-                    head=HeadConfig(dense=[8]))
+MODEL = ModelConfig(
+    itransformer=ITransformerConfig(d_model=8, n_heads=2, n_layers=1, d_ff=16), head=HeadConfig(dense=[8])
+)
 CTX = 16
 
 
@@ -57,8 +58,9 @@ def test_round_trip_with_weights_only(tmp_path):
     x = torch.randn(3, CTX, len(NAMES))
     model.eval()
     rebuilt.eval()
-    torch.testing.assert_close(rebuilt(x, torch.zeros(3), torch.zeros(3)), model(x, torch.zeros(3), torch.zeros(3)),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        rebuilt(x, torch.zeros(3), torch.zeros(3)), model(x, torch.zeros(3), torch.zeros(3)), rtol=0, atol=0
+    )
 
 
 def test_missing_file(tmp_path):
@@ -122,8 +124,9 @@ def test_foreign_configuration_is_refused_naming_what_differs(tmp_path, names, c
 
 def test_model_config_mismatch_and_foreign_files(tmp_path):
     _, state = trained_state()
-    other = ModelConfig(itransformer=ITransformerConfig(d_model=16, n_heads=2, n_layers=1, d_ff=16),
-                        head=HeadConfig(dense=[8]))
+    other = ModelConfig(
+        itransformer=ITransformerConfig(d_model=16, n_heads=2, n_layers=1, d_ff=16), head=HeadConfig(dense=[8])
+    )
     with pytest.raises(CheckpointError, match=r"differs in: model\)"):
         checkpoint.build_policy(state, tmp_path / "a.pt", expected=checkpoint.policy_spec(other, NAMES, CTX))
     with pytest.raises(CheckpointError, match="no spec/model_state inside"):

@@ -118,8 +118,13 @@ def _state() -> dict:
     model(torch.randn(2, 3)).sum().backward()
     opt.step()
     history = [{"epoch": e, "lr": 1e-3, "train_loss": 0.5 / e, "val_sharpe": math.nan} for e in (1, 2)]
-    return {"model_state": model.state_dict(), "optimizer_state": opt.state_dict(), "epoch": 2,
-            "history": history, "spec": {"policy": {"names": ["open", "close"]}, "seed": 42}}  # fmt: skip
+    return {
+        "model_state": model.state_dict(),
+        "optimizer_state": opt.state_dict(),
+        "epoch": 2,
+        "history": history,
+        "spec": {"policy": {"names": ["open", "close"]}, "seed": 42},
+    }
 
 
 def _raw(state: dict) -> bytes:
@@ -161,8 +166,13 @@ def test_equal_states_give_equal_bytes_whatever_they_share(tmp_path: Path) -> No
     # Tensors that are views (offset into, or strided over, a larger storage) or share one storage, against
     # contiguous copies of their own: the same bytes, and only the view's values are written.
     base = torch.arange(24, dtype=torch.float32)
-    views = {"offset": base[4:8], "strided": base.view(4, 6)[:, 1], "transposed": base.view(4, 6).t(),
-             "alias": base[4:8], "scalar": base[5]}  # fmt: skip
+    views = {
+        "offset": base[4:8],
+        "strided": base.view(4, 6)[:, 1],
+        "transposed": base.view(4, 6).t(),
+        "alias": base[4:8],
+        "scalar": base[5],
+    }
     copies = {k: v.clone().contiguous() for k, v in views.items()}
     assert _raw({"t": views}) != _raw({"t": copies})
     viewed = _saved(tmp_path / "f.pt", {"t": views})

@@ -120,8 +120,9 @@ def test_mirror_term_rewards_the_equivariant_oracle(real):
     with_channel = EpisodeBatch(torch.cat([batch.features, announce], -1), batch.returns, batch.funding)
     perm_x, sign_x = torch.cat([perm, torch.tensor([perm.numel()])]), torch.cat([sign, torch.tensor([-1.0])])
     plain, _, _ = batch_loss(AnnouncedOracle(), with_channel, objective, sim, H, True)
-    both, _, _ = batch_loss(AnnouncedOracle(), with_channel, objective, sim, H, True,
-                            mirror(with_channel, perm_x, sign_x))
+    both, _, _ = batch_loss(
+        AnnouncedOracle(), with_channel, objective, sim, H, True, mirror(with_channel, perm_x, sign_x)
+    )
     assert plain.item() == pytest.approx(original, rel=1e-6)
     assert both.item() == pytest.approx(0.5 * (original + ours_equivariant), rel=1e-6)
 
@@ -129,10 +130,16 @@ def test_mirror_term_rewards_the_equivariant_oracle(real):
 def test_batch_loss_mirror_is_the_mean_of_both_halves():
     gen = torch.Generator().manual_seed(0)
     b, ctx, h = 4, 8, 6
-    batch = EpisodeBatch(torch.randn(b, ctx + h, 2, generator=gen), 0.01 * torch.randn(b, h, generator=gen),
-                         1e-4 * torch.randn(b, h, generator=gen))
-    other = EpisodeBatch(torch.randn(b, ctx + h, 2, generator=gen), 0.01 * torch.randn(b, h, generator=gen),
-                         1e-4 * torch.randn(b, h, generator=gen))
+    batch = EpisodeBatch(
+        torch.randn(b, ctx + h, 2, generator=gen),
+        0.01 * torch.randn(b, h, generator=gen),
+        1e-4 * torch.randn(b, h, generator=gen),
+    )
+    other = EpisodeBatch(
+        torch.randn(b, ctx + h, 2, generator=gen),
+        0.01 * torch.randn(b, h, generator=gen),
+        1e-4 * torch.randn(b, h, generator=gen),
+    )
 
     class Echo:  # position = tanh of channel 0 at the decision bar
         def rollout(self, features, horizon, full_bptt):

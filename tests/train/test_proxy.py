@@ -28,8 +28,14 @@ from tests.evaluate.test_walk_forward import make_series
 from tests.repo_copy import stage, tiny_params
 
 CTX, H, LAG = 16, 4, 1
-MODEL = from_dict({"model": {"itransformer": {"d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16},
-                             "head": {"dense": [8], "dropout": 0.0}}}).model  # fmt: skip
+MODEL = from_dict(
+    {
+        "model": {
+            "itransformer": {"d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16},
+            "head": {"dense": [8], "dropout": 0.0},
+        }
+    }
+).model
 
 
 def test_targets_are_the_next_horizon_log_returns_after_the_lag_and_skip_gaps() -> None:
@@ -79,8 +85,17 @@ def test_the_proxy_learns_a_planted_signal_and_keeps_the_epoch_with_the_lowest_v
     cfg = TrainConfig(epochs=8, lr=3e-3, val_freq=1, warmup_epochs=0)
     torch.manual_seed(0)
     model = Forecaster(MODEL, 6, CTX)
-    result = fit_task(model, ForecastTask(train_set, 128), lambda m: forecast_quality(m, val_set),
-                      LowestMse(), cfg, 0, tmp_path, ResumeSpec({}, 0), progress=False)  # fmt: skip
+    result = fit_task(
+        model,
+        ForecastTask(train_set, 128),
+        lambda m: forecast_quality(m, val_set),
+        LowestMse(),
+        cfg,
+        0,
+        tmp_path,
+        ResumeSpec({}, 0),
+        progress=False,
+    )
     val_mse = [r["val_mse"] for r in result.history]
     assert result.best_epoch == int(np.argmin(val_mse)) + 1 and result.best_score == -min(val_mse)
     best = checkpoint.load(tmp_path / "best.pt")
@@ -95,8 +110,10 @@ def test_the_proxy_learns_a_planted_signal_and_keeps_the_epoch_with_the_lowest_v
 def test_proxy_weights_ignore_the_loss_and_the_costs(prepared: Path, tmp_path: Path) -> None:
     """No Sharpe, regulariser or cost enters the proxy's training: changing them all changes no weight."""
     outs = []
-    for name, override in (("a", {}), ("b", {"loss": {"type": "sortino", "lambda_bias": 0.9},
-                                             "sim": {"commission": 0.002, "funding": False}})):  # fmt: skip
+    for name, override in (
+        ("a", {}),
+        ("b", {"loss": {"type": "sortino", "lambda_bias": 0.9}, "sim": {"commission": 0.002, "funding": False}}),
+    ):
         root = tmp_path / name
         shutil.copytree(prepared / "data_source" / "split", root / "data_source" / "split")
         params = tiny_params(**override)

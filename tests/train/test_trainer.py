@@ -20,12 +20,22 @@ from diffquant.train.trainer import BEST, FINAL, LAST, fit
 
 CTX, H = 16, 8
 NAMES = ["open", "high", "low", "close", "volume", "rolling_vol"]
-MODEL = ModelConfig(itransformer=ITransformerConfig(d_model=8, n_heads=2, n_layers=1, d_ff=16),
-                    head=HeadConfig(dense=[8]))
+MODEL = ModelConfig(
+    itransformer=ITransformerConfig(d_model=8, n_heads=2, n_layers=1, d_ff=16), head=HeadConfig(dense=[8])
+)
 SIM = SimConfig()
 OBJECTIVE = Objective(LossConfig(), SIM.smooth_abs_eps)
-TRAIN = TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=1, val_freq=1, select_min_rebalances=5,
-                    mirror=True, mirror_prob=0.5, device="cpu")
+TRAIN = TrainConfig(
+    epochs=3,
+    batch_size=16,
+    lr=3e-3,
+    warmup_epochs=1,
+    val_freq=1,
+    select_min_rebalances=5,
+    mirror=True,
+    mirror_prob=0.5,
+    device="cpu",
+)
 SPEC = ResumeSpec(checkpoint.policy_spec(MODEL, NAMES, CTX), 7, {"train": dataclasses.asdict(TRAIN)})
 
 
@@ -59,14 +69,41 @@ def validate(model: PolicyNetwork) -> dict[str, float]:
 
 def run(out_dir, model=None, cfg=TRAIN, spec=SPEC, validate_fn=validate, on_epoch=None, seed=7):
     model = new_model() if model is None else model
-    result = fit(model, EPISODES, validate_fn, OBJECTIVE, SIM, cfg, H, seed, out_dir, spec, MIRROR,
-                 on_epoch=on_epoch, progress=False)
+    result = fit(
+        model,
+        EPISODES,
+        validate_fn,
+        OBJECTIVE,
+        SIM,
+        cfg,
+        H,
+        seed,
+        out_dir,
+        spec,
+        MIRROR,
+        on_epoch=on_epoch,
+        progress=False,
+    )
     return model, result
 
 
 def fit_with(out_dir, model, cfg, validate_fn, on_epoch, on_check):
-    result = fit(model, EPISODES, validate_fn, OBJECTIVE, SIM, cfg, H, 7, out_dir, SPEC, MIRROR, on_epoch=on_epoch,
-                 on_check=on_check, progress=False)  # fmt: skip
+    result = fit(
+        model,
+        EPISODES,
+        validate_fn,
+        OBJECTIVE,
+        SIM,
+        cfg,
+        H,
+        7,
+        out_dir,
+        SPEC,
+        MIRROR,
+        on_epoch=on_epoch,
+        on_check=on_check,
+        progress=False,
+    )
     return model, result
 
 
@@ -155,13 +192,15 @@ def test_a_model_that_never_trades_is_never_best(tmp_path):
 
 def test_best_is_the_highest_qualifying_check(tmp_path):
     cfg = dataclasses.replace(TRAIN, epochs=5)
-    script = iter([
-        {"sharpe": 1.0, "rebalances": 10.0},
-        {"sharpe": 5.0, "rebalances": 4.0},  # best Sharpe, too few trades
-        {"sharpe": 2.0, "rebalances": 5.0},  # <- best qualifying
-        {"sharpe": float("nan"), "rebalances": 50.0},
-        {"sharpe": 1.5, "rebalances": 50.0},
-    ])
+    script = iter(
+        [
+            {"sharpe": 1.0, "rebalances": 10.0},
+            {"sharpe": 5.0, "rebalances": 4.0},  # best Sharpe, too few trades
+            {"sharpe": 2.0, "rebalances": 5.0},  # <- best qualifying
+            {"sharpe": float("nan"), "rebalances": 50.0},
+            {"sharpe": 1.5, "rebalances": 50.0},
+        ]
+    )
     weights = {}
 
     def remember(record):
@@ -181,8 +220,9 @@ def test_best_is_the_highest_qualifying_check(tmp_path):
 
 
 def test_lr_follows_warmup_then_cosine(tmp_path):
-    cfg = dataclasses.replace(TRAIN, epochs=7, lr=1e-2, warmup_epochs=2, warmup_start_factor=0.1, min_lr=1e-4,
-                              val_freq=100)
+    cfg = dataclasses.replace(
+        TRAIN, epochs=7, lr=1e-2, warmup_epochs=2, warmup_start_factor=0.1, min_lr=1e-4, val_freq=100
+    )
     _, result = run(tmp_path, cfg=cfg)
     lrs = [rec["lr"] for rec in result.history]
 

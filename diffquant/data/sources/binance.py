@@ -22,13 +22,33 @@ from diffquant.data.sources._common import RawData, check_resolution, empty_fund
 from diffquant.errors import ConfigError, DataError
 
 INTERVAL_MINUTES = {
-    "1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30,
-    "1h": 60, "2h": 120, "4h": 240, "6h": 360, "8h": 480, "12h": 720, "1d": 1440,
-}  # fmt: skip
+    "1m": 1,
+    "3m": 3,
+    "5m": 5,
+    "15m": 15,
+    "30m": 30,
+    "1h": 60,
+    "2h": 120,
+    "4h": 240,
+    "6h": 360,
+    "8h": 480,
+    "12h": 720,
+    "1d": 1440,
+}
 KLINE_COLUMNS = (
-    "open_time", "open", "high", "low", "close", "volume", "close_time",
-    "quote_volume", "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore",
-)  # fmt: skip
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "count",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+    "ignore",
+)
 FUNDING_COLUMNS = ("calc_time", "funding_interval_hours", "last_funding_rate")
 TIMEOUT_S = 60.0
 
