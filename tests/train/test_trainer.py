@@ -67,7 +67,7 @@ def validate(model: PolicyNetwork) -> dict[str, float]:
     return {"sharpe": float(pnl.mean() / pnl.std()), "rebalances": 10.0}
 
 
-def run(out_dir, model=None, cfg=TRAIN, spec=SPEC, validate_fn=validate, on_epoch=None, seed=7):
+def run(out_dir, model=None, cfg=TRAIN, spec=SPEC, validate_fn=validate, on_epoch=None, seed=7, on_check=None):
     model = new_model() if model is None else model
     result = fit(
         model,
@@ -80,25 +80,6 @@ def run(out_dir, model=None, cfg=TRAIN, spec=SPEC, validate_fn=validate, on_epoc
         seed,
         out_dir,
         spec,
-        MIRROR,
-        on_epoch=on_epoch,
-        progress=False,
-    )
-    return model, result
-
-
-def fit_with(out_dir, model, cfg, validate_fn, on_epoch, on_check):
-    result = fit(
-        model,
-        EPISODES,
-        validate_fn,
-        OBJECTIVE,
-        SIM,
-        cfg,
-        H,
-        7,
-        out_dir,
-        SPEC,
         MIRROR,
         on_epoch=on_epoch,
         on_check=on_check,
@@ -208,7 +189,14 @@ def test_best_is_the_highest_qualifying_check(tmp_path):
 
     model = new_model()
     checks = []
-    _, result = fit_with(tmp_path, model, cfg, lambda m: next(script), remember, lambda e, v: checks.append((e, v)))
+    _, result = run(
+        tmp_path,
+        model,
+        cfg,
+        validate_fn=lambda m: next(script),
+        on_epoch=remember,
+        on_check=lambda e, v: checks.append((e, v)),
+    )
     assert (result.best_epoch, result.best_score, result.selected_score) == (3, 2.0, 2.0)
     # the running selection the pruner sees: the last check's Sharpe until one qualifies, then the best so far
     assert checks == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0), (5, 2.0)]
