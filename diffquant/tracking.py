@@ -10,6 +10,7 @@ threshold-opt and evaluate log into both.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import subprocess
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from diffquant.data.contracts import read_json, sha256, write_json
+from diffquant.data.contracts import sha256
 from diffquant.errors import DiffQuantError
 
 EXPERIMENT = "diffquant"
@@ -270,6 +271,14 @@ def search_runs(root: Path) -> Any:
     return mlflow.search_runs(experiment_ids=[exp_id], output_format="pandas")
 
 
+def read_run_id(path: Path) -> str:
+    """The MLflow parent run that train opened, from its run file."""
+    try:
+        return json.loads(Path(path).read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        raise TrackingError(f"{path}: no MLflow run id; run the train stage first (dvc repro -f train)") from None
+
+
 # Params of the stages after train (thresholds, which checkpoint) may change without retraining: those stages set
 # them as tags, since an MLflow param can not change once logged.
 DOWNSTREAM_PARAMS = ("thresholds.", "eval.checkpoint", "optimize.")
@@ -309,9 +318,9 @@ class SeedRuns:
     def begin(self, resuming: bool) -> None:
         """Continue the runs recorded in the run file when ``resuming`` (an interrupted stage), else open a parent."""
         if resuming and self.run_file is not None and self.run_file.exists():
-            recorded = read_json(self.run_file, "train")
-            if recorded.get("seeds") is not None and "run_id" in recorded:
-                self._parent = open_run(self.root, recorded["run_id"])
+            recorded = json.loads(self.run_file.read_text())
+            if recorded.get("seeds") is not None:
+                self._parent = open_run(self.root, read_run_id(self.run_file))
                 self.seeds = dict(recorded["seeds"])
                 log.info("resuming MLflow run %s", self._parent.run_id)
                 return
@@ -322,7 +331,11 @@ class SeedRuns:
     def _save(self) -> None:
         if self.run_file is None:
             return
-        write_json(self.run_file, {"run_id": self.parent.run_id, "experiment": self.run_name, "seeds": self.seeds})
+        record = {"run_id": self.parent.run_id, "experiment": self.run_name, "seeds": self.seeds}
+        self.run_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_file.with_name(self.run_file.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.run_file)
 
     def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
         """Open (or continue) the seed's run and log the finished epochs it does not have yet."""

@@ -6,7 +6,6 @@ code) starts over, so a resumed run is the run the current code and params would
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +42,6 @@ def content_hash(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-@functools.cache
 def code_hash() -> str:
-    """The library's source: a checkpoint left by other code must not be resumed as if it were ours.
-
-    Read once per process (every seed's and every trial's spec asks for it; the source does not change under a
-    running process)."""
+    """The library's source: a checkpoint left by other code must not be resumed as if it were ours."""
     return content_hash(sorted(LIBRARY.rglob("*.py")))
