@@ -66,7 +66,9 @@ class BinanceConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: SourceName = "bundled"
-    symbol: str = "BTCUSDT"
+    symbol: str = "BTCUSDT"  # the one-asset form, used when ``symbols`` is empty
+    symbols: list[str] = _f([])  # a universe; the walk-forward study trains and judges every one
+    start: str | None = "2024-01-01"  # first bar kept (UTC date); null keeps all the source has
     timeframe_minutes: int = _f(30, **_range(1, 1440))
     path: str | None = None
     funding_path: str | None = None
@@ -74,6 +76,11 @@ class DataConfig:
     stamp: StampConvention = "open_time"  # only read for data.source == file
     huggingface: HuggingFaceConfig = field(default_factory=HuggingFaceConfig)
     binance: BinanceConfig = field(default_factory=BinanceConfig)
+
+    @property
+    def universe(self) -> list[str]:
+        """The assets: ``symbols``, or ``[symbol]`` when that list is empty."""
+        return list(self.symbols) or [self.symbol]
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ class SplitConfig:
 
     def boundaries(self) -> dict[str, tuple[dt.datetime, dt.datetime]]:
         names = ("train_start", "val_start", "test_start", "backtest_start", "backtest_end")
-        stamps = [_parse_date(getattr(self, n), f"split.{n}") for n in names]
+        stamps = [parse_date(getattr(self, n), f"split.{n}") for n in names]
         for i in range(1, len(names)):
             if stamps[i] <= stamps[i - 1]:
                 raise ConfigError(
@@ -115,6 +122,27 @@ class SplitConfig:
                 )
         splits = ("train", "val", "test", "backtest")
         return {s: (stamps[i], stamps[i + 1]) for i, s in enumerate(splits)}
+
+
+FoldScheme = Literal["single", "expanding", "rolling"]
+
+
+@dataclass(frozen=True)
+class FoldsConfig:
+    """Walk-forward folds (``diffquant.folds``). Test windows tile: each fold's test starts where the last ended,
+    so the step is ``test_months`` and the tests concatenate into one out-of-sample track.
+
+    ``single`` is the ``split:`` protocol: one train and val, and the test and backtest quarters as two folds.
+    """
+
+    scheme: FoldScheme = "single"
+    train_start: str = "2024-01-01"  # expanding: where every fold's train window starts
+    train_months: int = _f(12, **_range(1))  # rolling: train window length
+    val_months: int = _f(3, **_range(1))
+    test_months: int = _f(3, **_range(1))
+    first_test: str = "2024-07-01"
+    last_test_end: str = "2026-01-01"
+    embargo_bars: int = _f(0, **_range(0))  # bars dropped between train and val and between val and test
 
 
 @dataclass(frozen=True)
@@ -201,6 +229,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = _f(0, **_range(0))  # 0: leave torch's default
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44, 45, 46])  # one model per seed
+    universe: Literal["pooled", "per_asset"] = "pooled"  # one policy for all assets, or one per asset
 
 
 @dataclass(frozen=True)
@@ -261,6 +290,7 @@ class Config:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -274,6 +304,11 @@ class Config:
         """Cross-field rules; returns self so ``load`` can chain it."""
         self.split.boundaries()
         d = self.data
+        if d.start is not None:
+            parse_date(d.start, "data.start")
+        universe = d.universe
+        if len(set(universe)) != len(universe) or any(not s for s in universe):
+            raise ConfigError(f"data.symbols must list distinct, non-empty symbols, got {d.symbols}")
         if d.source == "file" and not d.path:
             raise ConfigError("data.source is 'file' but data.path is empty: set data.path to a CSV or parquet file")
         if self.features.preset == "custom" and not self.features.custom_columns:
@@ -309,7 +344,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _parse_date(value: str, key: str) -> dt.datetime:
+def parse_date(value: str, key: str) -> dt.datetime:
     try:
         return dt.datetime.strptime(str(value), "%Y-%m-%d").replace(tzinfo=dt.UTC)
     except ValueError:

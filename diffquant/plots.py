@@ -90,3 +90,52 @@ def plot_history(histories: dict[str, list[dict[str, Any]]], path: str | Path) -
     ax_val.set_ylabel("val Sharpe")
     ax_val.set_xlabel("epoch")
     _save(fig, path)
+
+
+def plot_stitched(tracks: dict[str, pd.DataFrame], books: tuple[str, ...], path: str | Path) -> None:
+    """One panel per track (the universe book first, then each asset): the equity of each book over the stitched
+    out-of-sample bars, fold boundaries as thin vertical lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 2.2 * len(tracks) + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(tracks), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, track) in zip(axes, tracks.items(), strict=True):
+        for book in [b for b in books if b in track.columns]:
+            grey = book == "buy_and_hold"
+            ax.plot(
+                track["time"],
+                (1.0 + track[book]).cumprod(),
+                lw=1.0 if grey else 1.3,
+                color="grey" if grey else None,
+                label=book.replace("_", " "),
+            )
+        starts = track["time"][track["fold"] != track["fold"].shift()]
+        for t in starts.iloc[1:]:
+            ax.axvline(t, color="black", lw=0.3, alpha=0.5)
+        ax.axhline(1.0, color="black", lw=0.5)
+        ax.set_ylabel(name)
+    axes[0].legend(loc="upper left", fontsize="small", ncol=len(books))
+    axes[0].set_title("stitched out-of-sample equity (each fold trades what was trained and chosen before it)")
+    _save(fig, path)
+
+
+def plot_fold_heatmap(table: pd.DataFrame, value: str, path: str | Path) -> None:
+    """Asset x fold heat map of ``value`` (e.g. the policy's test Sharpe minus buy-and-hold's), centred on zero."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = table.pivot(index="asset", columns="fold", values=value)
+    fig = Figure(figsize=(max(6.0, 0.7 * grid.shape[1] + 3), 0.45 * grid.shape[0] + 1.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    limit = float(abs(grid).max().max()) or 1.0
+    image = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=60, fontsize="small")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    for (i, j), v in pd.DataFrame(grid.to_numpy()).stack().items():
+        ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize="x-small")
+    fig.colorbar(image, ax=ax, label=value.replace("_", " "))
+    ax.set_title(f"{value.replace('_', ' ')} per asset and test fold (blank: asset left out)")
+    _save(fig, path)

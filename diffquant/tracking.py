@@ -375,3 +375,56 @@ class SeedRuns:
         for run in (self._children.get(seed), self.parent):
             if run is not None:
                 run.finish(status)
+
+
+class StudyRuns:
+    """A walk-forward study in MLflow: one parent run per execution, one child per fold x model group x seed (and
+    kind), each fed by the ``SeedHooks`` that :meth:`hooks` returns. The parent's id goes to ``run_file`` so the
+    study stage logs its pooled results into it."""
+
+    def __init__(self, root: Path, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], run_file: Path):
+        self.root, self.run_name, self.run_file = root, run_name, run_file
+        self.params, self.tags = dict(params), dict(tags)
+        self._parent: Run | None = None
+
+    @property
+    def parent(self) -> Run:
+        """Opened on first use, so a study that has nothing new to train opens no run."""
+        if self._parent is None:
+            self._parent = start_run(self.root, self.run_name, {**self.tags, "role": "study"})
+            self._parent.log_params(self.params)
+            self.run_file.parent.mkdir(parents=True, exist_ok=True)
+            self.run_file.write_text(json.dumps({"run_id": self._parent.run_id}) + "\n")
+        return self._parent
+
+    def hooks(self, fold: str, group: str, kind: str) -> _FoldSeedHooks:
+        return _FoldSeedHooks(self, fold, group, kind)
+
+
+class _FoldSeedHooks:
+    """``SeedHooks`` of one fold's model group: a child run per seed named ``<fold> <group> <kind> seed <s>``."""
+
+    def __init__(self, study: StudyRuns, fold: str, group: str, kind: str) -> None:
+        self.study, self.fold, self.group, self.kind = study, fold, group, kind
+        self._runs: dict[int, Run] = {}
+
+    def begin(self, resuming: bool) -> None:
+        """Nothing to open: the parent is opened on the first seed."""
+
+    def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
+        tags = {"fold": self.fold, "group": self.group, "seed": str(seed), "role": f"study_{self.kind}_seed"}
+        run = start_child(self.study.parent, f"{self.fold} {self.group} {self.kind} seed {seed}", tags)
+        run.log_history(finished)
+        self._runs[seed] = run
+
+    def epoch(self, seed: int, record: dict[str, Any]) -> None:
+        self._runs[seed].log_history([record])
+
+    def finished(self, seed: int, outcome: Any) -> None:
+        self._runs[seed].log_metrics(outcome.run_metrics(), step=len(outcome.result.history))
+        self._runs[seed].finish()
+
+    def failed(self, seed: int, exc: BaseException) -> None:
+        run = self._runs.get(seed)
+        if run is not None:
+            run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

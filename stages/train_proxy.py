@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     val = Series.load(root / args.split / "val.npz")
     params = {k: v for k, v in flatten(cfg.to_dict()).items() if k.startswith(SHARED_PARAMS)}
     runs = tracking.SeedRuns(root, f"{cfg.experiment}/mse_proxy", "proxy", params, {})
-    outcomes = train_proxies(cfg, train, val, out, runs)
+    outcomes = train_proxies(cfg, [train], [val], out, runs)
     for seed, o in outcomes.items():
         log.info(
             "proxy seed %d: best epoch %s, val MSE %.4f, IC %+.4f",
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = {str(s): o.summary() for s, o in outcomes.items()}
     metrics = {
         "trained": True,
-        "target_scale": target_scale(cfg, train),
+        "target_scale": target_scale(cfg, [train]),
         "seeds": seeds,
         "val_ic": distribution([s["val_ic"] for s in seeds.values()]),
     }

@@ -166,6 +166,20 @@ def make_splits(
     Raises ``ConfigError`` naming the ``split.*`` key when a split has no bars or no sample, when a quarter's
     warm-up lies before the data, or when a quarter ends after the data.
     """
+    ranges = {k: (_unix_ms(a), _unix_ms(b)) for k, (a, b) in split_cfg.boundaries().items()}
+    return cut_windows(features_df, ranges, SPLIT_KEYS, window_cfg, execution_lag_bars, timeframe_minutes)
+
+
+def cut_windows(
+    features_df: pd.DataFrame,
+    ranges: dict[str, tuple[int, int]],
+    keys: dict[str, tuple[str, str]],
+    window_cfg: WindowConfig,
+    execution_lag_bars: int,
+    timeframe_minutes: int,
+) -> tuple[Samples, dict[str, Series], dict[str, Any]]:
+    """The cut behind :func:`make_splits` and every walk-forward fold: ``ranges`` are half-open Unix-ms windows,
+    ``"train"`` and then the evaluation windows in order; ``keys`` name the params that bound each, for errors."""
     names = feature_columns(features_df)
     missing_cols = [c for c in ("open_time", "close", "funding_rate") if c not in features_df.columns]
     if missing_cols or not names or features_df.empty:
@@ -182,13 +196,12 @@ def make_splits(
         "data.timeframe_minutes must be the timeframe of the features: re-run the aggregate and features stages",
     )
     x = features_df[[FEATURE_PREFIX + n for n in names]].to_numpy(dtype=np.float32)
-    close = features_df["close"].to_numpy(dtype=np.float64)
-    funding = features_df["funding_rate"].to_numpy(dtype=np.float64)
+    close = features_df["close"].to_numpy(dtype=np.float64, copy=True)  # writable: torch reads these in place
+    funding = features_df["funding_rate"].to_numpy(dtype=np.float64, copy=True)
     gap_before = np.r_[False, np.diff(ms) != tf_ms]
     gap_count = np.cumsum(gap_before)
     missing = np.r_[0, np.diff(ms) // tf_ms - 1]  # bars missing before each row
-    dates = split_cfg.boundaries()
-    bounds = {k: np.searchsorted(ms, [_unix_ms(a), _unix_ms(b)]) for k, (a, b) in dates.items()}
+    bounds = {k: np.searchsorted(ms, [a, b]) for k, (a, b) in ranges.items()}
 
     def range_stats(lo: int, hi: int) -> dict[str, Any]:
         return {
@@ -204,7 +217,7 @@ def make_splits(
     starts = _train_samples(gap_count, lo, hi, length, window_cfg.stride)
     if len(starts) == 0:
         raise ConfigError(
-            f"no training sample: [{SPLIT_KEYS['train'][0]}, {SPLIT_KEYS['train'][1]}) holds {hi - lo} bars but a "
+            f"no training sample: [{keys['train'][0]}, {keys['train'][1]}) holds {hi - lo} bars but a "
             f"sample needs window.context + window.horizon = {length} consecutive bars without a gap; "
             f"{_data_span(ms)}. Move the split dates or shorten the window"
         )
@@ -216,9 +229,9 @@ def make_splits(
     # The train range as one continuous series as well (its warm-up is its own first bars): the MSE proxy fits
     # next-horizon returns at every bar, which the episodes of ``samples`` can not give near their ends.
     series = {"train_series": Series(x[lo:hi], close[lo:hi], funding[lo:hi], ms[lo:hi], warmup, tf_ms, names)}
-    for name in EVAL_SPLITS:
+    for name in [k for k in ranges if k != "train"]:
         lo, hi = bounds[name]
-        _check_quarter(name, *dates[name], ms, tf_ms, lo, hi, warmup)
+        _check_quarter(name, *ranges[name], keys[name], ms, tf_ms, lo, hi, warmup)
         part = slice(lo - warmup, hi)
         series[name] = Series(x[part], close[part], funding[part], ms[part], warmup, tf_ms, names)
         stats[name] = {
@@ -230,16 +243,25 @@ def make_splits(
 
 
 def _check_quarter(
-    name: str, start: dt.datetime, end: dt.datetime, ms: np.ndarray, tf_ms: int, lo: int, hi: int, warmup: int
+    name: str,
+    start_ms: int,
+    end_ms: int,
+    keys: tuple[str, str],
+    ms: np.ndarray,
+    tf_ms: int,
+    lo: int,
+    hi: int,
+    warmup: int,
 ) -> None:
     """Refuse a quarter without bars, one the data ends inside, and one without its warm-up."""
-    start_key, end_key = SPLIT_KEYS[name]
+    start_key, end_key = keys
+    start, end = (dt.datetime.fromtimestamp(v / 1000, dt.UTC) for v in (start_ms, end_ms))
     if hi == lo:
         raise ConfigError(
             f"{start_key} .. {end_key} ({start:%Y-%m-%d} .. {end:%Y-%m-%d}) holds no bar: {_data_span(ms)}. "
             "Set the split dates inside the data"
         )
-    if _unix_ms(end) > ms[-1] + tf_ms:
+    if end_ms > ms[-1] + tf_ms:
         raise ConfigError(
             f"{end_key} ({end:%Y-%m-%d}) is after the end of the data ({_data_span(ms)}): the {name} quarter would "
             f"be cut short. Set {end_key} no later than the last bar's close, or provide more data"

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import torch
 
-from diffquant.config import Config
+from diffquant.config import Config, Hysteresis
 from diffquant.data.contracts import write_csv, write_json
 from diffquant.data.features import mirror_spec
 from diffquant.data.splits import Samples, Series
@@ -53,17 +54,29 @@ VAL_HISTORY_COLUMNS = (
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The train samples and the val series a policy trains and validates on (``data_source/split``)."""
+    """The train samples and the val series a policy trains and validates on: one val series per asset (the split
+    stage's one, or every asset of a walk-forward fold, whose samples are then pooled over the assets)."""
 
     samples: Samples
-    val: Series
-    digest: str = ""  # hash of the two files: a checkpoint trained on other data is not resumed
+    val: tuple[Series, ...]
+    digest: str = ""  # hash of the inputs: a checkpoint trained on other data is not resumed
     source: str = ""  # where the samples came from, for error messages
 
     @classmethod
     def load(cls, split_dir: Path) -> TrainingData:
         paths = [Path(split_dir) / "train.npz", Path(split_dir) / "val.npz"]
-        return cls(Samples.load(paths[0]), Series.load(paths[1]), content_hash(paths), str(paths[0]))
+        return cls(Samples.load(paths[0]), (Series.load(paths[1]),), content_hash(paths), str(paths[0]))
+
+
+def validation_metrics(
+    scorer: Scorer, model: PolicyNetwork, val: tuple[Series, ...], hysteresis: Hysteresis
+) -> dict[str, float]:
+    """A val check: the walk-forward metrics of one series, or each metric's mean over the assets' series (so
+    checkpoint selection weighs every asset alike; one asset gives exactly its own metrics)."""
+    per_asset = [scorer.policy(model, series, hysteresis)[1] for series in val]
+    if len(per_asset) == 1:
+        return per_asset[0]
+    return {k: float(np.mean([m[k] for m in per_asset])) for k in per_asset[0]}
 
 
 def resume_spec(cfg: Config, data: TrainingData, seed: int) -> ResumeSpec:
@@ -91,7 +104,8 @@ def train_policy(
     progress: bool = True,
 ) -> TrainResult:
     """One seed's policy trained into ``out_dir`` (resumed from its ``last.pt`` when that matches), validated by
-    walk-forward on ``data.val`` with ``eval.hysteresis``; callbacks as :func:`~diffquant.train.trainer.fit_task`."""
+    walk-forward on ``data.val`` (:func:`validation_metrics`) with ``eval.hysteresis``; callbacks as
+    :func:`~diffquant.train.trainer.fit_task`."""
     names = data.samples.feature_names
     seed_everything(seed)
     model = PolicyNetwork(cfg.model, len(names), cfg.window.context).to(resolve_device(cfg.train.device))
@@ -101,7 +115,7 @@ def train_policy(
     return fit(
         model,
         episodes_from_arrays(s.features, s.close, s.funding, cfg.window.context),
-        lambda m: scorer.policy(m, data.val, cfg.eval.hysteresis)[1],
+        lambda m: validation_metrics(scorer, m, data.val, cfg.eval.hysteresis),
         Objective(cfg.loss, cfg.sim.smooth_abs_eps),
         cfg.sim,
         cfg.train,

@@ -33,6 +33,18 @@ class ForecastSet:
     def to(self, device: torch.device) -> ForecastSet:
         return ForecastSet(self.windows.to(device), self.rows.to(device), self.target.to(device))
 
+    @staticmethod
+    def concat(sets: list[ForecastSet]) -> ForecastSet:
+        """Several series' sets as one (a pooled universe); a single set is returned as it is."""
+        if len(sets) == 1:
+            return sets[0]
+        offsets = np.cumsum([0] + [len(s.windows) for s in sets[:-1]])
+        return ForecastSet(
+            torch.cat([s.windows for s in sets]),
+            torch.cat([s.rows + int(o) for s, o in zip(sets, offsets, strict=True)]),
+            torch.cat([s.target for s in sets]),
+        )
+
 
 def horizon_log_returns(series: SeriesLike, context: int, horizon: int, lag: int) -> tuple[np.ndarray, np.ndarray]:
     """Decision bars k with a full gap-free window and target, and their next-horizon log returns (float64)."""

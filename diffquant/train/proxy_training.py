@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +57,11 @@ class ProxyOutcome:
         return {**self.quality, "train_seconds": self.seconds}
 
 
-def target_scale(cfg: Config, train: Series) -> float:
-    """The spread of the next-horizon log returns on the train bars: the forecasts' unit."""
-    _, returns = horizon_log_returns(train, cfg.window.context, cfg.window.horizon, cfg.sim.execution_lag_bars)
-    return float(np.std(returns))
+def target_scale(cfg: Config, train: Sequence[Series]) -> float:
+    """The spread of the next-horizon log returns on the train bars (of every asset): the forecasts' unit."""
+    w = cfg.window
+    returns = [horizon_log_returns(s, w.context, w.horizon, cfg.sim.execution_lag_bars)[1] for s in train]
+    return float(np.std(np.concatenate(returns)))
 
 
 def resume_spec(cfg: Config, feature_names: list[str], scale: float, seed: int) -> ResumeSpec:
@@ -73,13 +75,20 @@ def resume_spec(cfg: Config, feature_names: list[str], scale: float, seed: int) 
     return ResumeSpec(checkpoint.policy_spec(cfg.model, feature_names, cfg.window.context), seed, training)
 
 
-def train_proxies(cfg: Config, train: Series, val: Series, out: Path, hooks: SeedHooks) -> dict[int, ProxyOutcome]:
-    """Every seed's forecaster into ``<out>/seed_<s>/``; both checkpoints calibrated and rewritten."""
+def train_proxies(
+    cfg: Config, train: Sequence[Series], val: Sequence[Series], out: Path, hooks: SeedHooks
+) -> dict[int, ProxyOutcome]:
+    """Every seed's forecaster into ``<out>/seed_<s>/``, fitted on the train series of every asset given (pooled);
+    both checkpoints calibrated and rewritten."""
     ctx, horizon, lag = cfg.window.context, cfg.window.horizon, cfg.sim.execution_lag_bars
     scale = target_scale(cfg, train)
     device = resolve_device(cfg.train.device)
-    train_set, val_set = (forecast_set(s, ctx, horizon, lag, scale).to(device) for s in (train, val))
-    specs = {s: resume_spec(cfg, train.feature_names, scale, s) for s in cfg.train.seeds}
+    train_set, val_set = (
+        ForecastSet.concat([forecast_set(s, ctx, horizon, lag, scale) for s in series]).to(device)
+        for series in (train, val)
+    )
+    names = train[0].feature_names
+    specs = {s: resume_spec(cfg, names, scale, s) for s in cfg.train.seeds}
     hooks.begin(any(completed_epochs(layout.seed_dir(out, s), specs[s]) for s in cfg.train.seeds))
     layout.prune(out, cfg.train.seeds)
     outcomes = {}
@@ -89,7 +98,7 @@ def train_proxies(cfg: Config, train: Series, val: Series, out: Path, hooks: See
         t0 = time.perf_counter()
         try:
             seed_everything(seed)
-            model = Forecaster(cfg.model, len(train.feature_names), ctx).to(device)
+            model = Forecaster(cfg.model, len(names), ctx).to(device)
             task = ForecastTask(train_set, cfg.baselines.proxy_batch_windows)
             result = fit_task(
                 model,

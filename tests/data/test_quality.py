@@ -13,7 +13,7 @@ import pytest
 
 from diffquant.data.contracts import validate_bars
 from diffquant.data.quality import quality_report
-from diffquant.data.sources import load_bundled
+from diffquant.data.sources import apply_start, load_bundled
 
 BUNDLED = Path(__file__).resolve().parents[2] / "data_source" / "bundled"
 MIN = 60_000
@@ -21,7 +21,7 @@ MIN = 60_000
 
 @pytest.fixture(scope="module")
 def shipped() -> dict[str, Any]:
-    return quality_report(load_bundled(BUNDLED).bars, 5)
+    return quality_report(apply_start(load_bundled(BUNDLED, "BTCUSDT", 5), "2024-01-01").bars, 5)
 
 
 def run_at(report: dict[str, Any], start: str) -> dict[str, Any]:

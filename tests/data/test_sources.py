@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from diffquant.config import DataConfig, from_dict
-from diffquant.data.sources import close_to_open, load_bundled, load_source
+from diffquant.data.sources import close_to_open, load_bundled, load_source, load_universe
 from diffquant.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,12 +51,16 @@ def test_bundled_loads_the_shipped_files() -> None:
     assert list(raw.bars.columns) == ["open_time", "open", "high", "low", "close", "volume"]
     assert str(raw.bars["open_time"].dtype) == "datetime64[ms, UTC]"
     assert np.all(np.diff(frame_ms(raw.bars)) == 5 * MIN)
+    # Every 5-minute file is read (2023 too) and the longest funding file; data.start keeps 2024-2025.
     assert raw.meta["inputs"] == {
+        "data_source/bundled/BTCUSDT_USDM_5m_2023.csv.gz": (
+            "79db2883113368e1ed49acf1307f93208936acbf05f906319369a6ecc5749299"
+        ),
         "data_source/bundled/BTCUSDT_USDM_5m_2024-2025.csv.gz": (
             "1f683712bff07841eb817cebe091328ec914291c710567bac23b3fcb91ed7d8c"
         ),
-        "data_source/bundled/BTCUSDT_USDM_funding_8h_2024-2025.csv": (
-            "6fdce4eef2f52ed719e9d425ae9c8ec968570cd868bb116aabdb910cd04366f8"
+        "data_source/bundled/BTCUSDT_USDM_funding_8h_2019-2025.csv": (
+            "d142cf866590968994a79158633efba913924c40b7e8e4ed7f510b34af6bd34e"
         ),
     }
     assert raw.meta | {"inputs": None} == {
@@ -66,17 +70,18 @@ def test_bundled_loads_the_shipped_files() -> None:
         "stamp": "open_time",
         "inputs": None,
         "funding_available": True,
+        "start": "2024-01-01",
     }
 
 
 @pytest.fixture
 def tampered_root(tmp_path: Path) -> Path:
-    """A repository root whose bundled funding file differs from the shipped one by one digit (still valid CSV)."""
+    """A repository root whose BTC funding file (the one the default reads) differs by one digit (still valid CSV)."""
     folder = tmp_path / "data_source" / "bundled"
     folder.mkdir(parents=True)
     for f in BUNDLED.iterdir():
         shutil.copyfile(f, folder / f.name)
-    funding = folder / "BTCUSDT_USDM_funding_8h_2024-2025.csv"
+    funding = folder / "BTCUSDT_USDM_funding_8h_2019-2025.csv"
     funding.write_text(funding.read_text().replace("0.00037409", "0.00037408", 1))
     return tmp_path
 
@@ -84,13 +89,14 @@ def tampered_root(tmp_path: Path) -> Path:
 def test_bundled_refuses_a_tampered_copy(tampered_root: Path) -> None:
     folder = tampered_root / "data_source" / "bundled"
     with pytest.raises(DataError, match="sha256") as err:
-        load_bundled(folder)
-    assert str(folder / "BTCUSDT_USDM_funding_8h_2024-2025.csv") in str(err.value)
+        load_bundled(folder, "BTCUSDT", 30)
+    assert str(folder / "BTCUSDT_USDM_funding_8h_2019-2025.csv") in str(err.value)
 
 
-def test_bundled_is_btcusdt_only() -> None:
-    with pytest.raises(ConfigError, match=r"data\.symbol"):
-        load_bundled(BUNDLED, "ETHUSDT")
+def test_bundled_refuses_an_unshipped_symbol() -> None:
+    shipped = "ADAUSDT, AVAXUSDT, BNBUSDT, BTCUSDT, DOGEUSDT, ETHUSDT, LINKUSDT, LTCUSDT, SOLUSDT, XRPUSDT"
+    with pytest.raises(ConfigError, match=rf"data\.symbols: 'PEPEUSDT' .* ships {shipped};"):
+        load_bundled(BUNDLED, "PEPEUSDT", 30)
 
 
 # --- file ------------------------------------------------------------------------------------------------------------
@@ -389,6 +395,20 @@ def test_binance_reads_monthly_archives(two_months: tuple[Path, str, np.ndarray]
     assert len(raw.funding) == 2 and raw.meta["funding_available"] is True
     assert len(raw.meta["inputs"]) == 4 and all(k.startswith(url) for k in raw.meta["inputs"])
     assert raw.meta["source_minutes"] == 5
+
+
+def test_binance_downloads_each_symbol(two_months: tuple[Path, str, np.ndarray]) -> None:
+    www, url, opens = two_months
+    for src in [p for p in (www / UM).rglob("*") if p.is_file()]:  # the same months again, as ETHUSDT
+        dst = www / str(src.relative_to(www)).replace("BTCUSDT", "ETHUSDT")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    binance = {"base_url": url, "start_month": "2024-01", "end_month": "2024-02"}
+    raws = load_universe(data_cfg(source="binance", symbols=["ETHUSDT", "BTCUSDT"], binance=binance), Path("."))
+    assert list(raws) == ["ETHUSDT", "BTCUSDT"]
+    for symbol, raw in raws.items():
+        assert raw.meta["symbol"] == symbol and all(f"/{symbol}/" in k for k in raw.meta["inputs"])
+        np.testing.assert_array_equal(frame_ms(raw.bars), opens)
 
 
 def test_binance_without_funding(two_months: tuple[Path, str, np.ndarray]) -> None:

@@ -1,43 +1,137 @@
-"""The shipped offline default: Binance USD-M BTCUSDT 5-minute bars and 8-hour funding, 2024-2025.
+"""The shipped offline data: Binance USD-M perpetual bars and 8-hour funding for ten assets, in data_source/bundled.
 
-Both files are checked against their sha256 on every load (see ``data_source/README`` for provenance).
+Every file is listed in ``SHIPPED`` with its sha256 and checked on every load (``data_source/README.md`` gives the
+provenance). An asset may ship at several resolutions; a run reads the coarsest one that its timeframe is a multiple
+of, so BTC at 30 minutes reads the 5-minute files (2023, 2024-2025) and BTC at 1 hour the long 1-hour file.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
+from typing import Literal
+
+import pandas as pd
 
 from diffquant.data.contracts import BAR_COLUMNS, PRICE_COLUMNS, check_columns, validate_bars, validate_funding
 from diffquant.data.sources._common import RawData, check_resolution, checked_sha256, make_meta, read_table
-from diffquant.errors import ConfigError
+from diffquant.errors import ConfigError, DataError
 
 BUNDLED_DIR = Path("data_source/bundled")
-SYMBOL = "BTCUSDT"
-MINUTES = 5
-BARS_FILE = ("BTCUSDT_USDM_5m_2024-2025.csv.gz", "1f683712bff07841eb817cebe091328ec914291c710567bac23b3fcb91ed7d8c")
-FUNDING_FILE = (
-    "BTCUSDT_USDM_funding_8h_2024-2025.csv",
-    "6fdce4eef2f52ed719e9d425ae9c8ec968570cd868bb116aabdb910cd04366f8",
+_NAME = re.compile(
+    r"(?P<symbol>[A-Z0-9]+)_USDM_(?:(?P<bar>\d+[mh])|funding_8h)"
+    r"_(?P<first>\d{4})(?:-(?P<last>\d{4}))?\.csv(?:\.gz)?"
 )
+_FILES = {
+    "ADAUSDT_USDM_1h_2020-2025.csv.gz": "1c6270b7dd6b253cf7f5cc09c30d645a997efa14ab253d6149e881fd6eebd772",
+    "ADAUSDT_USDM_funding_8h_2020-2025.csv": "b808619aa05aff132e0e0eafd20eadc1fa2e6e35f148679393ed161812d3d2c0",
+    "AVAXUSDT_USDM_1h_2024-2025.csv.gz": "1c321064d49a1e703db15e573061fa42fa555390edd8dd5d834e7eb5c89cca63",
+    "AVAXUSDT_USDM_funding_8h_2024-2025.csv": "de9ba4e5f9042fb53e3802727b6cce4d1bbf57908edb9c6e18d4a7133624bd0c",
+    "BNBUSDT_USDM_1h_2024-2025.csv.gz": "38996475b90629e0f4d3d2b6dfd33ff75c1072002d3044433f8fc9f23fa78c80",
+    "BNBUSDT_USDM_funding_8h_2024-2025.csv": "51107283cdc211f5604e670bcf098766760387bc4d24db844f329516c7d660f9",
+    "BTCUSDT_USDM_1h_2019-2025.csv.gz": "8ced42be86d53fcfc7000e82acd512650fe19e8920d8193b9664c04431d6dae4",
+    "BTCUSDT_USDM_5m_2023.csv.gz": "79db2883113368e1ed49acf1307f93208936acbf05f906319369a6ecc5749299",
+    "BTCUSDT_USDM_5m_2024-2025.csv.gz": "1f683712bff07841eb817cebe091328ec914291c710567bac23b3fcb91ed7d8c",
+    "BTCUSDT_USDM_funding_8h_2019-2025.csv": "d142cf866590968994a79158633efba913924c40b7e8e4ed7f510b34af6bd34e",
+    "BTCUSDT_USDM_funding_8h_2024-2025.csv": "6fdce4eef2f52ed719e9d425ae9c8ec968570cd868bb116aabdb910cd04366f8",
+    "DOGEUSDT_USDM_1h_2024-2025.csv.gz": "6523884e94c5e9b031af6df8baf4faf8ba9d5bbbeb0408a56a76c49e156ead74",
+    "DOGEUSDT_USDM_funding_8h_2024-2025.csv": "c7bbe418deaf63bb32ba08a7b38730a3f1a3a3b47d7749b8785a28a6dd7fd418",
+    "ETHUSDT_USDM_1h_2019-2025.csv.gz": "2a2631f27a64ec376c992aab42388f40e956ce4b2c56be8beef5a2d45a585bd3",
+    "ETHUSDT_USDM_funding_8h_2019-2025.csv": "49b0dca8f97032b1809cf005d70426919d7c8940f450b6958d50a2aff30a879a",
+    "LINKUSDT_USDM_1h_2024-2025.csv.gz": "6ade2f8185ff5d23851c063849779c268f19a7ef1f3af175891c40fa2d250f38",
+    "LINKUSDT_USDM_funding_8h_2024-2025.csv": "30f91069d66a5abb984f831cf633e2768d976a17d2e4644ca068fdd0d1994d0e",
+    "LTCUSDT_USDM_1h_2020-2025.csv.gz": "6a496ce922f6d4d874f2b8e8671e089cd029de7862046522d3274550be503f76",
+    "LTCUSDT_USDM_funding_8h_2020-2025.csv": "dec28e497f99235949c659632f6c3164193c1fbb696406305d23574eac9c0ada",
+    "SOLUSDT_USDM_5m_2024-2025.csv.gz": "caf6d1fbd7ec6d54300df9b0e659b7d46ca4345b321cb8b11078332d6c19796e",
+    "SOLUSDT_USDM_funding_8h_2024-2025.csv": "38ef5e055c2ec96ec18a96b0aa26b62502c9634cc6568c2f33cc14b81958edf4",
+    "XRPUSDT_USDM_1h_2020-2025.csv.gz": "38e366fab156a4c6f09019f939f14d7d472125fa1d90c71f226b1837385dacbf",
+    "XRPUSDT_USDM_funding_8h_2020-2025.csv": "7ab0429184eb50cd88e34341b3ad32c5564f23a3e8183854e0dbcf22baf9bf38",
+}
 
 
-def load_bundled(directory: Path, symbol: str = SYMBOL) -> RawData:
-    """Load the shipped files from ``directory`` (a parameter so tests can point it at a tampered copy)."""
-    if symbol != SYMBOL:
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped file; ``minutes`` is the bar length (None for funding), ``years`` the span its name states."""
+
+    symbol: str
+    kind: Literal["bars", "funding"]
+    minutes: int | None
+    name: str
+    sha256: str
+    years: tuple[int, int]
+
+    @classmethod
+    def from_name(cls, name: str, sha256: str) -> Shipped:
+        """Everything but the hash is read from the name, so the registry cannot contradict the file names."""
+        m = _NAME.fullmatch(name)
+        if m is None:
+            raise ValueError(f"{name}: not a shipped-file name (SYMBOL_USDM_<5m|1h|funding_8h>_YYYY[-YYYY].csv[.gz])")
+        bar = m["bar"]  # "5m", "1h"; None for a funding file
+        minutes = None if bar is None else int(bar[:-1]) * (60 if bar.endswith("h") else 1)
+        years = (int(m["first"]), int(m["last"] or m["first"]))
+        return cls(m["symbol"], "funding" if minutes is None else "bars", minutes, name, sha256, years)
+
+
+SHIPPED = tuple(Shipped.from_name(name, digest) for name, digest in _FILES.items())
+SYMBOLS = tuple(sorted({f.symbol for f in SHIPPED}))
+
+
+def load_bundled(directory: Path, symbol: str, timeframe_minutes: int) -> RawData:
+    """Load ``symbol``'s shipped bars for ``timeframe_minutes`` and its longest funding file from ``directory``."""
+    files = [f for f in SHIPPED if f.symbol == symbol]
+    if not files:
         raise ConfigError(
-            f"data.symbol is {symbol!r} but the bundled data is {SYMBOL} only; "
-            "use data.source: binance or file for another symbol"
+            f"data.symbols: {symbol!r} is not in the bundled data, which ships {', '.join(SYMBOLS)}; "
+            "pick one of those, or use data.source: binance or file for another symbol"
         )
-    bars_path, funding_path = directory / BARS_FILE[0], directory / FUNDING_FILE[0]
-    inputs = {str(bars_path): checked_sha256(bars_path, BARS_FILE[1])}
-    inputs[str(funding_path)] = checked_sha256(funding_path, FUNDING_FILE[1])
+    minutes = _resolution(files, symbol, timeframe_minutes)
+    funding_file = max((f for f in files if f.kind == "funding"), key=lambda f: f.years[1] - f.years[0])
 
-    raw = read_table(bars_path)
-    check_columns(raw, ("date", "open_time_ms", *PRICE_COLUMNS, "volume"), (), str(bars_path))
-    bars = validate_bars(raw.rename(columns={"open_time_ms": "open_time"})[list(BAR_COLUMNS)], str(bars_path))
-    check_resolution(bars, MINUTES, str(bars_path), "the bundled 5-minute bars")
+    inputs: dict[str, str] = {}
+    bars = _join([_read_bars(directory / f.name, f.sha256, minutes, inputs) for f in files if f.minutes == minutes])
+    funding = _read_funding(directory / funding_file.name, funding_file.sha256, inputs)
+    return RawData(bars, funding, make_meta("bundled", symbol, minutes, inputs, funding=True))
 
-    raw = read_table(funding_path)
-    check_columns(raw, ("funding_time_ms", "funding_rate"), (), str(funding_path))
-    funding = validate_funding(raw.rename(columns={"funding_time_ms": "funding_time"}), str(funding_path))
-    return RawData(bars, funding, make_meta("bundled", SYMBOL, MINUTES, inputs, funding=True))
+
+def _resolution(files: list[Shipped], symbol: str, timeframe_minutes: int) -> int:
+    """The coarsest shipped bar length that divides the timeframe: the fewest rows to read and aggregate."""
+    shipped = sorted({f.minutes for f in files if f.minutes is not None})
+    fits = [m for m in shipped if timeframe_minutes % m == 0]
+    if not fits:
+        raise ConfigError(
+            f"data.timeframe_minutes is {timeframe_minutes}, but the bundled {symbol} bars are "
+            f"{', '.join(map(str, shipped))} min and none divides it; choose a multiple of one of them"
+        )
+    return fits[-1]
+
+
+def _read_bars(path: Path, sha256: str, minutes: int, inputs: dict[str, str]) -> tuple[Path, pd.DataFrame]:
+    inputs[str(path)] = checked_sha256(path, sha256)
+    raw = read_table(path)
+    check_columns(raw, ("date", "open_time_ms", *PRICE_COLUMNS, "volume"), (), str(path))
+    bars = validate_bars(raw.rename(columns={"open_time_ms": "open_time"})[list(BAR_COLUMNS)], str(path))
+    check_resolution(bars, minutes, str(path), f"the bundled {minutes}-minute bars")
+    return path, bars
+
+
+def _join(parts: list[tuple[Path, pd.DataFrame]]) -> pd.DataFrame:
+    """Files of one resolution in time order; an overlap would mean two versions of a bar, so it is refused."""
+    parts = sorted(parts, key=lambda part: part[1]["open_time"].iloc[0])
+    for (before, a), (after, b) in pairwise(parts):
+        if a["open_time"].iloc[-1] >= b["open_time"].iloc[0]:
+            raise DataError(
+                f"{before} (to {a['open_time'].iloc[-1]}) and {after} (from {b['open_time'].iloc[0]}) overlap; "
+                "the shipped bar files of one resolution must follow each other: restore data_source/bundled"
+            )
+    if len(parts) == 1:
+        return parts[0][1]
+    return pd.concat([bars for _, bars in parts], ignore_index=True)
+
+
+def _read_funding(path: Path, sha256: str, inputs: dict[str, str]) -> pd.DataFrame:
+    inputs[str(path)] = checked_sha256(path, sha256)
+    raw = read_table(path)
+    check_columns(raw, ("funding_time_ms", "funding_rate"), (), str(path))
+    return validate_funding(raw.rename(columns={"funding_time_ms": "funding_time"}), str(path))

@@ -1,0 +1,206 @@
+"""One walk-forward fold end to end: train on its train window, choose on its val window, trade its test window.
+
+The same library calls as the one-asset chain (train, train-proxy, threshold-opt, evaluate), per fold:
+
+1. models: ``train.universe: pooled`` trains one policy (and one MSE proxy) per seed on the samples of every asset;
+   ``per_asset`` one per asset and seed. Each group trains into ``<fold>/models/<group>/{policy,proxy}/seed_<s>``
+   and resumes from there after a kill.
+2. choices on val, per asset: each seed's hysteresis (threshold search), the momentum lookback.
+3. the test window, per asset, through ``score_quarter``: every book with its metrics, PSR/DSR, bootstrap
+   intervals and cost sweep. The book starts flat at the fold's first test bar (what the evaluate stage does for
+   each quarter), so a fold's track depends on nothing but its own models and choices.
+
+``fold.json`` records the result under a key that hashes the config, the code and the fold's data (train, val and
+test, cut at the test end): a fold whose key is unchanged is not run again, so appending a fold or more data after
+a fold's end runs only what is new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diffquant.config import Config
+from diffquant.data.contracts import read_json, read_parquet, write_json, write_parquet
+from diffquant.data.splits import Samples
+from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
+from diffquant.evaluate.report import Judge, score_quarter, trials_tried
+from diffquant.evaluate.scoring import Scorer
+from diffquant.evaluate.threshold_search import search
+from diffquant.evaluate.tuned import TunedThresholds
+from diffquant.evaluate.walk_forward import Decisions, forecast_decisions, policy_decisions
+from diffquant.study.fold_data import AssetFold, FoldData
+from diffquant.train import checkpoint
+from diffquant.train.layout import checkpoint_path
+from diffquant.train.policy_training import SeedHooks, TrainingData, train_policies
+from diffquant.train.proxy_training import train_proxies
+from diffquant.train.resume import code_hash
+
+log = logging.getLogger(__name__)
+
+FOLD_JSON = "fold.json"
+PRODUCER = "the walk-forward folds stage (python -m stages.folds)"
+HooksFor = Callable[[str, str, str], SeedHooks]  # (fold, group, kind) -> hooks of that group's seeds
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What a fold hands to the study: per asset the judged entry of every book and the per-bar returns."""
+
+    name: str
+    key: str
+    fold: dict[str, str]
+    groups: dict[str, list[str]]  # model group -> the assets it trained on
+    entries: dict[str, dict[str, Any]]  # asset -> score_quarter's entry (+ "tuned": the val choices)
+    excluded: dict[str, str]
+    returns: dict[str, pd.DataFrame]  # asset -> time + one net-return column per book
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "returns"}
+
+
+def kinds(cfg: Config) -> list[str]:
+    return ["policy", "proxy"] if cfg.baselines.proxy else ["policy"]
+
+
+def model_groups(cfg: Config, assets: list[str]) -> dict[str, list[str]]:
+    return {"pooled": assets} if cfg.train.universe == "pooled" else {a: [a] for a in assets}
+
+
+def pooled_samples(parts: list[Samples]) -> Samples:
+    """The samples of several assets as one set (asset after asset; the trainer's shuffling mixes them)."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ("features", "close", "funding", "open_time")}
+    return Samples(**cat, feature_names=parts[0].feature_names)
+
+
+def fold_key(cfg: Config, data: FoldData) -> str:
+    """Everything a fold's result depends on; the ``folds:`` section only through the fold's own windows."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("folds", "optimize")}
+    payload = {
+        "config": settings,
+        "fold": data.fold.describe(),
+        "data": {s: a.digest for s, a in data.assets.items()},
+        "code": code_hash(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_group(cfg: Config, group: str, members: dict[str, AssetFold], out: Path, hooks_for: HooksFor, fold: str):
+    """Every seed's policy (and proxy) of one model group; returns {kind: {seed: model}} at ``eval.checkpoint``."""
+    digest = hashlib.sha256("".join(a.model_digest for a in members.values()).encode()).hexdigest()[:16]
+    parts = list(members.values())
+    data = TrainingData(
+        pooled_samples([a.samples for a in parts]), tuple(a.val for a in parts), digest, f"fold {fold} {group}"
+    )
+    train_policies(cfg, data, out / "policy", hooks_for(fold, group, "policy"))
+    if cfg.baselines.proxy:
+        train_proxies(
+            cfg,
+            [a.train_series for a in parts],
+            [a.val for a in parts],
+            out / "proxy",
+            hooks_for(fold, group, "proxy"),
+        )
+    names = parts[0].samples.feature_names
+    expected = checkpoint.policy_spec(cfg.model, names, cfg.window.context)
+    load = {"policy": checkpoint.load_policy, "proxy": checkpoint.load_forecaster}
+    return {
+        k: {str(s): load[k](checkpoint_path(out / k, s, cfg.eval.checkpoint), expected) for s in cfg.train.seeds}
+        for k in kinds(cfg)
+    }
+
+
+def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: dict[str, dict[str, Any]]):
+    """threshold-opt's choices for one asset: each model's hysteresis and the momentum lookback, on val only."""
+    decide = {"policy": policy_decisions, "proxy": forecast_decisions}
+    tuned: dict[str, dict[str, Any]] = {"policy": {}, "proxy": {}}
+    for kind, by_seed in models.items():
+        for seed, model in by_seed.items():
+            result = search(
+                asset.val,
+                decide[kind](model, asset.val),
+                scorer,
+                cfg.eval.hysteresis,
+                cfg.thresholds.trials,
+                cfg.thresholds.objective,
+                cfg.train.select_min_rebalances,
+                cfg.seed,
+            )
+            tuned[kind][seed] = result.tuned()
+    momentum, _ = choose_momentum(asset.val, cfg.baselines.momentum_lookbacks, scorer)
+    return TunedThresholds(cfg.eval.checkpoint, tuned["policy"], tuned["proxy"], momentum)
+
+
+def judge_test(cfg: Config, scorer: Scorer, asset: AssetFold, models, tuned: TunedThresholds):
+    """evaluate's scoring of the test window: the entry of every book and the per-bar net returns."""
+    bars_per_day = 24 * 60 // cfg.data.timeframe_minutes
+    bars_per_year = bars_per_day * cfg.eval.days_per_year
+    seeds = [str(s) for s in cfg.train.seeds]
+    trials = trials_tried(tuned, kinds(cfg), seeds, cfg.thresholds.trials, cfg.eval.prior_trials, bars_per_year)
+    judge = Judge(scorer, asset.test, bars_per_year, bars_per_day, cfg.seed, list(cfg.eval.cost_multipliers))
+    decide = {"policy": policy_decisions, "proxy": forecast_decisions}
+    decisions: dict[str, dict[str, Decisions]] = {
+        k: {s: decide[k](m, asset.test) for s, m in by_seed.items()} for k, by_seed in models.items()
+    }
+    records, entry = score_quarter(judge, decisions, tuned, trials)
+    books = {k: records[k]["ensemble"] for k in decisions} | {b: records[b] for b in ("momentum", "buy_and_hold")}
+    returns = {"time": records["buy_and_hold"].record["time"]}
+    for book, result in books.items():  # each book's net return and its cost, for the stitched cost sweep
+        returns[book] = result.record["net"]
+        returns[f"{book}_cost"] = result.record["commission"]
+    for kind in decisions:
+        returns.update({f"{kind}_seed_{s}": records[kind][s].record["net"] for s in seeds})
+    for n in cfg.baselines.momentum_lookbacks:  # every candidate: configurations the study tried (PBO)
+        returns[f"momentum_{n}"] = scorer.positions(asset.test, momentum_decisions(asset.test, n))[0].record["net"]
+    entry["tuned"] = tuned.to_dict()
+    entry["trials"] = trials.summary(bars_per_year)
+    return entry, pd.DataFrame({k: np.asarray(v) for k, v in returns.items()})
+
+
+def run_fold(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> FoldResult:
+    """The fold's result, from ``out/fold.json`` when its key still matches, else computed and written there."""
+    key = fold_key(cfg, data)
+    done = load_fold(out) if (out / FOLD_JSON).exists() else None
+    if done is not None and done.key == key:
+        log.info("fold %s: up to date (key %s), not run again", data.fold.name, key)
+        return done
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    groups = model_groups(cfg, list(data.assets))
+    entries, returns = {}, {}
+    for group, members in groups.items():
+        models = train_group(
+            cfg, group, {a: data.assets[a] for a in members}, out / "models" / group, hooks_for, data.fold.name
+        )
+        for symbol in members:
+            asset = data.assets[symbol]
+            tuned = choose_on_val(cfg, scorer, asset, models)
+            entries[symbol], returns[symbol] = judge_test(cfg, scorer, asset, models, tuned)
+            log.info(
+                "fold %s %s: policy ensemble Sharpe %+.3f | buy-and-hold %+.3f",
+                data.fold.name,
+                symbol,
+                entries[symbol]["policy"]["ensemble"]["metrics"]["sharpe"],
+                entries[symbol]["buy_and_hold"]["sharpe"],
+            )
+    result = FoldResult(data.fold.name, key, data.fold.describe(), groups, entries, data.excluded, returns)
+    for symbol, table in returns.items():
+        write_parquet(table, out / "returns" / f"{symbol}.parquet")
+    write_json(out / FOLD_JSON, result.to_dict())  # last: a fold without it is not done
+    return result
+
+
+def load_fold(out: Path) -> FoldResult:
+    raw = read_json(out / FOLD_JSON, PRODUCER)
+    returns = {s: read_parquet(out / "returns" / f"{s}.parquet", PRODUCER) for s in raw["entries"]}
+    return FoldResult(**raw, returns=returns)
