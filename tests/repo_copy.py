@@ -81,7 +81,7 @@ def make_repo(dst: Path, params: dict[str, Any] | None = None) -> Path:
         produced = rel.startswith(("outputs/", "mlruns/", "data_source/")) and not rel.startswith(
             "data_source/bundled/"
         )
-        if (REPO / rel).is_file() and not produced and rel != "dvc.lock":
+        if (REPO / rel).is_file() and not produced and not rel.endswith("dvc.lock"):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dst / rel)
     (dst / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))

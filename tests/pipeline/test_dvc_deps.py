@@ -249,13 +249,18 @@ def report(problems: dict[str, list[str]]) -> str:
     )
 
 
-def test_every_stage_declares_the_code_and_files_it_reads() -> None:
-    problems = dvc_problems(REPO / "dvc.yaml")
+PIPELINES = ("dvc.yaml", "walkforward/dvc.yaml")  # the walk-forward stages run at the repository root (wdir: ..)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_every_stage_declares_the_code_and_files_it_reads(pipeline: str) -> None:
+    problems = dvc_problems(REPO / pipeline)
     assert not problems, report(problems)
 
 
-def test_every_params_key_of_a_stage_is_in_its_params_file() -> None:
-    problems = params_problems(REPO / "dvc.yaml")
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_every_params_key_of_a_stage_is_in_its_params_file(pipeline: str) -> None:
+    problems = params_problems(REPO / pipeline)
     assert not problems, report(problems)
 
 

@@ -203,3 +203,48 @@ def test_mlflow_server_lists_the_run(repo: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+WALK_FORWARD = "walkforward/dvc.yaml"
+
+
+def _fold(repo: Path, name: str) -> dict:
+    return json.loads((repo / "outputs/folds" / name / "fold.json").read_text())
+
+
+def test_single_scheme_walk_forward_reproduces_the_evaluate_stage_exactly(repo: Path) -> None:
+    """folds.scheme: single = the split protocol: its two folds (test, backtest) are the evaluate stage's quarters,
+    number for number (same data path, models, thresholds and judge)."""
+    _run([sys.executable, "-m", "dvc", "repro", WALK_FORWARD], repo)
+    evaluated = json.loads((repo / "outputs/metrics/evaluate.json").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())["split"]
+    for split, start in (("test", params["test_start"]), ("backtest", params["backtest_start"])):
+        entry = _fold(repo, start)["entries"]["BTCUSDT"]
+        assert {k: v for k, v in entry.items() if k not in ("tuned", "trials")} == evaluated[split]
+    report = (repo / "outputs/study/report.md").read_text()
+    assert report.startswith("# ") and "universe book" in report and "PBO" in report
+
+
+def test_appending_a_fold_runs_only_that_fold(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["folds"].update(
+        scheme="expanding",
+        train_start="2025-01-01",
+        val_months=1,
+        test_months=1,
+        first_test="2025-03-01",
+        last_test_end="2025-04-01",
+    )
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([sys.executable, "-m", "dvc", "repro", WALK_FORWARD], repo)
+    first = (repo / "outputs/folds/2025-03-01/fold.json").read_bytes()
+
+    params["folds"]["last_test_end"] = "2025-05-01"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json", WALK_FORWARD], repo))
+    # the data stage is up to date; only the folds stage's params changed (the study follows the folds' output)
+    assert status == {f"{WALK_FORWARD}:folds": [{"changed deps": {"params.yaml": {"folds": "modified"}}}]}
+    out = _run([sys.executable, "-m", "dvc", "repro", WALK_FORWARD], repo)
+    assert "fold 2025-03-01: up to date" in out
+    assert (repo / "outputs/folds/2025-03-01/fold.json").read_bytes() == first
+    assert "sharpe" in _fold(repo, "2025-04-01")["entries"]["BTCUSDT"]["policy"]["ensemble"]["metrics"]
