@@ -32,12 +32,15 @@ import pandas as pd
 from diffquant.config import Config
 from diffquant.data.contracts import read_json, read_parquet, write_json, write_parquet
 from diffquant.data.splits import Samples
+from diffquant.errors import DataError
 from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
 from diffquant.evaluate.report import Judge, score_quarter, trials_tried
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import Decisions, forecast_decisions, policy_decisions
+from diffquant.model.forecaster import Forecaster
+from diffquant.model.policy import PolicyNetwork
 from diffquant.study.fold_data import AssetFold, FoldData
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
@@ -48,8 +51,9 @@ from diffquant.train.resume import code_hash
 log = logging.getLogger(__name__)
 
 FOLD_JSON = "fold.json"
-PRODUCER = "the walk-forward folds stage (python -m stages.folds)"
+PRODUCER = "walkforward/dvc.yaml:folds"
 HooksFor = Callable[[str, str, str], SeedHooks]  # (fold, group, kind) -> hooks of that group's seeds
+Models = dict[str, dict[str, PolicyNetwork | Forecaster]]  # kind -> seed -> the model at eval.checkpoint
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,9 @@ def fold_key(cfg: Config, data: FoldData) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train_group(cfg: Config, group: str, members: dict[str, AssetFold], out: Path, hooks_for: HooksFor, fold: str):
+def train_group(
+    cfg: Config, group: str, members: dict[str, AssetFold], out: Path, hooks_for: HooksFor, fold: str
+) -> Models:
     """Every seed's policy (and proxy) of one model group; returns {kind: {seed: model}} at ``eval.checkpoint``."""
     digest = hashlib.sha256("".join(a.model_digest for a in members.values()).encode()).hexdigest()[:16]
     parts = list(members.values())
@@ -121,7 +127,7 @@ def train_group(cfg: Config, group: str, members: dict[str, AssetFold], out: Pat
     }
 
 
-def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: dict[str, dict[str, Any]]):
+def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: Models) -> TunedThresholds:
     """threshold-opt's choices for one asset: each model's hysteresis and the momentum lookback, on val only."""
     decide = {"policy": policy_decisions, "proxy": forecast_decisions}
     tuned: dict[str, dict[str, Any]] = {"policy": {}, "proxy": {}}
@@ -142,7 +148,9 @@ def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: dict[st
     return TunedThresholds(cfg.eval.checkpoint, tuned["policy"], tuned["proxy"], momentum)
 
 
-def judge_test(cfg: Config, scorer: Scorer, asset: AssetFold, models, tuned: TunedThresholds):
+def judge_test(
+    cfg: Config, scorer: Scorer, asset: AssetFold, models: Models, tuned: TunedThresholds
+) -> tuple[dict[str, Any], pd.DataFrame]:
     """evaluate's scoring of the test window: the entry of every book and the per-bar net returns."""
     bars_per_day = 24 * 60 // cfg.data.timeframe_minutes
     bars_per_year = bars_per_day * cfg.eval.days_per_year
@@ -171,7 +179,7 @@ def judge_test(cfg: Config, scorer: Scorer, asset: AssetFold, models, tuned: Tun
 def run_fold(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> FoldResult:
     """The fold's result, from ``out/fold.json`` when its key still matches, else computed and written there."""
     key = fold_key(cfg, data)
-    done = load_fold(out) if (out / FOLD_JSON).exists() else None
+    done = _previous(out)
     if done is not None and done.key == key:
         log.info("fold %s: up to date (key %s), not run again", data.fold.name, key)
         return done
@@ -201,6 +209,21 @@ def run_fold(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> Fol
 
 
 def load_fold(out: Path) -> FoldResult:
+    """A finished fold's result; ``DataError`` naming the file when it is missing, unreadable or of another layout."""
     raw = read_json(out / FOLD_JSON, PRODUCER)
-    returns = {s: read_parquet(out / "returns" / f"{s}.parquet", PRODUCER) for s in raw["entries"]}
-    return FoldResult(**raw, returns=returns)
+    try:
+        returns = {s: read_parquet(out / "returns" / f"{s}.parquet", PRODUCER) for s in raw["entries"]}
+        return FoldResult(**raw, returns=returns)
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{out / FOLD_JSON}: not a fold result ({exc}); re-run {PRODUCER}") from None
+
+
+def _previous(out: Path) -> FoldResult | None:
+    """The fold's earlier result, if there is a readable one (anything else is simply run again)."""
+    if not (out / FOLD_JSON).exists():
+        return None
+    try:
+        return load_fold(out)
+    except DataError as exc:
+        log.warning("%s; running the fold again", exc)
+        return None

@@ -17,10 +17,10 @@ import yaml
 from diffquant.config import Config, from_dict
 from diffquant.data.sources import RawData, load_source
 from diffquant.data.universe import asset_features
-from diffquant.errors import ConfigError
+from diffquant.errors import ConfigError, DataError
 from diffquant.folds import Fold, plan_folds
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import FOLD_JSON, FoldResult, run_fold
+from diffquant.study.fold_run import FOLD_JSON, FoldResult, load_fold, run_fold
 from diffquant.study.pooled import stitch, universe_book
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
@@ -189,3 +189,9 @@ def test_an_asset_listed_after_a_fold_is_left_out_and_said_so(raws) -> None:
     data = fold_data(plan_folds(cfg.folds, cfg.split)[0], t, cfg)
     assert list(data.assets) == ["BTCUSDT"]
     assert "ETHUSDT" in data.excluded and "fold 2024-04-01" in data.excluded["ETHUSDT"]
+
+
+def test_a_damaged_fold_result_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / FOLD_JSON).write_text('{"name": "2024-04-01"}')
+    with pytest.raises(DataError, match=r"fold\.json: not a fold result .* re-run walkforward/dvc\.yaml:folds"):
+        load_fold(tmp_path)
