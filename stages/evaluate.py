@@ -21,7 +21,7 @@ from diffquant.evaluate.metric_names import SPLITS, metric_name
 from diffquant.evaluate.report import Judge, books_table, render_report, score_quarter, trials_tried
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.tuned import TunedThresholds
-from diffquant.evaluate.walk_forward import forecast_decisions, policy_decisions
+from diffquant.evaluate.walk_forward import DECISIONS_OF
 from diffquant.plots import plot_walk_forward
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for split, series in quarters.items():
         judge = Judge(scorer, series, bars_per_year, bars_per_day, cfg.seed, list(cfg.eval.cost_multipliers))
-        decide = {"policy": policy_decisions, "proxy": forecast_decisions}
-        decisions = {k: {s: decide[k](models[k][s], series) for s in seeds} for k in kinds}
+        decisions = {k: {s: DECISIONS_OF[k](models[k][s], series) for s in seeds} for k in kinds}
         records, summary[split] = score_quarter(judge, decisions, tuned, trials)
         write_records(out, split, records)
         title = f"{cfg.experiment}: {split}, seed ensemble ({cfg.eval.checkpoint}.pt)"

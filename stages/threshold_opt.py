@@ -19,7 +19,7 @@ from diffquant.data.splits import Series
 from diffquant.evaluate.baselines import choose_momentum
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.stats import distribution
-from diffquant.evaluate.threshold_search import SearchResult, search
+from diffquant.evaluate.threshold_search import SearchResult, search_config
 from diffquant.evaluate.tuned import TunedModel, TunedThresholds
 from diffquant.evaluate.walk_forward import Decisions, forecast_decisions, policy_decisions
 from diffquant.train import checkpoint
@@ -44,16 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     expected = checkpoint.policy_spec(cfg.model, val.feature_names, cfg.window.context)
 
     def tune(kind: str, seed: int, path: Path, decisions: Decisions) -> TunedModel:
-        result = search(
-            val,
-            decisions,
-            scorer,
-            cfg.eval.hysteresis,
-            cfg.thresholds.trials,
-            cfg.thresholds.objective,
-            cfg.train.select_min_rebalances,
-            cfg.seed,
-        )
+        result = search_config(cfg, val, decisions, scorer)
         write_csv(out / "trials" / f"{kind}_seed_{seed}.csv", result.trials)
         run = tracking.run_of_checkpoint(root, cfg.eval.checkpoint, sha256(path))
         log_search(run, cfg, result, out / "trials" / f"{kind}_seed_{seed}.csv")

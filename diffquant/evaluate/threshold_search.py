@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from diffquant.config import Hysteresis
+from diffquant.config import Config, Hysteresis
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.tuned import TunedModel
 from diffquant.evaluate.walk_forward import Decisions, SeriesLike
@@ -44,6 +44,14 @@ class SearchResult:
             len(self.trials),
             [float(v) for v in self.trials["sharpe"]],
         )
+
+
+def search_config(cfg: Config, series: SeriesLike, decisions: Decisions, scorer: Scorer) -> SearchResult:
+    """:func:`search` with the params' settings: what threshold-opt and every walk-forward fold run."""
+    t = cfg.thresholds
+    return search(
+        series, decisions, scorer, cfg.eval.hysteresis, t.trials, t.objective, cfg.train.select_min_rebalances, cfg.seed
+    )
 
 
 def _suggest(trial: optuna.Trial, lo: float, hi: float) -> Hysteresis:

@@ -126,6 +126,9 @@ def forecast_decisions(model: Forecaster, series: SeriesLike, batch_size: int = 
     return out
 
 
+DECISIONS_OF = {"policy": policy_decisions, "proxy": forecast_decisions}  # model kind -> its decisions on a series
+
+
 def policy_decisions_reference(model: PolicyNetwork, series: SeriesLike) -> Decisions:
     """The plain per-bar loop (upstream's way): one ``model(window, prev_pos, prev_delta)`` call per bar.
 

@@ -36,9 +36,9 @@ from diffquant.errors import DataError
 from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
 from diffquant.evaluate.report import Judge, score_quarter, trials_tried
 from diffquant.evaluate.scoring import Scorer
-from diffquant.evaluate.threshold_search import search
+from diffquant.evaluate.threshold_search import search_config
 from diffquant.evaluate.tuned import TunedThresholds
-from diffquant.evaluate.walk_forward import Decisions, forecast_decisions, policy_decisions
+from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
 from diffquant.study.fold_data import AssetFold, FoldData
@@ -129,21 +129,11 @@ def train_group(
 
 def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: Models) -> TunedThresholds:
     """threshold-opt's choices for one asset: each model's hysteresis and the momentum lookback, on val only."""
-    decide = {"policy": policy_decisions, "proxy": forecast_decisions}
     tuned: dict[str, dict[str, Any]] = {"policy": {}, "proxy": {}}
     for kind, by_seed in models.items():
         for seed, model in by_seed.items():
-            result = search(
-                asset.val,
-                decide[kind](model, asset.val),
-                scorer,
-                cfg.eval.hysteresis,
-                cfg.thresholds.trials,
-                cfg.thresholds.objective,
-                cfg.train.select_min_rebalances,
-                cfg.seed,
-            )
-            tuned[kind][seed] = result.tuned()
+            decisions = DECISIONS_OF[kind](model, asset.val)
+            tuned[kind][seed] = search_config(cfg, asset.val, decisions, scorer).tuned()
     momentum, _ = choose_momentum(asset.val, cfg.baselines.momentum_lookbacks, scorer)
     return TunedThresholds(cfg.eval.checkpoint, tuned["policy"], tuned["proxy"], momentum)
 
@@ -157,9 +147,8 @@ def judge_test(
     seeds = [str(s) for s in cfg.train.seeds]
     trials = trials_tried(tuned, kinds(cfg), seeds, cfg.thresholds.trials, cfg.eval.prior_trials, bars_per_year)
     judge = Judge(scorer, asset.test, bars_per_year, bars_per_day, cfg.seed, list(cfg.eval.cost_multipliers))
-    decide = {"policy": policy_decisions, "proxy": forecast_decisions}
     decisions: dict[str, dict[str, Decisions]] = {
-        k: {s: decide[k](m, asset.test) for s, m in by_seed.items()} for k, by_seed in models.items()
+        k: {s: DECISIONS_OF[k](m, asset.test) for s, m in by_seed.items()} for k, by_seed in models.items()
     }
     records, entry = score_quarter(judge, decisions, tuned, trials)
     books = {k: records[k]["ensemble"] for k in decisions} | {b: records[b] for b in ("momentum", "buy_and_hold")}
