@@ -227,9 +227,17 @@ class TrainConfig:
     mirror: bool = True
     mirror_prob: float = _f(0.5, **PROBABILITY)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = _f(0, **_range(0))  # 0: leave torch's default
+    threads: int = _f(0, **_range(0))  # per training process; 0: torch's default (one worker), else cores/workers
+    workers: int = _f(1, **_range(1))  # processes the training grid runs on (diffquant.train.grid)
+    grid_storage: str = ""  # "": this machine; an SQL URL: the grid as Optuna trials for workers on many machines
+    grid_jobs: str = "outputs/grid"  # the units' work and outcomes, in a folder every machine sees (grid_storage)
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44, 45, 46])  # one model per seed
     universe: Literal["pooled", "per_asset"] = "pooled"  # one policy for all assets, or one per asset
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that shape trained weights: all but where the grid runs (it gives the same models on any
+        number of processes or machines, so a checkpoint or a fold trained elsewhere is still current)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("workers", "grid_storage", "grid_jobs")}
 
 
 @dataclass(frozen=True)

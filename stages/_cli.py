@@ -7,6 +7,7 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ import torch
 
 from diffquant.config import Config, load
 from diffquant.data.contracts import write_csv, write_json
-from diffquant.errors import DiffQuantError
+from diffquant.errors import ConfigError, DiffQuantError
 
 __all__ = ["load_params", "parser", "repo_root", "run_stage", "write_csv", "write_json"]
 
@@ -37,15 +38,23 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
-def parser(description: str | None) -> argparse.ArgumentParser:
-    """An argument parser with ``--params``; a stage adds its own options."""
+def parser(description: str | None, training: bool = False) -> argparse.ArgumentParser:
+    """An argument parser with ``--params`` (and ``--workers`` for a stage that trains); a stage adds its own."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (relative paths start at the repo root)")
+    if training:
+        p.add_argument(
+            "--workers", type=int, default=0, help="training processes (default: train.workers); same models for any"
+        )
     return p
 
 
-def load_params(path: str | Path = "params.yaml") -> Config:
-    return load(repo_root() / path)
+def load_params(path: str | Path = "params.yaml", workers: int = 0) -> Config:
+    """The params file's config; ``workers`` > 0 overrides ``train.workers`` (it never changes a trained model)."""
+    cfg = load(repo_root() / path)
+    if workers < 0:
+        raise ConfigError(f"--workers {workers}: give a positive number of training processes, or 0 for train.workers")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, workers=workers)) if workers else cfg
 
 
 def setup_logging() -> None:

@@ -1,7 +1,8 @@
 """Folds stage: every walk-forward fold of ``folds:`` trained, chosen on its val window and traded on its test.
 
-Reads the universe stage's feature tables; for each fold of ``diffquant.folds.plan_folds`` runs
-``diffquant.study.fold_run.run_fold`` into ``<out>/<fold>/``. The output folder persists between runs (DVC
+Reads the universe stage's feature tables; runs the folds of ``diffquant.folds.plan_folds``
+through ``diffquant.study.fold_run.run_folds`` into ``<out>/<fold>/`` (their training units as one grid on
+``train.workers`` processes). The output folder persists between runs (DVC
 ``persist``): a fold whose data, params and code are unchanged is not run again, an interrupted fold resumes its
 seeds from their last epoch, so appending a fold trains only that fold. MLflow: one parent run, a child per fold x
 model group x seed. Run as ``python -m stages.folds``.
@@ -16,25 +17,23 @@ from diffquant.config import flatten
 from diffquant.data.contracts import read_parquet
 from diffquant.folds import plan_folds
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import run_fold
+from diffquant.study.fold_run import run_folds
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.folds")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = parser(__doc__)
+    p = parser(__doc__, training=True)
     p.add_argument("--universe", default="data_source/universe", help="the universe stage's folder")
     p.add_argument("--out", default="outputs/folds", help="one folder per fold (persistent)")
     p.add_argument("--metrics", default="outputs/metrics/folds.json", help="metrics JSON for dvc metrics")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = load_params(args.params)
+    cfg = load_params(args.params, args.workers)
     tracking.check_reachable(tracking.tracking_uri(root))
     tables = {s: read_parquet(root / args.universe / s / "features.parquet", "universe") for s in cfg.data.universe}
     plan = plan_folds(cfg.folds, cfg.split)
-    for fold in plan:  # every fold is checked against the data before hours of training, not after
-        fold_data(fold, tables, cfg)
     runs = tracking.StudyRuns(
         root,
         f"{cfg.experiment}/walk-forward",
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         {"scheme": cfg.folds.scheme, "universe": cfg.train.universe, "symbols": ",".join(cfg.data.universe)},
         out / "mlflow_run.json",
     )
-    metrics = {}
+    folds = []
     for i, fold in enumerate(plan, 1):
         data = fold_data(fold, tables, cfg)
         log.info(
@@ -55,11 +54,14 @@ def main(argv: list[str] | None = None) -> None:
             len(data.assets),
             f", left out: {', '.join(data.excluded)}" if data.excluded else "",
         )
-        result = run_fold(cfg, data, out / fold.name, runs.hooks)
-        metrics[fold.name] = {
+        folds.append((data, out / fold.name))
+    metrics = {
+        result.name: {
             s: {"policy": e["policy"]["ensemble"]["metrics"]["sharpe"], "buy_and_hold": e["buy_and_hold"]["sharpe"]}
             for s, e in result.entries.items()
         }
+        for result in run_folds(cfg, folds, runs.hooks)
+    }
     write_json(out / "plan.json", {"symbols": cfg.data.universe, "folds": [f.describe() for f in plan]})
     write_json(root / args.metrics, metrics)
 

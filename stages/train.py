@@ -20,7 +20,7 @@ from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = parser(__doc__)
+    p = parser(__doc__, training=True)
     p.add_argument("--split", default="data_source/split")
     p.add_argument("--quality", default="data_source/raw/quality.json", help="logged with the run")
     p.add_argument("--out", default="outputs/train")
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where later stages find the MLflow runs")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = load_params(args.params)
+    cfg = load_params(args.params, args.workers)
     tracking.check_reachable(tracking.tracking_uri(root))  # fail before hours of training, not after
     data = TrainingData.load(root / args.split)
 

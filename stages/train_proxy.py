@@ -23,13 +23,13 @@ SHARED_PARAMS = ("model.", "train.", "window.", "sim.execution_lag_bars")  # wha
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = parser(__doc__)
+    p = parser(__doc__, training=True)
     p.add_argument("--split", default="data_source/split")
     p.add_argument("--out", default="outputs/proxy")
     p.add_argument("--metrics", default="outputs/metrics/proxy.json")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = load_params(args.params)
+    cfg = load_params(args.params, args.workers)
     if not cfg.baselines.proxy:
         out.mkdir(parents=True, exist_ok=True)
         write_json(root / args.metrics, {"trained": False})

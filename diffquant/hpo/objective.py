@@ -22,7 +22,9 @@ import optuna
 from diffquant import tracking
 from diffquant.config import Config, from_dict
 from diffquant.errors import ConfigError
-from diffquant.train.policy_training import TrainingData, train_policy
+from diffquant.train.grid import run_grid
+from diffquant.train.policy_training import PolicyWork, TrainingData
+from diffquant.train.units import Unit
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,36 @@ def train_trial(
     on_check: Callable[[int, float], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrialOutcome:
-    """Train one configuration from scratch (checkpoints in a temp dir) and score its selected checkpoint.
+    """Train one configuration from scratch (one unit of the grid runner, in this process, checkpoints in a temp
+    dir) and score its selected checkpoint.
 
     ``on_check(epoch, value)`` gets, at every val check, the value the trial would have if training stopped there;
     it may raise (``optuna.TrialPruned``) to stop the trial.
     """
     with tempfile.TemporaryDirectory(prefix="diffquant-trial-") as tmp:
-        result = train_policy(cfg, data, seed, Path(tmp), on_epoch, on_check, progress=False)
+        work = PolicyWork(Unit("policy", seed), cfg, data, Path(tmp), on_check)
+        outcome = run_grid([work], lambda _: _TrialHooks(on_epoch), cfg.train, workers=1, progress=False)[work.unit]
+    result = outcome.result
     return TrialOutcome(result.selected_score, result.best_epoch, result.history)
+
+
+class _TrialHooks:
+    """A trial's one unit reports its epochs to ``on_epoch`` (the trial's MLflow run); the rest is the objective's."""
+
+    def __init__(self, on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+        self.on_epoch = on_epoch
+
+    def begin(self, resuming: bool) -> None: ...
+
+    def started(self, seed: int, finished: list[dict[str, Any]]) -> None: ...
+
+    def epoch(self, seed: int, record: dict[str, Any]) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+
+    def finished(self, seed: int, outcome: Any) -> None: ...
+
+    def failed(self, seed: int, exc: BaseException) -> None: ...
 
 
 class TrialObjective:

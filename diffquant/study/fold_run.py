@@ -4,7 +4,8 @@ The same library calls as the one-asset chain (train, train-proxy, threshold-opt
 
 1. models: ``train.universe: pooled`` trains one policy (and one MSE proxy) per seed on the samples of every asset;
    ``per_asset`` one per asset and seed. Each group trains into ``<fold>/models/<group>/{policy,proxy}/seed_<s>``
-   and resumes from there after a kill.
+   and resumes from there after a kill. Every seed is a unit of the grid runner, and :func:`run_folds` trains the
+   units of all the folds it runs as one grid, so ``train.workers`` processes share the whole study.
 2. choices on val, per asset: each seed's hysteresis (threshold search), the momentum lookback.
 3. the test window, per asset, through ``score_quarter``: every book with its metrics, PSR/DSR, bootstrap
    intervals and cost sweep. The book starts flat at the fold's first test bar (what the evaluate stage does for
@@ -43,10 +44,12 @@ from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
 from diffquant.study.fold_data import AssetFold, FoldData
 from diffquant.train import checkpoint
+from diffquant.train.grid import HooksOf, run_grid
 from diffquant.train.layout import checkpoint_path
-from diffquant.train.policy_training import SeedHooks, TrainingData, train_policies
-from diffquant.train.proxy_training import train_proxies
+from diffquant.train.policy_training import TrainingData, policy_works, prepare_policies
+from diffquant.train.proxy_training import prepare_proxies, proxy_works
 from diffquant.train.resume import code_hash
+from diffquant.train.units import SeedHooks, Work
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ def pooled_samples(parts: list[Samples]) -> Samples:
 def fold_key(cfg: Config, data: FoldData) -> str:
     """Everything a fold's result depends on; the ``folds:`` section only through the fold's own windows."""
     settings = {k: v for k, v in cfg.to_dict().items() if k not in ("folds", "optimize")}
+    settings["train"] = cfg.train.identity()
     payload = {
         "config": settings,
         "fold": data.fold.describe(),
@@ -100,29 +104,35 @@ def fold_key(cfg: Config, data: FoldData) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train_group(
-    cfg: Config, group: str, members: dict[str, AssetFold], out: Path, hooks_for: HooksFor, fold: str
-) -> Models:
-    """Every seed's policy (and proxy) of one model group; returns {kind: {seed: model}} at ``eval.checkpoint``."""
-    digest = hashlib.sha256("".join(a.model_digest for a in members.values()).encode()).hexdigest()[:16]
-    parts = list(members.values())
-    data = TrainingData(
-        pooled_samples([a.samples for a in parts]), tuple(a.val for a in parts), digest, f"fold {fold} {group}"
-    )
-    train_policies(cfg, data, out / "policy", hooks_for(fold, group, "policy"))
-    if cfg.baselines.proxy:
-        train_proxies(
-            cfg,
-            [a.train_series for a in parts],
-            [a.val for a in parts],
-            out / "proxy",
-            hooks_for(fold, group, "proxy"),
-        )
-    names = parts[0].samples.feature_names
+def fold_works(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> tuple[list[Work], HooksOf]:
+    """The training units of a fold: every seed's policy (and proxy) of each model group, into
+    ``<out>/models/<group>/{policy,proxy}/seed_<s>``; and the hooks each unit reports to."""
+    works: list[Work] = []
+    hooks: dict[tuple[str, str], SeedHooks] = {}
+    for group, symbols in model_groups(cfg, list(data.assets)).items():
+        parts = [data.assets[a] for a in symbols]
+        digest = hashlib.sha256("".join(a.model_digest for a in parts).encode()).hexdigest()[:16]
+        name, folder = f"{data.fold.name}/{group}", out / "models" / group
+        samples = pooled_samples([a.samples for a in parts])
+        train = TrainingData(samples, tuple(a.val for a in parts), digest, f"fold {name}")
+        hooks[name, "policy"] = hooks_for(data.fold.name, group, "policy")
+        prepare_policies(cfg, train, folder / "policy", hooks[name, "policy"])
+        works += policy_works(cfg, train, folder / "policy", name)
+        if cfg.baselines.proxy:
+            proxies = proxy_works(cfg, [a.train_series for a in parts], [a.val for a in parts], folder / "proxy", name)
+            hooks[name, "proxy"] = hooks_for(data.fold.name, group, "proxy")
+            prepare_proxies(proxies, folder / "proxy", hooks[name, "proxy"])
+            works += proxies
+    return works, lambda unit: hooks[unit.group, unit.kind]
+
+
+def load_models(cfg: Config, data: FoldData, folder: Path) -> Models:
+    """A model group's trained seeds at ``eval.checkpoint``: {kind: {seed: model}}."""
+    names = next(iter(data.assets.values())).samples.feature_names
     expected = checkpoint.policy_spec(cfg.model, names, cfg.window.context)
     load = {"policy": checkpoint.load_policy, "proxy": checkpoint.load_forecaster}
     return {
-        k: {str(s): load[k](checkpoint_path(out / k, s, cfg.eval.checkpoint), expected) for s in cfg.train.seeds}
+        k: {str(s): load[k](checkpoint_path(folder / k, s, cfg.eval.checkpoint), expected) for s in cfg.train.seeds}
         for k in kinds(cfg)
     }
 
@@ -165,20 +175,43 @@ def judge_test(
     return entry, pd.DataFrame({k: np.asarray(v) for k, v in returns.items()})
 
 
+def run_folds(cfg: Config, folds: list[tuple[FoldData, Path]], hooks_for: HooksFor) -> list[FoldResult]:
+    """Each fold's result (``(data, folder)`` in, in that order): read from its ``fold.json`` when the key still
+    matches; the others' units trained as one grid (every fold's seeds side by side on ``train.workers``), then
+    each of those folds chosen on val, traded on test and written."""
+    results: dict[str, FoldResult] = {}
+    todo = []
+    for data, out in folds:
+        key, done = fold_key(cfg, data), _previous(out)
+        if done is not None and done.key == key:
+            log.info("fold %s: up to date (key %s), not run again", data.fold.name, key)
+            results[data.fold.name] = done
+        else:
+            todo.append((data, out, key))
+    works, routes = [], []
+    for data, out, _ in todo:
+        fold_units, hooks_of = fold_works(cfg, data, out, hooks_for)
+        works += fold_units
+        routes += [(w.unit, hooks_of) for w in fold_units]
+    by_unit = dict(routes)
+    run_grid(works, lambda unit: by_unit[unit](unit), cfg.train)
+    for data, out, key in todo:
+        results[data.fold.name] = judge_fold(cfg, data, out, key)
+    return [results[data.fold.name] for data, _ in folds]
+
+
 def run_fold(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> FoldResult:
-    """The fold's result, from ``out/fold.json`` when its key still matches, else computed and written there."""
-    key = fold_key(cfg, data)
-    done = _previous(out)
-    if done is not None and done.key == key:
-        log.info("fold %s: up to date (key %s), not run again", data.fold.name, key)
-        return done
+    """One fold's result (:func:`run_folds` of that fold alone)."""
+    return run_folds(cfg, [(data, out)], hooks_for)[0]
+
+
+def judge_fold(cfg: Config, data: FoldData, out: Path, key: str) -> FoldResult:
+    """A trained fold's choices on val and books on test, per asset; written to ``out`` (``fold.json`` last)."""
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     groups = model_groups(cfg, list(data.assets))
     entries, returns = {}, {}
     for group, members in groups.items():
-        models = train_group(
-            cfg, group, {a: data.assets[a] for a in members}, out / "models" / group, hooks_for, data.fold.name
-        )
+        models = load_models(cfg, data, out / "models" / group)
         for symbol in members:
             asset = data.assets[symbol]
             tuned = choose_on_val(cfg, scorer, asset, models)

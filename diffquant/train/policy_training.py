@@ -2,7 +2,9 @@
 
 :func:`train_policy` builds one seed's network, objective, validation and mirror map and trains it;
 :func:`train_policies` trains every seed of ``train.seeds`` into the seed layout, resuming an interrupted seed, and
-reports through :class:`SeedHooks` (the stage connects them to MLflow; nothing here imports tracking).
+reports through :class:`~diffquant.train.units.SeedHooks` (the stage connects them to MLflow; nothing here imports
+tracking). Each seed is a unit of the grid runner (:class:`PolicyWork`), so ``train.workers`` trains seeds side by
+side.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,7 @@ from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint, layout
 from diffquant.train.episodes import episodes_from_arrays
+from diffquant.train.grid import run_grid
 from diffquant.train.resume import ResumeSpec, code_hash, content_hash
 from diffquant.train.trainer import (
     TrainResult,
@@ -38,6 +41,7 @@ from diffquant.train.trainer import (
     resolve_device,
     seed_everything,
 )
+from diffquant.train.units import SeedHooks, Unit
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ def validation_metrics(
 def resume_spec(cfg: Config, data: TrainingData, seed: int) -> ResumeSpec:
     """Everything that shapes a seed's weights: a ``last.pt`` written under anything else is not resumed."""
     training = {
-        "train": dataclasses.asdict(cfg.train),
+        "train": cfg.train.identity(),
         "loss": dataclasses.asdict(cfg.loss),
         "sim": dataclasses.asdict(cfg.sim),
         "experiment": cfg.experiment,
@@ -159,21 +163,37 @@ class SeedOutcome:
         }
 
 
-class SeedHooks(Protocol):
-    """How :func:`train_policies` reports each seed (``diffquant.tracking.SeedRuns`` logs them to MLflow)."""
+@dataclass(frozen=True)
+class PolicyWork:
+    """A policy unit: one seed trained on ``data`` into ``folder`` (its history files written beside the
+    checkpoints)."""
 
-    def begin(self, resuming: bool) -> None:
-        """Once the params are accepted, before any seed; ``resuming``: an interrupted run is being continued."""
+    unit: Unit
+    cfg: Config
+    data: TrainingData
+    folder: Path
+    on_check: Callable[[int, float], None] | None = None  # a pruner's feed (see ``fit_task``); in-process units only
 
-    def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
-        """Before training; ``finished`` are the epoch records an interrupted run already completed."""
+    def finished_epochs(self) -> list[dict[str, Any]]:
+        return finished_history(self.folder, resume_spec(self.cfg, self.data, self.unit.seed))
 
-    def epoch(self, seed: int, record: dict[str, Any]) -> None: ...
-
-    def finished(self, seed: int, outcome: SeedOutcome) -> None: ...
-
-    def failed(self, seed: int, exc: BaseException) -> None:
-        """Training raised (or was interrupted); the exception propagates after this."""
+    def run(self, on_epoch: Callable[[dict[str, Any]], None], progress: bool) -> SeedOutcome:
+        t0 = time.perf_counter()
+        result = train_policy(self.cfg, self.data, self.unit.seed, self.folder, on_epoch, self.on_check, progress)
+        checked = [r for r in result.history if "val_sharpe" in r]
+        files = {"history": self.folder / layout.HISTORY_JSON, "val_history": self.folder / layout.VAL_HISTORY_CSV}
+        write_csv(files["val_history"], pd.DataFrame(checked)[list(VAL_HISTORY_COLUMNS)])
+        write_json(files["history"], result.history)
+        outcome = SeedOutcome(self.unit.seed, result, time.perf_counter() - t0, files)
+        log.info(
+            "%s: %d epochs in %.1f s; best epoch %s (val Sharpe %s)",
+            self.unit.name,
+            len(result.history),
+            outcome.seconds,
+            result.best_epoch,
+            result.best_score,
+        )
+        return outcome
 
 
 def resumable(cfg: Config, data: TrainingData, out: Path) -> bool:
@@ -181,38 +201,21 @@ def resumable(cfg: Config, data: TrainingData, out: Path) -> bool:
     return any(completed_epochs(layout.seed_dir(out, s), resume_spec(cfg, data, s)) for s in cfg.train.seeds)
 
 
-def train_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks) -> dict[int, SeedOutcome]:
-    """Every seed of ``train.seeds`` into ``<out>/seed_<s>/``; stale seeds' folders are removed first.
+def policy_works(cfg: Config, data: TrainingData, out: Path, group: str = "") -> list[PolicyWork]:
+    """One unit per seed of ``train.seeds``, into ``<out>/seed_<s>/``."""
+    return [PolicyWork(Unit("policy", s, group), cfg, data, layout.seed_dir(out, s)) for s in cfg.train.seeds]
 
-    A refused config leaves nothing behind: the checks come before ``hooks.begin`` and before any file is touched.
-    """
+
+def prepare_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks) -> None:
+    """The checks and the bookkeeping before a group's seeds train: a refused config leaves nothing behind (the
+    checks come before ``hooks.begin`` and before any file is touched); stale seeds' folders are then removed."""
     check_batch_size(len(data.samples), cfg.train, data.source)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     hooks.begin(resumable(cfg, data, out))
     layout.prune(out, cfg.train.seeds)
-    outcomes = {}
-    for seed in cfg.train.seeds:
-        folder = layout.seed_dir(out, seed)
-        hooks.started(seed, finished_history(folder, resume_spec(cfg, data, seed)))
-        t0 = time.perf_counter()
-        try:
-            result = train_policy(cfg, data, seed, folder, on_epoch=lambda r, s=seed: hooks.epoch(s, r))
-        except BaseException as exc:
-            hooks.failed(seed, exc)
-            raise
-        checked = [r for r in result.history if "val_sharpe" in r]
-        files = {"history": folder / layout.HISTORY_JSON, "val_history": folder / layout.VAL_HISTORY_CSV}
-        write_csv(files["val_history"], pd.DataFrame(checked)[list(VAL_HISTORY_COLUMNS)])
-        write_json(files["history"], result.history)
-        outcomes[seed] = SeedOutcome(seed, result, time.perf_counter() - t0, files)
-        hooks.finished(seed, outcomes[seed])
-        log.info(
-            "seed %d: %d epochs in %.1f s; best epoch %s (val Sharpe %s)",
-            seed,
-            len(result.history),
-            outcomes[seed].seconds,
-            result.best_epoch,
-            result.best_score,
-        )
-    return outcomes
+
+
+def train_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks) -> dict[int, SeedOutcome]:
+    """Every seed of ``train.seeds`` into ``<out>/seed_<s>/``, on ``train.workers`` processes (the grid runner)."""
+    prepare_policies(cfg, data, out, hooks)
+    outcomes = run_grid(policy_works(cfg, data, out), lambda unit: hooks, cfg.train)
+    return {unit.seed: outcome for unit, outcome in sorted(outcomes.items())}

@@ -2,16 +2,18 @@
 
 Each seed's forecaster is fitted by ``fit_task`` (same loop, checkpoints and resuming as the policy), then both its
 ``best.pt`` and ``final.pt`` get the position scale of the weights they hold (the spread of their train forecasts).
-Reports through the same ``SeedHooks`` as the policy's training.
+Each seed is a unit of the grid runner (:class:`ProxyWork`), reporting through the same ``SeedHooks`` as the
+policy's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +21,7 @@ from diffquant.config import Config
 from diffquant.data.splits import Series
 from diffquant.model.forecaster import Forecaster
 from diffquant.train import checkpoint, layout
-from diffquant.train.policy_training import SeedHooks
+from diffquant.train.grid import run_grid
 from diffquant.train.proxy import (
     ForecastSet,
     ForecastTask,
@@ -32,12 +34,12 @@ from diffquant.train.proxy import (
 from diffquant.train.resume import ResumeSpec
 from diffquant.train.trainer import (
     TrainResult,
-    completed_epochs,
     finished_history,
     fit_task,
     resolve_device,
     seed_everything,
 )
+from diffquant.train.units import SeedHooks, Unit
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def target_scale(cfg: Config, train: Sequence[Series]) -> float:
 
 def resume_spec(cfg: Config, feature_names: list[str], scale: float, seed: int) -> ResumeSpec:
     training = {
-        "train": dataclasses.asdict(cfg.train),
+        "train": cfg.train.identity(),
         "horizon": cfg.window.horizon,
         "lag": cfg.sim.execution_lag_bars,
         "target_scale": scale,
@@ -75,52 +77,81 @@ def resume_spec(cfg: Config, feature_names: list[str], scale: float, seed: int) 
     return ResumeSpec(checkpoint.policy_spec(cfg.model, feature_names, cfg.window.context), seed, training)
 
 
+@dataclass(frozen=True)
+class ProxyWork:
+    """A proxy unit: one seed's forecaster fitted on the pooled ``train`` series into ``folder``, selected on
+    ``val``, both checkpoints calibrated and rewritten."""
+
+    unit: Unit
+    cfg: Config
+    train: tuple[Series, ...]
+    val: tuple[Series, ...]
+    scale: float
+    folder: Path
+
+    @property
+    def spec(self) -> ResumeSpec:
+        return resume_spec(self.cfg, self.train[0].feature_names, self.scale, self.unit.seed)
+
+    def finished_epochs(self) -> list[dict[str, Any]]:
+        return finished_history(self.folder, self.spec)
+
+    def run(self, on_epoch: Callable[[dict[str, Any]], None], progress: bool) -> ProxyOutcome:
+        cfg, seed, t0 = self.cfg, self.unit.seed, time.perf_counter()
+        ctx, horizon, lag = cfg.window.context, cfg.window.horizon, cfg.sim.execution_lag_bars
+        device = resolve_device(cfg.train.device)
+        train_set, val_set = (
+            ForecastSet.concat([forecast_set(s, ctx, horizon, lag, self.scale) for s in series]).to(device)
+            for series in (self.train, self.val)
+        )
+        seed_everything(seed)
+        model = Forecaster(cfg.model, len(self.train[0].feature_names), ctx).to(device)
+        task = ForecastTask(train_set, cfg.baselines.proxy_batch_windows)
+        result = fit_task(
+            model,
+            task,
+            lambda m: forecast_quality(m, val_set),
+            LowestMse(),
+            cfg.train,
+            seed,
+            self.folder,
+            self.spec,
+            on_epoch=on_epoch,
+            progress=progress,
+        )
+        quality = {
+            name: _calibrate_file(model, result.checkpoints[name], train_set, val_set) for name in ("best", "final")
+        }
+        summary = {"best_epoch": result.best_epoch or 0, **quality["best"]}
+        return ProxyOutcome(seed, result, time.perf_counter() - t0, summary)
+
+
+def proxy_works(
+    cfg: Config, train: Sequence[Series], val: Sequence[Series], out: Path, group: str = ""
+) -> list[ProxyWork]:
+    """One unit per seed of ``train.seeds``, into ``<out>/seed_<s>/``."""
+    scale = target_scale(cfg, train)
+    return [
+        ProxyWork(Unit("proxy", s, group), cfg, tuple(train), tuple(val), scale, layout.seed_dir(out, s))
+        for s in cfg.train.seeds
+    ]
+
+
+def prepare_proxies(works: Sequence[ProxyWork], out: Path, hooks: SeedHooks) -> None:
+    """Before a group's seeds train: tell the hooks whether an interrupted run is continued; drop stale seeds."""
+    hooks.begin(any(w.finished_epochs() for w in works))
+    layout.prune(out, [w.unit.seed for w in works])
+
+
 def train_proxies(
     cfg: Config, train: Sequence[Series], val: Sequence[Series], out: Path, hooks: SeedHooks
 ) -> dict[int, ProxyOutcome]:
-    """Every seed's forecaster into ``<out>/seed_<s>/``, fitted on the train series of every asset given (pooled);
-    both checkpoints calibrated and rewritten."""
-    ctx, horizon, lag = cfg.window.context, cfg.window.horizon, cfg.sim.execution_lag_bars
-    scale = target_scale(cfg, train)
-    device = resolve_device(cfg.train.device)
-    train_set, val_set = (
-        ForecastSet.concat([forecast_set(s, ctx, horizon, lag, scale) for s in series]).to(device)
-        for series in (train, val)
-    )
-    names = train[0].feature_names
-    specs = {s: resume_spec(cfg, names, scale, s) for s in cfg.train.seeds}
-    hooks.begin(any(completed_epochs(layout.seed_dir(out, s), specs[s]) for s in cfg.train.seeds))
-    layout.prune(out, cfg.train.seeds)
-    outcomes = {}
-    for seed in cfg.train.seeds:
-        folder = layout.seed_dir(out, seed)
-        hooks.started(seed, finished_history(folder, specs[seed]))
-        t0 = time.perf_counter()
-        try:
-            seed_everything(seed)
-            model = Forecaster(cfg.model, len(names), ctx).to(device)
-            task = ForecastTask(train_set, cfg.baselines.proxy_batch_windows)
-            result = fit_task(
-                model,
-                task,
-                lambda m: forecast_quality(m, val_set),
-                LowestMse(),
-                cfg.train,
-                seed,
-                folder,
-                specs[seed],
-                on_epoch=lambda r, s=seed: hooks.epoch(s, r),
-            )
-            quality = {
-                name: _calibrate_file(model, result.checkpoints[name], train_set, val_set) for name in ("best", "final")
-            }
-        except BaseException as exc:
-            hooks.failed(seed, exc)
-            raise
-        summary = {"best_epoch": result.best_epoch or 0, **quality["best"]}
-        outcomes[seed] = ProxyOutcome(seed, result, time.perf_counter() - t0, summary)
-        hooks.finished(seed, outcomes[seed])
-    return outcomes
+    """Every seed's forecaster into ``<out>/seed_<s>/``, fitted on the train series of every asset given (pooled),
+    on ``train.workers`` processes (the grid runner)."""
+    works = proxy_works(cfg, train, val, out)
+    prepare_proxies(works, out, hooks)
+    outcomes = run_grid(works, lambda unit: hooks, cfg.train)
+    return {unit.seed: outcome for unit, outcome in sorted(outcomes.items())}
 
 
 def _calibrate_file(model: Forecaster, path: Path, train_set: ForecastSet, val_set: ForecastSet) -> dict[str, float]:

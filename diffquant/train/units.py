@@ -1,0 +1,83 @@
+"""One unit of training work: a policy or an MSE proxy, of one seed, in one model group.
+
+A group is what a set of seeds trains on: the one-asset chain's train split (group ``""``), or one fold's pooled or
+per-asset samples in a walk-forward study (``"<fold>/<group>"``). The grid runner (:mod:`diffquant.train.grid`)
+schedules units on processes, GPUs or machines and routes what they report to :class:`SeedHooks`; a unit knows
+nothing of workers and the runner nothing of losses or models. A unit's work is picklable (it travels to a worker
+process, or through a shared folder to another machine) and its result depends on the work alone (config, data,
+seed), never on which worker ran it or when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from diffquant.config import Config
+from diffquant.train.trainer import TrainResult
+
+Kind = Literal["policy", "proxy"]
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    kind: Kind
+    seed: int
+    group: str = ""  # "" for the train stages; "<fold>/<group>" in a walk-forward study
+
+    @property
+    def name(self) -> str:
+        """``q2024-01/pooled/policy/seed_42``: unique in a grid, safe as a folder or a log label."""
+        return "/".join(p for p in (self.group, self.kind, f"seed_{self.seed}") if p)
+
+
+class Outcome(Protocol):
+    """A trained unit: the trainer's result and what the stage and MLflow keep of it."""
+
+    seed: int
+    result: TrainResult
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """What the stage's metrics file keeps (deterministic: no timings)."""
+        ...
+
+    def run_metrics(self) -> dict[str, Any]:
+        """What the unit's MLflow run gets at the end."""
+        ...
+
+
+class Work(Protocol):
+    """Everything one unit needs to train: config, data and the folder its checkpoints go to."""
+
+    unit: Unit
+    cfg: Config
+    folder: Path  # where its checkpoints go
+
+    def finished_epochs(self) -> list[dict[str, Any]]:
+        """The epoch records of an interrupted run this work would resume after (empty when it starts over)."""
+        ...
+
+    def run(self, on_epoch: Callable[[dict[str, Any]], None], progress: bool) -> Outcome:
+        """Train (resuming from the folder's ``last.pt`` when it matches) and return the outcome."""
+        ...
+
+
+class SeedHooks(Protocol):
+    """How the units of one group report (``diffquant.tracking.SeedRuns`` logs them to MLflow)."""
+
+    def begin(self, resuming: bool) -> None:
+        """Once the params are accepted, before any seed; ``resuming``: an interrupted run is being continued."""
+
+    def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
+        """Before training; ``finished`` are the epoch records an interrupted run already completed."""
+
+    def epoch(self, seed: int, record: dict[str, Any]) -> None:
+        """Every finished epoch; it may raise to stop the unit (a pruner does), when the unit runs in-process."""
+
+    def finished(self, seed: int, outcome: Outcome) -> None: ...
+
+    def failed(self, seed: int, exc: BaseException) -> None:
+        """Training raised (or was interrupted); the exception propagates after this."""
