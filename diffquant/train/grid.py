@@ -172,6 +172,7 @@ def _on_workers(works: Sequence[Work], hooks_of: HooksOf, cfg: TrainConfig, work
                 elif kind in ("finished", "failed"):
                     running.discard(unit)
                     ended += 1
+                    log.info("%s %s (%d of %d units)", unit.name, kind, ended, len(works))
                 dispatch(event, hooks_of, outcomes)
                 if kind == "failed" and failure is None:
                     failure = payload

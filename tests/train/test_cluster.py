@@ -5,6 +5,7 @@ with its error, not retried forever."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -94,3 +95,27 @@ def test_a_unit_that_raises_is_reported_with_its_error(tmp_path: Path) -> None:
 def test_a_journal_file_is_refused_with_what_to_use(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="name an SQL database"):
         Cluster("optuna.log", tmp_path).open()
+
+
+def test_train_grid_storage_sends_the_units_of_any_stage_to_the_cluster(tmp_path: Path) -> None:
+    """``run_grid`` with ``train.grid_storage`` (here sqlite, one machine): the coordinator alone trains the grid, as
+    one in-process run would, and MLflow's hooks get every unit's epochs from its outcome."""
+    reference = tiny_works(tmp_path / "reference", [1, 2], epochs=2)
+    run_grid(reference, lambda u: Recorder([], "ref"), reference[0].cfg.train)
+    works = tiny_works(tmp_path / "shared", [1, 2], epochs=2)
+    train = dataclasses.replace(
+        works[0].cfg.train, grid_storage=f"sqlite:///{tmp_path / 'grid.db'}", grid_jobs=str(tmp_path / "jobs")
+    )
+    log: list = []
+    outcomes = run_grid(works, lambda u: Recorder(log, "g"), train)
+    for work in works:
+        a, b = _weights(work.folder), _weights(tmp_path / "reference" / work.folder.name)
+        assert all(torch.equal(a[k], b[k]) for k in a), work.unit.name
+    assert [(kind, value) for kind, name, value in log if name == "g/1"] == [
+        ("started", 0),
+        ("epoch", 1),
+        ("epoch", 2),
+        ("finished", 1),
+    ]
+    assert sorted(outcomes) == [w.unit for w in works]
+    assert len(list((tmp_path / "jobs").glob("grid-*/*.outcome.pkl"))) == 2
