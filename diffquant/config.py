@@ -23,8 +23,10 @@ import yaml
 from diffquant.errors import ConfigError
 
 
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict[str, Any]:
-    return {"range": (lo, hi, lo_open)}
+def _range(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+) -> dict[str, Any]:
+    return {"range": (lo, hi, lo_open, hi_open)}
 
 
 def _f(default: Any, **meta: Any) -> Any:
@@ -36,11 +38,13 @@ def _f(default: Any, **meta: Any) -> Any:
 POSITIVE = _range(0.0, lo_open=True)
 NON_NEGATIVE = _range(0.0)
 PROBABILITY = _range(0.0, 1.0)
+OPEN_UNIT = _range(0.0, 1.0, lo_open=True, hi_open=True)
 
 FeaturePreset = Literal["ohlc", "ohlcv", "full", "custom"]
 SourceName = Literal["bundled", "huggingface", "binance", "file"]
 StampConvention = Literal["open_time", "close_time"]
-LossType = Literal["sharpe", "sortino", "hybrid"]
+CoreType = Literal["sharpe", "sortino", "calmar", "cdar"]
+LossType = Literal["sharpe", "sortino", "calmar", "cdar", "hybrid"]
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,7 @@ class SimConfig:
 @dataclass(frozen=True)
 class LossConfig:
     type: LossType = "hybrid"
-    core: Literal["sharpe", "sortino"] = "sharpe"
+    core: CoreType = "sharpe"
     lambda_sharpe: float = _f(1.0, **NON_NEGATIVE)
     lambda_turnover: float = _f(0.01, **NON_NEGATIVE)
     lambda_drawdown: float = _f(0.05, **NON_NEGATIVE)
@@ -206,6 +210,11 @@ class LossConfig:
     flat_target: float = _f(0.20, **PROBABILITY)
     flat_eps: float = _f(0.05, **POSITIVE)
     flat_k: float = _f(40.0, **POSITIVE)
+    lambda_band: float = _f(0.0, **NON_NEGATIVE)
+    band_low: float = _f(0.0, **NON_NEGATIVE)
+    band_high: float = _f(0.1, **NON_NEGATIVE)
+    dd_temperature: float = _f(1000.0, **POSITIVE)
+    cdar_alpha: float = _f(0.95, **OPEN_UNIT)
     eps: float = _f(1e-8, **POSITIVE)
 
 
@@ -341,6 +350,10 @@ class Config:
                 f"{self.window.context - 1}] (the returns inside the policy's window: the rule sees no more "
                 f"history than the policy), got {lookbacks}"
             )
+        if self.loss.band_low > self.loss.band_high:
+            raise ConfigError(
+                f"loss.band_low ({self.loss.band_low}) must not exceed loss.band_high ({self.loss.band_high})"
+            )
         if self.window.horizon <= self.sim.execution_lag_bars:
             raise ConfigError(
                 f"window.horizon ({self.window.horizon}) must exceed sim.execution_lag_bars "
@@ -424,13 +437,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _check_range(value: Any, meta: dict[str, Any], key: str) -> None:
     if "range" not in meta or value is None:
         return
-    lo, hi, lo_open = meta["range"]
+    lo, hi, lo_open, hi_open = meta["range"]
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    too_high = hi is not None and value > hi
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
     if too_low or too_high:
         lo_txt = "-inf" if lo is None else f"{lo}"
         hi_txt = "inf" if hi is None else f"{hi}"
-        raise ConfigError(f"{key}: {value} is out of range {'(' if lo_open else '['}{lo_txt}, {hi_txt}]")
+        raise ConfigError(
+            f"{key}: {value} is out of range {'(' if lo_open else '['}{lo_txt}, {hi_txt}{')' if hi_open else ']'}"
+        )
 
 
 def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:

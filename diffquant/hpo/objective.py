@@ -53,7 +53,8 @@ SPACE: tuple[Dim, ...] = (
 
 
 def search_space(cfg: Config) -> tuple[Dim, ...]:
-    """The λs act only in the hybrid loss; searching them for a plain Sharpe or Sortino loss would waste trials."""
+    """The λs act only in the hybrid loss; searching them for a plain ratio loss (sharpe, sortino, calmar, cdar) would
+    waste trials."""
     return tuple(d for d in SPACE if cfg.loss.type == "hybrid" or not d.key.startswith("loss.lambda_"))
 
 

@@ -1,4 +1,4 @@
-"""Training objectives on the simulator's per-bar PnL: sharpe, sortino and the hybrid with regularisers.
+"""Training objectives on the simulator's per-bar PnL: sharpe, sortino, calmar, cdar and the hybrid with regularisers.
 
 Shapes: B episodes, T bars. Ratios pool all B x T bars of a batch (upstream's choice: a batch is one sample of the
 return distribution) and are per bar, not annualised.
@@ -7,16 +7,20 @@ Fixes against upstream (docs/upstream.md, "Defects fixed" items 1 and 10), each 
 - an exactly-flat policy earns exactly 0 (the simulator's idle cost is 0), so -Sharpe is 0 there, not +70;
 - the drawdown's running maximum starts at zero log-equity, so a loss from the episode's start is a drawdown;
 - the terminal and turnover terms use the same zero-at-zero smooth |x| as the simulator.
+
+The drawdown-based ratios (calmar, cdar) live in :mod:`diffquant.sim.drawdown_losses`; docs/losses.md lists them all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from diffquant.config import LossConfig
+from diffquant.sim.drawdown_losses import calmar_ratio, cdar_ratio, drawdown_path
 from diffquant.sim.simulator import smooth_abs
 
 
@@ -31,16 +35,32 @@ def sortino_ratio(pnl: Tensor, eps: float) -> Tensor:
     return pnl.mean() / (downside + eps)
 
 
+RATIOS: dict[str, Callable[[Tensor, LossConfig], Tensor]] = {
+    "sharpe": lambda pnl, c: sharpe_ratio(pnl, c.eps),
+    "sortino": lambda pnl, c: sortino_ratio(pnl, c.eps),
+    "calmar": lambda pnl, c: calmar_ratio(pnl, c.dd_temperature, c.eps),
+    "cdar": lambda pnl, c: cdar_ratio(pnl, c.cdar_alpha, c.eps),
+}
+
+
 def drawdown(pnl: Tensor) -> Tensor:
     """Mean gap between the running peak of log-equity (starting at 0) and log-equity, over (B, T)."""
-    log_equity = torch.cumsum(torch.log1p(pnl), dim=1)
-    peak = torch.cummax(torch.clamp_min(log_equity, 0.0), dim=1).values
-    return (peak - log_equity).mean()
+    return drawdown_path(pnl).mean()
 
 
 def turnover(decisions: Tensor, eps: float) -> Tensor:
     """Mean smooth |change| between consecutive decisions (the entry from flat is not counted, as in upstream)."""
     return smooth_abs(torch.diff(decisions, dim=1), eps).mean()
+
+
+def turnover_band(decisions: Tensor, eps: float, low: float, high: float) -> Tensor:
+    """Mean over episodes of relu(low - x)^2 + relu(x - high)^2, x an episode's mean smooth |change| of decision.
+
+    Unlike ``turnover``, which pushes every episode towards no trading, this leaves any trading pace inside
+    [low, high] alone and only pulls episodes that trade too little or too much back to the band.
+    """
+    x = smooth_abs(torch.diff(decisions, dim=1), eps).mean(dim=1)
+    return (torch.relu(low - x).pow(2) + torch.relu(x - high).pow(2)).mean()
 
 
 def terminal(decisions: Tensor, eps: float) -> Tensor:
@@ -62,8 +82,7 @@ class Objective:
 
     def __call__(self, pnl: Tensor, decisions: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         c = self.cfg
-        ratio = sortino_ratio if (c.type == "sortino" or (c.type == "hybrid" and c.core == "sortino")) else sharpe_ratio
-        core = -ratio(pnl, c.eps)
+        core = -RATIOS[c.core if c.type == "hybrid" else c.type](pnl, c)
         if c.type != "hybrid":
             return core, {"core": core}
         terms = {
@@ -73,6 +92,7 @@ class Objective:
             "terminal": terminal(decisions, self.smooth_eps),
             "flat": (flat_share(decisions, c.flat_eps, c.flat_k) - c.flat_target) ** 2,
             "bias": decisions.mean().abs(),
+            "band": turnover_band(decisions, self.smooth_eps, c.band_low, c.band_high),
         }
         weights = {
             "core": c.lambda_sharpe,
@@ -81,15 +101,23 @@ class Objective:
             "terminal": c.lambda_terminal,
             "flat": c.lambda_flat,
             "bias": c.lambda_bias,
+            "band": c.lambda_band,
         }
         return sum(weights[k] * v for k, v in terms.items()), terms
 
     def __repr__(self) -> str:
+        """The formula; a zero-weighted band term is left out so default runs keep the description they had."""
         c = self.cfg
         if c.type != "hybrid":
-            return f"-{c.type}"
+            return f"-{self._core(c.type)}"
+        band = f" + {c.lambda_band}*band[{c.band_low}, {c.band_high}]" if c.lambda_band else ""
         return (
-            f"{c.lambda_sharpe}*(-{c.core}) + {c.lambda_turnover}*turnover + {c.lambda_drawdown}*drawdown + "
-            f"{c.lambda_terminal}*terminal + {c.lambda_flat}*(flat_share - {c.flat_target})^2 + "
-            f"{c.lambda_bias}*|mean(position)|"
+            f"{c.lambda_sharpe}*(-{self._core(c.core)}) + {c.lambda_turnover}*turnover + "
+            f"{c.lambda_drawdown}*drawdown + {c.lambda_terminal}*terminal + "
+            f"{c.lambda_flat}*(flat_share - {c.flat_target})^2 + {c.lambda_bias}*|mean(position)|{band}"
         )
+
+    def _core(self, name: str) -> str:
+        """A ratio's name with the setting that shapes it (the drawdown ratios have one each)."""
+        extra = {"calmar": f"(k={self.cfg.dd_temperature})", "cdar": f"(alpha={self.cfg.cdar_alpha})"}
+        return name + extra.get(name, "")

@@ -131,6 +131,8 @@ LOADER_CASES: dict[str, Case] = {
     "zero_lr": ("train", {"train": {"lr": 0.0}}, ("train.lr", "out of range")),
     "probability_above_one": ("train", {"train": {"mirror_prob": 1.5}}, ("train.mirror_prob", "out of range")),
     "timeframe_above_a_day": ("aggregate", {"data": {"timeframe_minutes": 2880}}, ("data.timeframe_minutes",)),
+    "cdar_alpha_of_one": ("train", {"loss": {"cdar_alpha": 1.0}}, ("loss.cdar_alpha", "out of range (0.0, 1.0)")),
+    "zero_dd_temperature": ("sanity", {"loss": {"dd_temperature": 0.0}}, ("loss.dd_temperature", "out of range")),
     # unknown key
     "unknown_key": ("train", {"train": {"epoch": 5}}, ("unknown key(s) train.epoch", "allowed here")),
     "unknown_section": ("download", {"trian": {"epochs": 5}}, ("unknown key(s) trian",)),
@@ -142,6 +144,7 @@ LOADER_CASES: dict[str, Case] = {
         {"baselines": {"momentum_lookbacks": [24, 96]}},
         ("baselines.momentum_lookbacks", "window.context"),
     ),
+    "band_upside_down": ("train", {"loss": {"band_low": 0.2, "band_high": 0.1}}, ("loss.band_low", "loss.band_high")),
     "duplicate_seeds": ("train", {"train": {"seeds": [1, 1]}}, ("train.seeds", "distinct")),
     "no_seeds": ("train", {"train": {"seeds": []}}, ("train.seeds",)),
     "seed_not_an_integer": ("train", {"train": {"seeds": [1, "two"]}}, ("train.seeds[1]", "expected an integer")),
