@@ -104,11 +104,17 @@ class Scripted:
     unit: Unit
     seconds: float = 0.0
     ending: str = "finish"  # finish | raise | die
+    meet: str = ""  # a folder: wait there until two processes have arrived (proves they run side by side)
 
     def finished_epochs(self) -> list[dict[str, Any]]:
         return []
 
     def run(self, on_epoch: Any, progress: bool) -> Done:
+        if self.meet:
+            (Path(self.meet) / str(os.getpid())).touch()
+            deadline = time.monotonic() + 120
+            while len(list(Path(self.meet).iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
         time.sleep(self.seconds)
         if self.ending == "raise":
             raise ValueError(f"{self.unit.name} is broken")
@@ -141,8 +147,8 @@ def test_a_worker_that_dies_is_reported_with_the_unit_it_was_training() -> None:
         run_grid(works, lambda unit: Recorder(log, "g"), TWO)
 
 
-def test_units_run_side_by_side_in_separate_processes_and_come_back_by_unit() -> None:
-    works = [Scripted(Unit("policy", s), 0.5) for s in range(4)]
+def test_units_run_side_by_side_in_separate_processes_and_come_back_by_unit(tmp_path: Path) -> None:
+    works = [Scripted(Unit("policy", s), 0.0, meet=str(tmp_path)) for s in range(4)]
     outcomes = run_grid(works, lambda unit: Recorder([], "g"), TWO)
     assert sorted(outcomes) == [w.unit for w in works]
     assert all(outcomes[w.unit].seed == w.unit.seed for w in works)
