@@ -25,39 +25,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_train import LENGTH, NAMES, SAMPLES
+from benchmarks.bench_train import LENGTH, NAMES, SAMPLES, synthetic_market
 from diffquant.config import Config
 from diffquant.data.splits import Samples, Series
 from diffquant.train import checkpoint
 from diffquant.train.grid import available_cores, run_grid
 from diffquant.train.policy_training import PolicyWork, TrainingData, policy_works
+from diffquant.train.units import QuietHooks
 
 FOLDS, SEEDS, VAL_BARS, TF_MS = 2, (1, 2, 3), 700, 3_600_000
-
-
-class Quiet:
-    def begin(self, resuming: bool) -> None: ...
-    def started(self, seed: int, finished: list) -> None: ...
-    def epoch(self, seed: int, record: dict) -> None: ...
-    def finished(self, seed: int, outcome: object) -> None: ...
-    def failed(self, seed: int, exc: BaseException) -> None: ...
 
 
 def market(seed: int) -> TrainingData:
     """One fold's synthetic train samples and val series (random walks; features are noise plus the return)."""
     rng = np.random.default_rng(seed)
-    returns = rng.normal(0.0, 0.004, (SAMPLES, LENGTH))
-    close = 60_000.0 * np.exp(np.cumsum(returns, axis=1))
-    features = rng.normal(0.0, 1.0, (SAMPLES, LENGTH, len(NAMES))).astype(np.float32)
-    features[..., 3] = returns
-    funding = np.where(np.arange(LENGTH) % 16 == 0, 1e-4, 0.0) * np.ones((SAMPLES, 1))
+    features, close, funding = synthetic_market(rng, (SAMPLES, LENGTH))
     samples = Samples(features, close, funding, np.arange(SAMPLES, dtype=np.int64), NAMES)
-    val_returns = rng.normal(0.0, 0.004, VAL_BARS)
-    val_features = rng.normal(0.0, 1.0, (VAL_BARS, len(NAMES))).astype(np.float32)
-    val_features[:, 3] = val_returns
+    val_features, val_close, _ = synthetic_market(rng, (VAL_BARS,))
     val = Series(
         val_features,
-        60_000.0 * np.exp(np.cumsum(val_returns)),
+        val_close,
         np.zeros(VAL_BARS),
         np.arange(VAL_BARS, dtype=np.int64) * TF_MS,
         Config().window.context + 1,
@@ -77,7 +64,7 @@ def run(cfg: Config, workers: int, threads: int, out: Path) -> float:
     works = grid(dataclasses.replace(cfg, train=train), out)
     default_threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    run_grid(works, lambda unit: Quiet(), train, progress=False)
+    run_grid(works, lambda unit: QuietHooks(), train, progress=False)
     seconds = time.perf_counter() - t0
     torch.set_num_threads(default_threads)
     return seconds

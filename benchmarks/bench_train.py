@@ -32,13 +32,19 @@ SAMPLES, LENGTH = 910, 120
 NAMES = ["open", "high", "low", "close", "volume", "rolling_vol"]
 
 
-def synthetic_samples(seed: int = 0) -> EpisodeBatch:
-    rng = np.random.default_rng(seed)
-    returns = rng.normal(0.0, 0.004, (SAMPLES, LENGTH))
-    close = 60_000.0 * np.exp(np.cumsum(returns, axis=1))
-    features = rng.normal(0.0, 1.0, (SAMPLES, LENGTH, len(NAMES))).astype(np.float32)
+def synthetic_market(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random-walk ``close`` of ``shape`` (bars last), noise features whose 4th channel is the bar's return, and
+    funding every 16 bars: (features, close, funding)."""
+    returns = rng.normal(0.0, 0.004, shape)
+    close = 60_000.0 * np.exp(np.cumsum(returns, axis=-1))
+    features = rng.normal(0.0, 1.0, (*shape, len(NAMES))).astype(np.float32)
     features[..., 3] = returns
-    funding = np.where(np.arange(LENGTH) % 16 == 0, 1e-4, 0.0) * np.ones((SAMPLES, 1))
+    funding = np.where(np.arange(shape[-1]) % 16 == 0, 1e-4, 0.0) * np.ones(shape)
+    return features, close, funding
+
+
+def synthetic_samples(seed: int = 0) -> EpisodeBatch:
+    features, close, funding = synthetic_market(np.random.default_rng(seed), (SAMPLES, LENGTH))
     return episodes_from_arrays(features, close, funding, Config().window.context)
 
 

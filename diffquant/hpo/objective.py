@@ -24,7 +24,7 @@ from diffquant.config import Config, from_dict
 from diffquant.errors import ConfigError
 from diffquant.train.grid import run_grid
 from diffquant.train.policy_training import PolicyWork, TrainingData
-from diffquant.train.units import Unit
+from diffquant.train.units import QuietHooks, Unit
 
 
 @dataclass(frozen=True)
@@ -104,23 +104,15 @@ def train_trial(
     return TrialOutcome(result.selected_score, result.best_epoch, result.history)
 
 
-class _TrialHooks:
+class _TrialHooks(QuietHooks):
     """A trial's one unit reports its epochs to ``on_epoch`` (the trial's MLflow run); the rest is the objective's."""
 
     def __init__(self, on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
         self.on_epoch = on_epoch
 
-    def begin(self, resuming: bool) -> None: ...
-
-    def started(self, seed: int, finished: list[dict[str, Any]]) -> None: ...
-
     def epoch(self, seed: int, record: dict[str, Any]) -> None:
         if self.on_epoch is not None:
             self.on_epoch(record)
-
-    def finished(self, seed: int, outcome: Any) -> None: ...
-
-    def failed(self, seed: int, exc: BaseException) -> None: ...
 
 
 class TrialObjective:

@@ -49,7 +49,7 @@ from diffquant.train.layout import checkpoint_path
 from diffquant.train.policy_training import TrainingData, policy_works, prepare_policies
 from diffquant.train.proxy_training import prepare_proxies, proxy_works
 from diffquant.train.resume import code_hash
-from diffquant.train.units import SeedHooks, Work
+from diffquant.train.units import SeedHooks, Unit, Work
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +188,13 @@ def run_folds(cfg: Config, folds: list[tuple[FoldData, Path]], hooks_for: HooksF
             results[data.fold.name] = done
         else:
             todo.append((data, out, key))
-    works, routes = [], []
+    works: list[Work] = []
+    hooks: dict[Unit, SeedHooks] = {}
     for data, out, _ in todo:
         fold_units, hooks_of = fold_works(cfg, data, out, hooks_for)
         works += fold_units
-        routes += [(w.unit, hooks_of) for w in fold_units]
-    by_unit = dict(routes)
-    run_grid(works, lambda unit: by_unit[unit](unit), cfg.train)
+        hooks.update({w.unit: hooks_of(w.unit) for w in fold_units})
+    run_grid(works, hooks.__getitem__, cfg.train)
     for data, out, key in todo:
         results[data.fold.name] = judge_fold(cfg, data, out, key)
     return [results[data.fold.name] for data, _ in folds]

@@ -81,3 +81,17 @@ class SeedHooks(Protocol):
 
     def failed(self, seed: int, exc: BaseException) -> None:
         """Training raised (or was interrupted); the exception propagates after this."""
+
+
+class QuietHooks:
+    """Hooks that report nothing: for callers that want only the outcomes (a search trial, a benchmark, a test)."""
+
+    def begin(self, resuming: bool) -> None: ...
+
+    def started(self, seed: int, finished: list[dict[str, Any]]) -> None: ...
+
+    def epoch(self, seed: int, record: dict[str, Any]) -> None: ...
+
+    def finished(self, seed: int, outcome: Outcome) -> None: ...
+
+    def failed(self, seed: int, exc: BaseException) -> None: ...

@@ -188,23 +188,6 @@ def test_drawdown_ratios_gradients_match_finite_differences():
     assert ((pace < 0.65) | (pace > 0.7)).all() and (pace < 0.65).any() and (pace > 0.7).any()
 
 
-@pytest.mark.parametrize("core", ["calmar", "cdar"])
-def test_hybrid_gradient_through_the_simulator_matches_finite_differences(core):
-    sim = SimConfig(smooth_abs_eps=1e-4, impact_eta=0.02, execution_lag_bars=1)
-    cfg = LossConfig(type="hybrid", core=core, lambda_band=1.0, band_low=0.3, band_high=0.6, cdar_alpha=0.8)
-    objective = Objective(cfg, sim.smooth_abs_eps)
-    gen = torch.Generator().manual_seed(3)
-    decisions = (0.8 * torch.tanh(torch.randn(3, 8, generator=gen, dtype=torch.float64))).requires_grad_()
-    returns = 0.01 * torch.randn(3, 8, generator=gen, dtype=torch.float64)
-    funding = 1e-4 * torch.randn(3, 8, generator=gen, dtype=torch.float64)
-
-    def loss(d):
-        pnl = simulate(held_positions(d, sim.execution_lag_bars), returns, funding, sim).net
-        return objective(pnl, d)[0]
-
-    assert torch.autograd.gradcheck(loss, (decisions,), eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
 @pytest.mark.parametrize(
     ("loss", "fragments"),
     [

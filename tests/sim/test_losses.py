@@ -150,10 +150,15 @@ def test_regularisers_hand_worked():
     assert flat_share(d, 0.05, 40.0).item() == pytest.approx(0.25, abs=0.04)
 
 
-@pytest.mark.parametrize("core", ["sharpe", "sortino"])
-def test_hybrid_gradient_through_the_simulator_matches_finite_differences(core):
+DRAWDOWN_CORE = {"lambda_band": 1.0, "band_low": 0.3, "band_high": 0.6, "cdar_alpha": 0.8}
+
+
+@pytest.mark.parametrize(
+    ("core", "extra"), [("sharpe", {}), ("sortino", {}), ("calmar", DRAWDOWN_CORE), ("cdar", DRAWDOWN_CORE)]
+)
+def test_hybrid_gradient_through_the_simulator_matches_finite_differences(core, extra):
     sim = SimConfig(smooth_abs_eps=1e-4, impact_eta=0.02, execution_lag_bars=1)
-    objective = Objective(LossConfig(type="hybrid", core=core, eps=1e-8), sim.smooth_abs_eps)
+    objective = Objective(LossConfig(type="hybrid", core=core, eps=1e-8, **extra), sim.smooth_abs_eps)
     gen = torch.Generator().manual_seed(3)
     decisions = (0.8 * torch.tanh(torch.randn(3, 8, generator=gen, dtype=torch.float64))).requires_grad_()
     returns = 0.01 * torch.randn(3, 8, generator=gen, dtype=torch.float64)

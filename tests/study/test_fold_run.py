@@ -24,6 +24,7 @@ from diffquant.study.fold_run import FOLD_JSON, FoldResult, load_fold, run_fold
 from diffquant.study.pooled import stitch, universe_book
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
+from diffquant.train.units import QuietHooks
 from tests.repo_copy import REPO, deep_update
 
 pytestmark = pytest.mark.slow  # each fold trains a (tiny) policy and proxy
@@ -54,18 +55,9 @@ def tiny(**overrides: Any) -> Config:
     return from_dict(params)
 
 
-class Quiet:
-    """SeedHooks that record nothing (MLflow is the stage's business, not the fold's)."""
-
-    def begin(self, resuming: bool) -> None: ...
-    def started(self, seed: int, finished: list) -> None: ...
-    def epoch(self, seed: int, record: dict) -> None: ...
-    def finished(self, seed: int, outcome: Any) -> None: ...
-    def failed(self, seed: int, exc: BaseException) -> None: ...
-
-
-def quiet(fold: str, group: str, kind: str) -> Quiet:
-    return Quiet()
+def quiet(fold: str, group: str, kind: str) -> QuietHooks:
+    """Record nothing: MLflow is the stage's business, not the fold's."""
+    return QuietHooks()
 
 
 def raw_until(symbol: str, end: str) -> RawData:

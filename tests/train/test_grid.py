@@ -183,13 +183,13 @@ import tempfile
 from pathlib import Path
 from diffquant.train.grid import run_grid
 from diffquant.train.proxy_training import proxy_works
+from diffquant.train.units import QuietHooks
 from tests.train.grid_units import synthetic_data, tiny_config, tiny_works
 with tempfile.TemporaryDirectory() as tmp:
     _, series = synthetic_data()
     proxies = proxy_works(tiny_config([1]), [series], [series], Path(tmp) / "proxy")
     works = tiny_works(Path(tmp) / "policy", [1]) + proxies
-    hooks = type("H", (), {k: lambda *a: None for k in ("begin", "started", "epoch", "finished", "failed")})()
-    done = run_grid(works, lambda u: hooks, works[0].cfg.train, progress=False)
+    done = run_grid(works, lambda u: QuietHooks(), works[0].cfg.train, progress=False)
 assert len(done) == 2, done
 assert not any(m.split(".")[0] in ("mlflow", "dvc", "optuna") for m in sys.modules)
 print("trained", sorted(u.name for u in done))
