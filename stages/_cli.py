@@ -64,9 +64,7 @@ def setup_logging() -> None:
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main`` with logging set up; a ``DiffQuantError`` becomes one ERROR line and exit code 2."""
     setup_logging()
-    # Trained weights produce some subnormal floats; on CPUs without flush-to-zero they make matmuls ~1.5x slower,
-    # and values below 1e-38 carry no information for a policy.
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)  # the mode every model trains and decides in: diffquant.float_mode
     try:
         main()
     except DiffQuantError as exc:

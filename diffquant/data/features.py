@@ -10,7 +10,9 @@ Every channel at bar ``t`` uses bars ``<= t`` only (a bar's data is known at its
 | rolling_vol | log(max(std_pop(r_{t-w+1..t}), 1e-6)), r = close log-return (r_0 = 0), w = ``vol_window_vol`` |
 | hour_sin/cos, dow_sin/cos | sin/cos(2π·hour/24), sin/cos(2π·weekday/7) of the bar's CLOSE time (the decision) |
 
-Rolling windows expand over the first bars (fewer than w rows exist).
+Rolling windows expand over the first bars (fewer than w rows exist). Each rolling statistic is computed from its own
+window alone (no running sums), so a table that starts later gives bit for bit the same features on every row past
+its first :func:`warmup_bars` bars: the paper trader computes features from a short tail of bars (diffquant.deploy).
 
 Prices are validated > 0, so no epsilon is needed (upstream added 1e-10 everywhere). Rolling windows count rows, so
 after a gap they reach across it (as in upstream): the first bar after a gap carries the log-return across the gap,
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pandas.api.typing import Rolling
+from numpy.lib.stride_tricks import sliding_window_view
 
 from diffquant.config import FeatureConfig
 from diffquant.data.aggregate import check_grid
@@ -93,13 +95,13 @@ def funding_per_bar(open_ms: np.ndarray, funding: pd.DataFrame, timeframe_ms: in
     return np.bincount(bar[inside], weights=rates[inside], minlength=len(open_ms))
 
 
-def _rolling(values: np.ndarray, window: int) -> Rolling:
-    """The ``window`` rows ending at (and including) each row; fewer over the first rows."""
-    return pd.Series(values).rolling(window, min_periods=1)
+def _windows(values: np.ndarray, window: int) -> np.ndarray:
+    """(N,) -> (N, window) view: the ``window`` values ending at (and including) each row, NaN before the first."""
+    return sliding_window_view(np.concatenate([np.full(window - 1, np.nan), values]), window)
 
 
 def _volume_channel(v: np.ndarray, window: int) -> np.ndarray:
-    mean = _rolling(v, window).mean().to_numpy()
+    mean = np.nanmean(_windows(v, window), axis=1)
     # v >= 0 and v_t is in its own window, so mean == 0 only in an all-zero window (v_t == 0): ratio 0.
     ratio = np.divide(v, mean, out=np.zeros_like(v), where=mean > 0)
     return np.log1p(ratio)
@@ -107,8 +109,22 @@ def _volume_channel(v: np.ndarray, window: int) -> np.ndarray:
 
 def _rolling_vol(close: np.ndarray, window: int) -> np.ndarray:
     r = np.diff(np.log(close), prepend=np.log(close[:1]))  # r_0 = 0
-    std = _rolling(r, window).std(ddof=0).to_numpy()
+    std = np.nanstd(_windows(r, window), axis=1)  # population std (ddof 0)
     return np.log(np.maximum(std, VOL_FLOOR))
+
+
+def warmup_bars(cfg: FeatureConfig) -> int:
+    """Bars a table needs before its first row whose features equal those of the full history.
+
+    The first bar has no previous close; a volume channel's window of w bars needs the w - 1 before it; the rolling
+    volatility's w returns need the w closes before it (a table's first return is set to 0, not the true one).
+    """
+    needs = [1]
+    if {"volume", "num_trades"} & set(source_channels(cfg, has_num_trades=True)):
+        needs.append(cfg.vol_window - 1)
+    if cfg.rolling_vol:
+        needs.append(cfg.vol_window_vol)
+    return max(needs)
 
 
 def _time_channels(open_ms: np.ndarray, timeframe_ms: int) -> dict[str, np.ndarray]:

@@ -13,8 +13,9 @@ import numpy as np
 from diffquant.config import Hysteresis
 
 
-def apply_hysteresis(raw: np.ndarray, h: Hysteresis) -> np.ndarray:
-    """Executed position per bar (N,) from raw decisions (N,), sequentially from a flat book.
+def apply_hysteresis(raw: np.ndarray, h: Hysteresis, current: float = 0.0) -> np.ndarray:
+    """Executed position per bar (N,) from raw decisions (N,), sequentially from the book's ``current`` position
+    (flat by default; the paper trader and a served model continue a book).
 
     Per bar, with ``current`` the executed position so far (the thresholds are the fields of ``h``):
 
@@ -28,7 +29,7 @@ def apply_hysteresis(raw: np.ndarray, h: Hysteresis) -> np.ndarray:
     """
     enter_long, enter_short, exit, min_delta = h.enter_long, h.enter_short, h.exit, h.min_delta
     out = np.empty(len(raw))
-    current = 0.0
+    current = float(current)
     for i, x in enumerate(np.asarray(raw, dtype=np.float64).tolist()):
         if math.isnan(x):
             current = 0.0

@@ -83,14 +83,15 @@ def _empty_decisions(n: int) -> Decisions:
     return Decisions(raw=np.full(n, np.nan), gate=np.full(n, np.nan))
 
 
-def _encode_series(model: PolicyNetwork | Forecaster, series: SeriesLike, batch_size: int) -> np.ndarray:
+def encode_series(model: PolicyNetwork | Forecaster, series: SeriesLike, batch_size: int) -> np.ndarray:
     """``model.encode_channel_major`` of every window of ``series`` (bars ctx-1 .. N-1), float64 on the CPU.
 
     Eval mode under ``inference_mode`` on the model's device; the model's train/eval mode is restored.
     ``batch_size`` bounds memory: a batch of windows is batch_size x F x ctx floats after the z-score.
     """
     was_training = model.training
-    model.eval()
+    if was_training:  # a no-op eval() still walks every module: ~2 ms, a paper trader's decision encodes one window
+        model.eval()
     try:
         with torch.inference_mode():
             features = torch.as_tensor(series.features, dtype=torch.float32, device=_model_device(model))
@@ -99,7 +100,8 @@ def _encode_series(model: PolicyNetwork | Forecaster, series: SeriesLike, batch_
                 [model.encode_channel_major(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
             )
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     return out.double().cpu().numpy()
 
 
@@ -112,7 +114,7 @@ def policy_decisions(model: PolicyNetwork, series: SeriesLike, batch_size: int =
     out = _empty_decisions(n)
     if n < ctx:
         return out
-    out.raw[ctx - 1 :], out.gate[ctx - 1 :] = model.head.scan_numpy(_encode_series(model, series, batch_size))
+    out.raw[ctx - 1 :], out.gate[ctx - 1 :] = model.head.scan_numpy(encode_series(model, series, batch_size))
     return out
 
 
@@ -121,7 +123,7 @@ def forecast_decisions(model: Forecaster, series: SeriesLike, batch_size: int = 
     n, ctx = len(series.close), model.context
     out = _empty_decisions(n)
     if n >= ctx:
-        forecast = _encode_series(model, series, batch_size)
+        forecast = encode_series(model, series, batch_size)
         out.raw[ctx - 1 :] = np.tanh(forecast / float(model.scale))
     return out
 

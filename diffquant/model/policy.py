@@ -85,16 +85,17 @@ class PolicyHead(nn.Module):
                 delta, prev = delta.detach(), prev.detach()
         return torch.stack(positions, 1), torch.stack(gates, 1)
 
-    def scan_numpy(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def scan_numpy(self, logits: np.ndarray, state: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
         """Inference-only ``scan`` of one long series, (T, 2) -> (T,), (T,), as plain float arithmetic.
 
         Walk-forward runs thousands of steps; torch's per-op overhead would dominate a scalar recursion.
+        ``state`` = (prev_position, prev_delta) before the first step: flat, or where a paper trader's last bar left it.
         """
         (a_dp, a_dd), (a_gp, a_gd) = self.state.weight.detach().double().cpu().tolist()
         inv_d, inv_g = 1.0 / self.tau_dir, 1.0 / self.tau_gate
         positions = np.empty(len(logits))
         gates = np.empty(len(logits))
-        prev = delta = 0.0
+        prev, delta = (float(v) for v in state)
         for t, (d, g) in enumerate(logits.tolist()):
             gate = 1.0 / (1.0 + math.exp(-(g + a_gp * prev + a_gd * delta) * inv_g))
             pos = math.tanh((d + a_dp * prev + a_dd * delta) * inv_d) * gate

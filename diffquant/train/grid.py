@@ -29,6 +29,7 @@ import torch
 
 from diffquant.config import TrainConfig
 from diffquant.errors import DiffQuantError
+from diffquant.float_mode import denormals_flushed
 from diffquant.train.trainer import resolve_device
 from diffquant.train.units import Outcome, SeedHooks, Unit, Work
 
@@ -58,21 +59,13 @@ def execute(work: Work, emit: Emit, progress: bool) -> None:
     """Train one unit, reporting its start, epochs and end through ``emit``; re-raises what training raised."""
     unit = work.unit
     emit(("started", unit, work.finished_epochs()))
-    flushing = flushes_denormals()
-    torch.set_flush_denormal(True)  # as the stages do: every unit trains alike, wherever it runs
     try:
-        outcome = work.run(lambda record: emit(("epoch", unit, record)), progress)
+        with denormals_flushed():  # as the stages do: every unit trains alike, wherever it runs
+            outcome = work.run(lambda record: emit(("epoch", unit, record)), progress)
     except BaseException as exc:
         emit(("failed", unit, exc))
         raise
-    finally:
-        torch.set_flush_denormal(flushing)  # the caller's floating-point mode, as it was
     emit(("finished", unit, outcome))
-
-
-def flushes_denormals() -> bool:
-    """Whether this thread's CPU flushes subnormal floats to zero (``torch.set_flush_denormal`` has no getter)."""
-    return torch.tensor([1e-39]).mul(1.0).item() == 0.0
 
 
 def dispatch(event: Event, hooks_of: HooksOf, outcomes: dict[Unit, Outcome]) -> None:

@@ -1,0 +1,248 @@
+"""A policy bundle: everything that turns raw bars into the position to hold, exactly as the walk-forward engine does.
+
+Raw bars (open_time, OHLCV[, num_trades]) -> ``build_features`` -> each member's ``policy_decisions`` (the engine's
+batched path) -> the member's tuned hysteresis -> the book holds the mean of the members' executed positions, which
+is the evaluate stage's seed ensemble (one seed is a bundle of one member).
+
+Features are computed from the bars given, so the first ``warmup`` bars only warm the rolling windows up
+(``diffquant.data.features.warmup_bars``); the first decision is at the close of bar ``warmup + context - 1`` and the
+policy's own recursion starts flat there, as the engine's does at the first full window of a series. Bars from
+``s - warmup`` of a series' raw bars therefore give the engine's decisions for that series bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffquant.config import Config, FeatureConfig, Hysteresis, SimConfig, build_section
+from diffquant.data.aggregate import check_grid
+from diffquant.data.contracts import MINUTE_MS, read_json, to_ms, validate_bars, write_json
+from diffquant.data.features import build_features, feature_columns, warmup_bars
+from diffquant.data.splits import Series
+from diffquant.errors import DataError
+from diffquant.evaluate.hysteresis import apply_hysteresis
+from diffquant.evaluate.tuned import TunedThresholds
+from diffquant.evaluate.walk_forward import encode_series, policy_decisions
+from diffquant.float_mode import denormals_flushed
+from diffquant.model.policy import PolicyNetwork
+from diffquant.train import checkpoint
+from diffquant.train.layout import checkpoint_path
+
+MANIFEST = "bundle.json"
+FUNDING_COLUMN = "funding_rate"  # optional in the input: the rate charged during each bar (the paper trader books it)
+NO_FUNDING = pd.DataFrame({"funding_time": pd.Series([], dtype="datetime64[ms, UTC]"), "funding_rate": []})
+
+
+@dataclass(frozen=True)
+class Member:
+    """One trained policy and the hysteresis tuned for it on val."""
+
+    name: str  # "seed_42"
+    policy: PolicyNetwork
+    hysteresis: Hysteresis
+
+    def __post_init__(self) -> None:
+        self.policy.eval()  # a bundle only decides; switching modes per call costs more than a decision
+
+
+@dataclass(frozen=True)
+class MemberState:
+    """Where a member stands after a decision: its recursion state and its executed position."""
+
+    prev: float = 0.0  # its last raw position
+    delta: float = 0.0  # its last raw change
+    executed: float = 0.0  # after its hysteresis
+
+    def as_list(self) -> list[float]:
+        return [self.prev, self.delta, self.executed]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One incremental decision: the members' mean raw decision and gate, the book's position, the new states."""
+
+    raw: float
+    gate: float
+    position: float
+    states: tuple[MemberState, ...]
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """The members of a book with the feature pipeline and costs they were trained and judged with."""
+
+    members: tuple[Member, ...]
+    features: FeatureConfig
+    timeframe_minutes: int
+    sim: SimConfig
+
+    @property
+    def context(self) -> int:
+        return self.members[0].policy.context
+
+    @property
+    def warmup(self) -> int:
+        return warmup_bars(self.features)
+
+    @property
+    def min_bars(self) -> int:
+        """Bars needed for one decision: the rolling windows' warm-up, then one full context."""
+        return self.warmup + self.context
+
+    @property
+    def member_names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def decide(self, bars: pd.DataFrame, positions: Sequence[float] | None = None) -> pd.DataFrame:
+        """Decisions at the close of every bar from ``min_bars - 1`` on, oldest first.
+
+        ``positions``: each member's executed position before the first decision (flat by default), as the
+        previous call's last ``position_<member>`` columns give them. Returns ``open_time``, ``raw_position`` and
+        ``gate`` (the members' means), ``position`` (the book: the mean of the members' executed positions) and
+        ``position_<member>`` for each member.
+        """
+        series = self.series(bars)
+        start = self.context - 1
+        current = self._positions(positions)
+        raw, gate, executed = [], [], []
+        for member, pos in zip(self.members, current, strict=True):
+            with denormals_flushed():  # the mode the evaluate stage judged it in
+                d = policy_decisions(member.policy, series)
+            raw.append(d.raw[start:])
+            gate.append(d.gate[start:])
+            executed.append(apply_hysteresis(d.raw[start:], member.hysteresis, pos))
+        out = pd.DataFrame(
+            {
+                "open_time": pd.to_datetime(series.open_time[start:], unit="ms", utc=True),
+                "raw_position": np.mean(raw, axis=0),
+                "gate": np.mean(gate, axis=0),
+                "position": np.mean(executed, axis=0),  # as the evaluate stage's seed ensemble
+            }
+        )
+        for member, values in zip(self.members, executed, strict=True):
+            out[f"position_{member.name}"] = values
+        return out
+
+    def step(self, tail: pd.DataFrame, states: Sequence[MemberState]) -> Step:
+        """The decision at the close of the last bar of ``tail`` (its last ``min_bars`` bars are used), continuing
+        each member from ``states``: what ``decide`` gives for that bar, computed from that bar's window alone.
+        ``tail``: canonical bars its caller has validated (the paper trader checks every bar it is fed).
+
+        The window's logits come from a batch of one; ``decide`` (like the engine) batches thousands, and float32
+        matrix products may round differently with the batch: the two agree to the network's float32 precision.
+        """
+        series = self._feature_series(tail.iloc[-self.min_bars :])
+        raws, gates, new = [], [], []
+        for member, state in zip(self.members, states, strict=True):
+            with denormals_flushed():
+                logits = encode_series(member.policy, series, batch_size=1)[-1:]
+            raw, gate = member.policy.head.scan_numpy(logits, (state.prev, state.delta))
+            executed = apply_hysteresis(raw, member.hysteresis, state.executed)
+            raws.append(raw)
+            gates.append(gate)
+            new.append(MemberState(float(raw[0]), float(raw[0] - state.prev), float(executed[0])))
+        position = np.mean([[s.executed] for s in new], axis=0)[0]  # the (members, bars) mean of ``decide``
+        return Step(float(np.mean(raws, axis=0)[0]), float(np.mean(gates, axis=0)[0]), float(position), tuple(new))
+
+    def series(self, bars: pd.DataFrame) -> Series:
+        """Raw bars -> the feature series the members decide on: rows from the first bar past the warm-up.
+
+        Refuses, naming the row, what is not a table of canonical bars on the model's timeframe, oldest first.
+        """
+        where = "policy input bars"
+        bars = validate_bars(bars.drop(columns=[FUNDING_COLUMN], errors="ignore"), where)
+        check_grid(to_ms(bars["open_time"]), self.timeframe_minutes, where, "send bars of the model's timeframe")
+        if len(bars) < self.min_bars:
+            raise DataError(
+                f"{where}: {len(bars)} bars given; this policy needs at least {self.min_bars}, oldest first "
+                f"({self.warmup} to warm the features up, then a context of {self.context})"
+            )
+        return self._feature_series(bars)
+
+    def _feature_series(self, bars: pd.DataFrame) -> Series:
+        """``series`` of bars already validated (canonical columns, datetime open_time, on the grid)."""
+        where = "policy input bars"
+        table = build_features(bars, NO_FUNDING, self.features, self.timeframe_minutes).iloc[self.warmup - 1 :]
+        names = feature_columns(table)
+        expected = self.members[0].policy.n_features
+        if len(names) != expected:
+            raise DataError(f"{where}: the features give {len(names)} channels ({names}); the policy takes {expected}")
+        return Series(
+            features=table[[f"x_{n}" for n in names]].to_numpy(np.float32),
+            close=table["close"].to_numpy(np.float64),
+            funding=np.zeros(len(table)),
+            open_time=to_ms(table["open_time"]),
+            start=len(table) - 1,
+            timeframe_ms=self.timeframe_minutes * MINUTE_MS,
+            feature_names=names,
+        )
+
+    def _positions(self, positions: Sequence[float] | None) -> list[float]:
+        if positions is None:
+            return [0.0] * len(self.members)
+        values = [float(p) for p in positions]
+        if len(values) != len(self.members) or not all(np.isfinite(v) and abs(v) <= 1.0 for v in values):
+            raise DataError(f"positions {values}: give one executed position in [-1, 1] per member {self.member_names}")
+        return values
+
+    def manifest(self) -> dict[str, object]:
+        """Everything but the weights, as JSON: members with their hysteresis, features, timeframe, costs."""
+        return {
+            "members": [{"name": m.name, "hysteresis": dataclasses.asdict(m.hysteresis)} for m in self.members],
+            "features": dataclasses.asdict(self.features),
+            "timeframe_minutes": self.timeframe_minutes,
+            "sim": dataclasses.asdict(self.sim),
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 of the manifest and every weight: what a paper ledger is bound to, whatever URI named the model."""
+        digest = hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode())
+        for member in self.members:
+            for name, tensor in member.policy.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def save(self, folder: Path, checkpoints: dict[str, Path]) -> Path:
+        """Write the members' checkpoint files and the manifest into ``folder`` (an MLflow model's artifacts)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for m in self.members:
+            shutil.copyfile(checkpoints[m.name], folder / f"{m.name}.pt")
+        write_json(folder / MANIFEST, self.manifest())
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> PolicyBundle:
+        manifest = read_json(Path(folder) / MANIFEST, "an MLflow policy model (evaluate stage)")
+        members = tuple(
+            Member(m["name"], checkpoint.load_policy(Path(folder) / f"{m['name']}.pt"), Hysteresis(**m["hysteresis"]))
+            for m in manifest["members"]
+        )
+        return cls(
+            members=members,
+            features=build_section(FeatureConfig, manifest["features"], "features"),
+            timeframe_minutes=int(manifest["timeframe_minutes"]),
+            sim=build_section(SimConfig, manifest["sim"], "sim"),
+        )
+
+
+def pipeline_bundle(
+    cfg: Config, train_dir: Path, thresholds: TunedThresholds, seeds: Sequence[str]
+) -> tuple[PolicyBundle, dict[str, Path]]:
+    """The bundle of the given seeds as the pipeline trained (``eval.checkpoint``) and tuned them, with its files."""
+    paths = {f"seed_{s}": checkpoint_path(train_dir, s, cfg.eval.checkpoint) for s in seeds}
+    tuned = thresholds.kind("policy")
+    members = tuple(
+        Member(f"seed_{s}", checkpoint.load_policy(paths[f"seed_{s}"]), tuned[str(s)].hysteresis) for s in seeds
+    )
+    bundle = PolicyBundle(members, cfg.features, cfg.data.timeframe_minutes, cfg.sim)
+    return bundle, paths

@@ -1,0 +1,83 @@
+"""A policy bundle as an MLflow model (``pyfunc``): raw bars in, positions out, the feature pipeline inside.
+
+Input: a table of the latest bars, oldest first: ``open_time`` (Unix ms), open, high, low, close, volume (optional
+num_trades, funding_rate), at least ``min_bars`` rows. Parameter ``positions``: each member's executed position
+before the first decision (empty = flat), so a caller continues a book through the hysteresis. Output: one row per
+decision (``PolicyBundle.decide``), the last row being the decision at the latest close.
+
+Imports mlflow at module level: only the evaluate stage, serving and the paper trader use this module; the training
+path never does.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.types.schema import ParamSchema, ParamSpec
+
+from diffquant.data.contracts import to_ms
+from diffquant.deploy.bundle import PolicyBundle
+
+PACKAGE = Path(__file__).resolve().parents[1]  # diffquant/: shipped inside every model (``code_paths``)
+REQUIREMENTS = PACKAGE.parent / "requirements.txt"
+ENTRY = Path(__file__).with_name("model_entry.py")  # models from code: MLflow imports it to get the model
+MODEL_PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "pyyaml", "mlflow")  # what the bundle imports
+
+
+class PolicyModel(mlflow.pyfunc.PythonModel):
+    """``mlflow.pyfunc`` wrapper of a :class:`PolicyBundle` stored in the model's artifacts."""
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = PolicyBundle.load(Path(context.artifacts["bundle"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return model_output(self.bundle, model_input, list((params or {}).get("positions") or []) or None)
+
+
+def model_output(bundle: PolicyBundle, bars: pd.DataFrame, positions: list[float] | None = None) -> pd.DataFrame:
+    """``bundle.decide`` with ``open_time`` in Unix ms, as the model's output schema has it."""
+    out = bundle.decide(bars, positions)
+    out["open_time"] = to_ms(out["open_time"])
+    return out
+
+
+def pip_requirements() -> list[str]:
+    """The project's own pins (requirements.txt) of the packages a loaded model imports."""
+    wanted = []
+    for line in REQUIREMENTS.read_text().splitlines():
+        spec = line.split("#")[0].strip()
+        name = re.split(r"[<>=!~ ]", spec, maxsplit=1)[0].lower()
+        if name in MODEL_PACKAGES:
+            wanted.append(spec)
+    return wanted
+
+
+def as_model_input(bars: pd.DataFrame) -> pd.DataFrame:
+    """Canonical bars (datetime ``open_time``) -> the model's input table (``open_time`` in Unix ms)."""
+    out = bars.copy()
+    out["open_time"] = to_ms(out["open_time"])
+    return out.reset_index(drop=True)
+
+
+def log_policy_model(bundle: PolicyBundle, checkpoints: dict[str, Path], name: str, example: pd.DataFrame) -> Any:
+    """Log ``bundle`` as a pyfunc model of the active run; ``example``: model-input bars (``min_bars`` rows or more)."""
+    params = ParamSchema([ParamSpec("positions", "double", [], shape=(-1,))])
+    signature = infer_signature(example, model_output(bundle, example))
+    signature.params = params
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = bundle.save(Path(tmp) / "bundle", checkpoints)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(ENTRY),
+            artifacts={"bundle": str(folder)},
+            code_paths=[str(PACKAGE)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )

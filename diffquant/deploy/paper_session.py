@@ -1,0 +1,146 @@
+"""One paper-trading session: load the model, open the ledger, pick the feed, watch it in MLflow, check the result.
+
+The model is an MLflow model URI (``models:/diffquant-<experiment>@candidate``, ``runs:/<run>/policy_ensemble``,
+``models:/m-<id>``) or a checkpoint file (one seed, with the params' features, costs and ``eval.hysteresis``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diffquant import tracking
+from diffquant.config import Config
+from diffquant.data.contracts import read_parquet, to_ms, validate_bars, validate_funding
+from diffquant.deploy.bundle import Member, PolicyBundle
+from diffquant.deploy.feeds import Bar, Stale, backfill, binance, replay, replay_bars
+from diffquant.deploy.ledger import Ledger
+from diffquant.deploy.paper import MetricsSink, PaperSettings, PaperTrader
+from diffquant.errors import DataError
+from diffquant.train import checkpoint
+
+log = logging.getLogger("diffquant.paper")
+
+RECORD_COLUMNS = ("position", "trade", "gross", "commission", "funding", "net", "equity")  # compared with evaluate's
+
+
+def load_bundle(model: str, cfg: Config) -> PolicyBundle:
+    """The bundle behind an MLflow model URI, or a one-seed bundle around a checkpoint file."""
+    path = Path(model)
+    if path.suffix == ".pt":
+        policy = checkpoint.load_policy(path)
+        member = Member(path.parent.name or "policy", policy, cfg.eval.hysteresis)
+        return PolicyBundle((member,), cfg.features, cfg.data.timeframe_minutes, cfg.sim)
+    import mlflow
+
+    try:
+        loaded = mlflow.pyfunc.load_model(model)
+    except Exception as exc:  # MLflow raises its own exception types for every kind of bad URI
+        raise DataError(f"model {model}: cannot load it ({exc}); give a models:/ or runs:/ URI or a .pt file") from None
+    return loaded.unwrap_python_model().bundle
+
+
+class MlflowSink:
+    """Live metrics of a paper book in an MLflow run, batched (one sqlite transaction per ``every`` bars)."""
+
+    def __init__(self, run: tracking.Run, every: int = 48) -> None:
+        self.run, self.every = run, every
+        self.pending: list[tuple[int, dict[str, float]]] = []
+
+    def bar(self, index: int, row: dict[str, Any], drawdown: float, rolling_sharpe: float | None) -> None:
+        metrics = {"paper_equity": row["equity"], "paper_position": row["position"], "paper_drawdown": drawdown}
+        if rolling_sharpe is not None:
+            metrics["paper_rolling_sharpe"] = rolling_sharpe
+        self.pending.append((index, metrics))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def event(self, kind: str, detail: str) -> None:
+        self.flush()
+        self.run.set_tags({"paper.last_event": f"{kind}: {detail}"[:5000]})
+
+    def flush(self) -> None:
+        for step, metrics in self.pending:  # Run.log_metrics batches per call; steps differ, so one call each
+            self.run.log_metrics(metrics, step=step)
+        self.pending.clear()
+
+
+@dataclass(frozen=True)
+class ReplaySource:
+    bars: pd.DataFrame  # canonical bars
+    funding: pd.DataFrame | None  # funding events, or None when ``bars`` carries funding_rate
+
+
+def read_replay(bars_path: Path, funding_path: Path | None) -> ReplaySource:
+    """A bars file (parquet or CSV: open_time, OHLCV[, num_trades][, funding_rate]) and optional funding events."""
+    frame = read_parquet(bars_path, "a bars file") if bars_path.suffix == ".parquet" else pd.read_csv(bars_path)
+    rates = frame.pop("funding_rate") if "funding_rate" in frame.columns else None
+    bars = validate_bars(frame, str(bars_path))
+    if rates is not None:
+        bars["funding_rate"] = pd.to_numeric(rates).to_numpy(np.float64)
+    funding = None
+    if funding_path is not None:
+        funding = validate_funding(read_parquet(funding_path, "the download stage"), str(funding_path))
+    return ReplaySource(bars, funding)
+
+
+def replay_feed(
+    source: ReplaySource,
+    bundle: PolicyBundle,
+    lag: int,
+    start: pd.Timestamp | None,
+    end: pd.Timestamp | None,
+    after: int | None,
+    bars_per_second: float,
+) -> Iterator[Bar]:
+    """The bars of ``[start, end)``, preceded by the ``min_bars + lag`` bars the first decision held at ``start``
+    needs: the trader's first decision is then the engine's first one for a quarter starting at ``start``."""
+    ms = to_ms(source.bars["open_time"])
+    first = 0
+    if start is not None:
+        first = int(np.searchsorted(ms, start.value // 1_000_000)) - bundle.min_bars - lag
+        if first < 0:
+            raise DataError(
+                f"replay from {start}: the bars file starts {-first} bar(s) too late for the warm-up "
+                f"({bundle.min_bars} bars for the first decision, plus the execution lag of {lag})"
+            )
+    last = len(ms) if end is None else int(np.searchsorted(ms, end.value // 1_000_000))
+    bars = replay_bars(source.bars.iloc[first:last], source.funding, bundle.timeframe_minutes)
+    return replay(bars, after=after, bars_per_second=bars_per_second)
+
+
+def live_feed(
+    ws_url: str, rest_url: str, symbol: str, bundle: PolicyBundle, lag: int, after: int | None, grace_s: float
+) -> Iterator[Bar | Stale]:
+    """Binance: warm up from REST klines (a new ledger), then the kline stream."""
+    if after is None:
+        yield from backfill(rest_url, symbol, bundle.timeframe_minutes, bundle.min_bars + lag)
+    yield from binance(ws_url, symbol, bundle.timeframe_minutes, after, bundle.timeframe_minutes * 60 + grace_s)
+
+
+def compare_with_record(book: pd.DataFrame, record: pd.DataFrame) -> dict[str, float]:
+    """Largest absolute difference per column between the ledger and an evaluate record on the record's bars."""
+    times = to_ms(pd.to_datetime(record["time"], utc=True))
+    rows = book.set_index("open_time").reindex(times)
+    if rows["close"].isna().any():
+        missing = int(rows["close"].isna().sum())
+        raise DataError(f"the ledger lacks {missing} of the record's {len(times)} bars: replay the whole quarter")
+    return {c: float(np.max(np.abs(rows[c].to_numpy() - record[c].to_numpy()))) for c in RECORD_COLUMNS}
+
+
+def open_session(
+    bundle: PolicyBundle, ledger_url: str, settings: PaperSettings, model: str, sink: MetricsSink | None
+) -> tuple[PaperTrader, int | None]:
+    """A trader on its ledger, resumed when the ledger holds rows; returns it and the last booked bar."""
+    trader = PaperTrader(bundle, Ledger(ledger_url), settings, sink)
+    return trader, trader.start(model)
+
+
+def bars_per_year(timeframe_minutes: int, days_per_year: int) -> float:
+    return days_per_year * 24 * 60 / timeframe_minutes

@@ -1,0 +1,113 @@
+"""Paper trader (not a DVC stage): a model trades closed bars it has never seen, booked as the walk-forward engine
+books them, into a ledger that survives a kill.
+
+    python -m stages.paper --model models:/diffquant-itransformer_hybrid@candidate --split backtest
+    python -m stages.paper --model outputs/train/seed_42/best.pt --bars my_bars.csv --pace 2
+    python -m stages.paper --model models:/diffquant-itransformer_hybrid@champion --feed binance
+
+``--split backtest --check outputs/evaluate/backtest_record.csv`` replays the backtest quarter of the shipped data
+and prints how far the ledger is from the evaluate stage's record (exit code 1 beyond ``--tolerance``). Run it again
+on the same ledger and it resumes where it stopped. See docs/paper_trading.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pandas as pd
+
+from diffquant import tracking
+from diffquant.config import parse_date
+from diffquant.deploy.paper import PaperSettings
+from diffquant.deploy.paper_session import (
+    MlflowSink,
+    bars_per_year,
+    compare_with_record,
+    live_feed,
+    load_bundle,
+    open_session,
+    read_replay,
+    replay_feed,
+)
+from stages._cli import load_params, parser, repo_root, run_stage
+
+log = logging.getLogger("diffquant.stages.paper")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/RUN/NAME, models:/m-ID, or a .pt file")
+    p.add_argument("--feed", choices=("replay", "binance"), default="replay")
+    p.add_argument("--bars", default="data_source/bars/bars.parquet", help="replay: bars file (parquet or CSV)")
+    p.add_argument("--funding", default="data_source/raw/funding.parquet", help="replay: funding events ('' none)")
+    p.add_argument("--split", choices=("val", "test", "backtest"), help="replay: that quarter of params.yaml")
+    p.add_argument("--start", help="replay: first bar the book may hold a position (UTC)")
+    p.add_argument("--end", help="replay: stop before this bar (UTC)")
+    p.add_argument("--pace", type=float, default=0.0, help="replay: bars per second (0: full speed)")
+    p.add_argument("--symbol", default=None, help="binance: symbol (default: data.symbol)")
+    p.add_argument("--ws-url", default="wss://fstream.binance.com", help="binance: stream base URL")
+    p.add_argument("--rest-url", default="https://fapi.binance.com", help="binance: REST base URL (warm-up)")
+    p.add_argument("--grace", type=float, default=120.0, help="binance: seconds past a timeframe before 'stale'")
+    p.add_argument("--ledger", default="outputs/paper/ledger.db", help="SQLite file or SQLAlchemy URL")
+    p.add_argument("--on-gap", choices=("flatten", "pause"), default="flatten")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log live metrics to MLflow")
+    p.add_argument("--check", help="an evaluate record CSV to compare the ledger with")
+    p.add_argument("--tolerance", type=float, default=1e-6, help="--check: largest difference accepted")
+    args = p.parse_args(argv)
+    root, cfg = repo_root(), load_params(args.params)
+
+    bundle = load_bundle(args.model, cfg)
+    settings = PaperSettings(bundle.sim, args.on_gap, bars_per_year(bundle.timeframe_minutes, cfg.eval.days_per_year))
+    if "://" not in args.ledger:
+        (root / args.ledger).parent.mkdir(parents=True, exist_ok=True)
+    ledger = args.ledger if "://" in args.ledger else str(root / args.ledger)
+    run = None
+    if not args.no_mlflow:
+        tags = {"role": "paper", "paper.model": args.model, "paper.feed": args.feed, "paper.ledger": ledger}
+        run = tracking.start_run(root, f"paper {args.model}", tags)
+    trader, after = open_session(bundle, ledger, settings, args.model, MlflowSink(run) if run else None)
+    lag = bundle.sim.execution_lag_bars
+    status = "FAILED"
+    try:
+        if args.feed == "replay":
+            start, end = _span(cfg, args)
+            source = read_replay(root / args.bars, root / args.funding if args.funding else None)
+            feed = replay_feed(source, bundle, lag, start, end, after, args.pace)
+        else:
+            symbol = args.symbol or cfg.data.symbol
+            feed = live_feed(args.ws_url, args.rest_url, symbol, bundle, lag, after, args.grace)
+        trader.run(feed)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        log.info("stopped; run the same command again to resume from %s", ledger)
+    finally:
+        if run is not None:
+            trader.sink.flush()
+            run.finish(status)
+    book = trader.ledger.book()
+    log.info("%d bars in %s; equity %.6f", len(book), ledger, book["equity"].iloc[-1] if len(book) else 1.0)
+    if args.check:
+        worst = compare_with_record(book, pd.read_csv(root / args.check))
+        for column, diff in worst.items():
+            print(f"{column:>12}: largest difference {diff:.3e}")
+        if max(worst.values()) > args.tolerance:
+            log.error("the ledger differs from %s by more than %g", args.check, args.tolerance)
+            sys.exit(1)
+        print(f"ledger equals {args.check} within {args.tolerance:g}")
+
+
+def _span(cfg, args) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """Replay bounds: --split's quarter of params.yaml, or --start / --end."""
+    if args.split:
+        start, end = cfg.split.boundaries()[args.split]
+        return pd.Timestamp(start), pd.Timestamp(end)
+    return (
+        pd.Timestamp(parse_date(args.start, "--start")) if args.start else None,
+        pd.Timestamp(parse_date(args.end, "--end")) if args.end else None,
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
