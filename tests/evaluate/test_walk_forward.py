@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from diffquant.config import Hysteresis, ModelConfig, SimConfig
+from diffquant.config import BackboneName, Hysteresis, ModelConfig, SimConfig
 from diffquant.data.splits import Series
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.walk_forward import (
@@ -83,7 +84,7 @@ def with_bars_replaced(series: Series, after: int, seed: int) -> Series:
 # -- decisions ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backbone", ["itransformer", "lstm"])
+@pytest.mark.parametrize("backbone", typing.get_args(BackboneName))
 def test_fast_decisions_match_the_per_bar_reference(backbone: str) -> None:
     series = make_series(600, CTX + 1)
     model = make_model(backbone)
