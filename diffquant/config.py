@@ -45,6 +45,7 @@ SourceName = Literal["bundled", "huggingface", "binance", "file"]
 StampConvention = Literal["open_time", "close_time"]
 CoreType = Literal["sharpe", "sortino", "calmar", "cdar"]
 LossType = Literal["sharpe", "sortino", "calmar", "cdar", "hybrid"]
+SERIES_BACKBONES = ("tcn", "vsn_lstm", "linear_attention")  # causal per bar: they also run over a whole series
 BackboneName = Literal["itransformer", "lstm", "patchtst", "dlinear", "tcn", "vsn_lstm", "linear_attention"]
 
 
@@ -230,6 +231,9 @@ class ModelConfig:
     tcn: TCNConfig = field(default_factory=TCNConfig)
     vsn_lstm: VSNLSTMConfig = field(default_factory=VSNLSTMConfig)
     linear_attention: LinearAttentionConfig = field(default_factory=LinearAttentionConfig)
+    # Run the backbone causally over each whole episode / series (tcn, vsn_lstm, linear_attention only), each bar
+    # z-scored by the trailing window.context bars, instead of once per window (docs/backbones.md, "Series path").
+    series: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
 
 
@@ -414,6 +418,11 @@ class Config:
         if hasattr(section, "n_heads") and section.d_model % section.n_heads:
             raise ConfigError(
                 f"{key}.d_model ({section.d_model}) must be divisible by {key}.n_heads ({section.n_heads})"
+            )
+        if self.model.series and name not in SERIES_BACKBONES:
+            raise ConfigError(
+                f"model.series is true but model.backbone '{name}' has no series path; "
+                f"use one of {', '.join(SERIES_BACKBONES)} or set model.series to false"
             )
         ctx = self.window.context
         if name == "patchtst":

@@ -14,9 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffquant.config import BackboneName, ModelConfig, from_dict
+from diffquant.config import SERIES_BACKBONES, BackboneName, ModelConfig, from_dict
 from diffquant.model.backbones import build_backbone
-from diffquant.model.policy import PolicyNetwork, backbone_features, count_parameters
+from diffquant.model.policy import (
+    PolicyNetwork,
+    backbone_features,
+    causal_zscore,
+    count_parameters,
+    sliding_windows,
+    zscore,
+)
 
 BACKBONES = typing.get_args(BackboneName)
 CTX, F = 40, 5  # 40 bars: two chunks of the linear attention, several PatchTST patches
@@ -148,3 +155,88 @@ def test_params_select_every_backbone_at_its_defaults(backbone):
     cfg = from_dict({"model": {"backbone": backbone}}).model
     assert cfg == dataclasses.replace(ModelConfig(), backbone=backbone)
     assert type(build_backbone(cfg, 6, 96)) is type(build_backbone(small_config(backbone), F, CTX))
+
+
+# -- the series path (model.series): tcn, vsn_lstm, linear_attention ------------------------------------------------
+
+
+def series_layout(model: torch.nn.Module, bars: torch.Tensor) -> torch.Tensor:
+    """(B, T, F) bars in the layout ``model`` takes."""
+    return bars.transpose(1, 2).contiguous() if model.channel_major else bars
+
+
+def series_policy(backbone: str, seed: int = 0) -> PolicyNetwork:
+    torch.manual_seed(seed)
+    policy = PolicyNetwork(dataclasses.replace(small_config(backbone), series=True), F, CTX)
+    with torch.no_grad():
+        policy.head.state.weight.copy_(torch.tensor([[0.8, -0.5], [0.6, 0.4]]))  # the recursion matters
+    return policy
+
+
+@pytest.mark.parametrize("backbone", SERIES_BACKBONES)
+def test_series_path_is_causal(backbone):
+    """Redrawing bar t + 1 and later changes no output at bars <= t: the backbone's ``forward_series`` and the
+    policy's ``encode_series`` (with the causal z-score) alike."""
+    t = 57  # inside the second linear-attention chunk
+    model = small_backbone(backbone).eval()
+    policy = series_policy(backbone).eval()
+    bars = torch.randn(2, 90, F)
+    changed = bars.clone()
+    changed[:, t + 1 :] = 5 * torch.randn_like(changed[:, t + 1 :])
+    with torch.no_grad():
+        for run in (lambda x: model.forward_series(series_layout(model, x)), policy.encode_series):
+            a, b = run(bars), run(changed)
+            torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=0)
+            assert (a[:, t + 1 :] - b[:, t + 1 :]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("backbone", SERIES_BACKBONES)
+def test_window_features_are_the_series_features_of_the_last_bar(backbone):
+    model = small_backbone(backbone).eval()
+    x = series_layout(model, torch.randn(3, CTX, F))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_series(x)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_causal_zscore_is_the_window_zscore_of_the_last_bar():
+    """From bar ctx - 1 on, bar t is normalised by the statistics of the window ending at t, as the window path does."""
+    bars = torch.randn(2, 70, F, dtype=torch.float64) * 3 + 1
+    out = causal_zscore(bars, CTX)
+    windows = sliding_windows(bars, CTX)  # (B, T - ctx + 1, F, ctx)
+    expected = zscore(windows.contiguous())[..., -1]  # (B, T - ctx + 1, F)
+    torch.testing.assert_close(out[:, CTX - 1 :], expected, rtol=1e-12, atol=1e-12)
+    assert (out[:, 0] == 0).all()  # the first bar: a window of bar 0 repeated
+
+
+@pytest.mark.parametrize("full_bptt", [True, False])
+@pytest.mark.parametrize("backbone", SERIES_BACKBONES)
+def test_series_rollout_equals_reference(backbone, full_bptt):
+    """The one-pass series rollout equals recomputing each decision from the episode's prefix: positions and every
+    parameter's gradient."""
+    horizon = 6
+    policy = series_policy(backbone).eval()
+    features = torch.randn(3, CTX + horizon, F)
+    runs = []
+    for rollout in (policy.rollout, policy.rollout_reference):
+        policy.zero_grad()
+        pos, _ = rollout(features, horizon, full_bptt)
+        (pos * torch.linspace(-1.0, 1.0, horizon)).sum().square().backward()
+        runs.append((pos.detach(), {n: p.grad.clone() for n, p in policy.named_parameters()}))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=1e-5)
+    assert runs[0][0].std() > 1e-3
+    for name, g in runs[0][1].items():
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, runs[1][1][name], rtol=1e-4, atol=1e-5, msg=name)
+    assert all(g.abs().max() > 0 for g in runs[0][1].values())
+
+
+@pytest.mark.parametrize("backbone", SERIES_BACKBONES)
+def test_series_rollout_differs_from_the_window_rollout(backbone):
+    """The flag does something: the series path sees the episode's earlier rows and normalises per bar."""
+    features = torch.randn(2, CTX + 4, F)
+    window = series_policy(backbone).eval()
+    window.series = False
+    with torch.no_grad():
+        a, _ = series_policy(backbone).eval().rollout(features, 4, True)
+        b, _ = window.rollout(features, 4, True)
+    assert (a - b).abs().max() > 1e-5  # float32 rounding of one computation done two ways stays below 1e-6

@@ -171,6 +171,11 @@ LOADER_CASES: dict[str, Case] = {
         {"model": {"backbone": "linear_attention", "linear_attention": {"n_heads": 5}}},
         ("model.linear_attention.d_model (32)", "model.linear_attention.n_heads (5)"),
     ),
+    "series_without_a_series_backbone": (
+        "train",
+        {"model": {"series": True}},
+        ("model.series", "model.backbone 'itransformer'", "tcn, vsn_lstm, linear_attention"),
+    ),
     "unknown_backbone_key": ("train", {"model": {"tcn": {"layers": 3}}}, ("unknown key(s) model.tcn.layers", "levels")),
     "horizon_within_lag": ("split", {"window": {"horizon": 2}, "sim": {"execution_lag_bars": 2}}, ("window.horizon",)),
     "momentum_longer_than_window": (
