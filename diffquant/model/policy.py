@@ -153,12 +153,18 @@ class PolicyNetwork(nn.Module):
     def encode_series(self, features: Tensor) -> Tensor:
         """(B, T, F) raw features -> (B, T, 2) logits of every bar (the series path, ``model.series``).
 
-        Bar t's logits see bars 0 .. t only: ``causal_zscore``, then the backbone's causal ``forward_series``.
+        Bar t's logits see bars 0 .. t only: ``causal_zscore``, then the backbone's causal ``forward_series``. The
+        head's dropout draws one mask per sequence, shared by its T bars, as the window path shares one per episode.
         """
         x = causal_zscore(features, self.context)
-        if self.backbone.channel_major:
-            return self.head(self.backbone.forward_series(x.transpose(1, 2).contiguous()))
-        return self.head(self.backbone.forward_series(x))
+        x = x.transpose(1, 2).contiguous() if self.backbone.channel_major else x
+        out = self.backbone.forward_series(x)  # (B, T, D)
+        b, t = out.shape[:2]
+        set_episode_length(self.head, t)
+        try:
+            return self.head(out.reshape(b * t, -1)).view(b, t, 2)
+        finally:
+            set_episode_length(self.head, 1)
 
     def rollout(self, features: Tensor, horizon: int, full_bptt: bool) -> tuple[Tensor, Tensor]:
         """Decisions for every step of a batch of episodes, the fast way.
