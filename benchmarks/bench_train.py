@@ -49,8 +49,9 @@ def synthetic_samples(seed: int = 0) -> EpisodeBatch:
 
 
 class Setup:
-    def __init__(self) -> None:
-        cfg = Config()
+    def __init__(self, cfg: Config | None = None) -> None:
+        """The primary config unless ``cfg`` (benchmarks/bench_backbones.py swaps the backbone)."""
+        cfg = cfg or Config()
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
         self.model = PolicyNetwork(cfg.model, len(NAMES), cfg.window.context)

@@ -45,6 +45,8 @@ SourceName = Literal["bundled", "huggingface", "binance", "file"]
 StampConvention = Literal["open_time", "close_time"]
 CoreType = Literal["sharpe", "sortino", "calmar", "cdar"]
 LossType = Literal["sharpe", "sortino", "calmar", "cdar", "hybrid"]
+SERIES_BACKBONES = ("tcn", "vsn_lstm", "linear_attention")  # causal per bar: they also run over a whole series
+BackboneName = Literal["itransformer", "lstm", "patchtst", "dlinear", "tcn", "vsn_lstm", "linear_attention"]
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,50 @@ class LSTMConfig:
 
 
 @dataclass(frozen=True)
+class PatchTSTConfig:
+    patch_len: int = _f(16, **_range(1))
+    stride: int = _f(8, **_range(1))
+    d_model: int = _f(32, **_range(1))
+    n_heads: int = _f(2, **_range(1))
+    n_layers: int = _f(3, **_range(1))
+    d_ff: int = _f(64, **_range(1))
+    dropout: float = _f(0.1, **_range(0.0, 0.9))
+
+
+@dataclass(frozen=True)
+class DLinearConfig:
+    kernel: int = _f(25, **_range(1))  # bars in the trailing moving average (the trend)
+    d_out: int = _f(32, **_range(1))  # features per channel
+    individual: bool = True  # one pair of time maps per channel (False: shared by all channels)
+
+
+@dataclass(frozen=True)
+class TCNConfig:
+    channels: int = _f(32, **_range(1))
+    levels: int = _f(5, **_range(1))  # residual blocks; block i dilates by 2^i
+    kernel: int = _f(3, **_range(2))
+    dropout: float = _f(0.1, **_range(0.0, 0.9))
+
+
+@dataclass(frozen=True)
+class VSNLSTMConfig:
+    d_model: int = _f(16, **_range(1))  # per-feature embedding and selected input width
+    hidden: int = _f(64, **_range(1))
+    layers: int = _f(2, **_range(1))
+    dropout: float = _f(0.1, **_range(0.0, 0.9))
+
+
+@dataclass(frozen=True)
+class LinearAttentionConfig:
+    d_model: int = _f(32, **_range(1))
+    n_heads: int = _f(2, **_range(1))
+    n_layers: int = _f(4, **_range(1))
+    d_ff: int = _f(64, **_range(1))
+    conv_kernel: int = _f(4, **_range(1))  # causal depthwise conv before attention: local order, as in H3/Mamba
+    dropout: float = _f(0.1, **_range(0.0, 0.9))
+
+
+@dataclass(frozen=True)
 class HeadConfig:
     dense: list[int] = _f([64, 32])
     dropout: float = _f(0.1, **_range(0.0, 0.9))
@@ -177,9 +223,17 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: Literal["itransformer", "lstm"] = "itransformer"
+    backbone: BackboneName = "itransformer"
     itransformer: ITransformerConfig = field(default_factory=ITransformerConfig)
     lstm: LSTMConfig = field(default_factory=LSTMConfig)
+    patchtst: PatchTSTConfig = field(default_factory=PatchTSTConfig)
+    dlinear: DLinearConfig = field(default_factory=DLinearConfig)
+    tcn: TCNConfig = field(default_factory=TCNConfig)
+    vsn_lstm: VSNLSTMConfig = field(default_factory=VSNLSTMConfig)
+    linear_attention: LinearAttentionConfig = field(default_factory=LinearAttentionConfig)
+    # Run the backbone causally over each whole episode / series (tcn, vsn_lstm, linear_attention only), each bar
+    # z-scored by the trailing window.context bars, instead of once per window (docs/backbones.md, "Series path").
+    series: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
 
 
@@ -330,12 +384,7 @@ class Config:
             raise ConfigError("data.source is 'file' but data.path is empty: set data.path to a CSV or parquet file")
         if self.features.preset == "custom" and not self.features.custom_columns:
             raise ConfigError("features.preset is 'custom': list the columns in features.custom_columns")
-        m = self.model.itransformer
-        if self.model.backbone == "itransformer" and m.d_model % m.n_heads:
-            raise ConfigError(
-                f"model.itransformer.d_model ({m.d_model}) must be divisible by "
-                f"model.itransformer.n_heads ({m.n_heads})"
-            )
+        self._validate_backbone()
         if not self.model.head.dense or min(self.model.head.dense) < 1:
             raise ConfigError("model.head.dense must list at least one positive layer width, e.g. [64, 32]")
         seeds = self.train.seeds
@@ -360,6 +409,32 @@ class Config:
                 f"({self.sim.execution_lag_bars}): no decision would ever earn a return"
             )
         return self
+
+    def _validate_backbone(self) -> None:
+        """The selected backbone's cross-field rules (an unselected section is only type- and range-checked)."""
+        name = self.model.backbone
+        section = getattr(self.model, name)
+        key = f"model.{name}"
+        if hasattr(section, "n_heads") and section.d_model % section.n_heads:
+            raise ConfigError(
+                f"{key}.d_model ({section.d_model}) must be divisible by {key}.n_heads ({section.n_heads})"
+            )
+        if self.model.series and name not in SERIES_BACKBONES:
+            raise ConfigError(
+                f"model.series is true but model.backbone '{name}' has no series path; "
+                f"use one of {', '.join(SERIES_BACKBONES)} or set model.series to false"
+            )
+        ctx = self.window.context
+        if name == "patchtst":
+            if section.patch_len > ctx:
+                raise ConfigError(f"{key}.patch_len ({section.patch_len}) must not exceed window.context ({ctx})")
+            if section.stride > section.patch_len:
+                raise ConfigError(
+                    f"{key}.stride ({section.stride}) must not exceed {key}.patch_len ({section.patch_len}): "
+                    "bars between patches would never be seen"
+                )
+        if name == "dlinear" and section.kernel > ctx:
+            raise ConfigError(f"{key}.kernel ({section.kernel}) must not exceed window.context ({ctx})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

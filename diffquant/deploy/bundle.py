@@ -28,10 +28,10 @@ from diffquant.data.aggregate import check_grid
 from diffquant.data.contracts import MINUTE_MS, read_json, to_ms, validate_bars, write_json
 from diffquant.data.features import build_features, feature_columns, warmup_bars
 from diffquant.data.splits import Series
-from diffquant.errors import DataError
+from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.tuned import TunedThresholds
-from diffquant.evaluate.walk_forward import encode_series, policy_decisions
+from diffquant.evaluate.walk_forward import encode_windows, policy_decisions
 from diffquant.float_mode import denormals_flushed
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
@@ -140,11 +140,16 @@ class PolicyBundle:
         The window's logits come from a batch of one; ``decide`` (like the engine) batches thousands, and float32
         matrix products may round differently with the batch: the two agree to the network's float32 precision.
         """
+        if any(m.policy.series for m in self.members):
+            raise ConfigError(
+                "a series-path policy (model.series: true) decides from every bar since its series began, not from "
+                "one window: the paper trader cannot continue it bar by bar; paper-trade a window-path policy"
+            )
         series = self._feature_series(tail.iloc[-self.min_bars :])
         raws, gates, new = [], [], []
         for member, state in zip(self.members, states, strict=True):
             with denormals_flushed():
-                logits = encode_series(member.policy, series, batch_size=1)[-1:]
+                logits = encode_windows(member.policy, series, batch_size=1)[-1:]
             raw, gate = member.policy.head.scan_numpy(logits, (state.prev, state.delta))
             executed = apply_hysteresis(raw, member.hysteresis, state.executed)
             raws.append(raw)

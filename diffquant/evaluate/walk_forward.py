@@ -83,7 +83,7 @@ def _empty_decisions(n: int) -> Decisions:
     return Decisions(raw=np.full(n, np.nan), gate=np.full(n, np.nan))
 
 
-def encode_series(model: PolicyNetwork | Forecaster, series: SeriesLike, batch_size: int) -> np.ndarray:
+def encode_windows(model: PolicyNetwork | Forecaster, series: SeriesLike, batch_size: int) -> np.ndarray:
     """``model.encode_channel_major`` of every window of ``series`` (bars ctx-1 .. N-1), float64 on the CPU.
 
     Eval mode under ``inference_mode`` on the model's device; the model's train/eval mode is restored.
@@ -114,8 +114,23 @@ def policy_decisions(model: PolicyNetwork, series: SeriesLike, batch_size: int =
     out = _empty_decisions(n)
     if n < ctx:
         return out
-    out.raw[ctx - 1 :], out.gate[ctx - 1 :] = model.head.scan_numpy(encode_series(model, series, batch_size))
+    logits = _series_logits(model, series) if model.series else encode_windows(model, series, batch_size)
+    out.raw[ctx - 1 :], out.gate[ctx - 1 :] = model.head.scan_numpy(logits)
     return out
+
+
+def _series_logits(model: PolicyNetwork, series: SeriesLike) -> np.ndarray:
+    """A series-path policy's logits of bars ctx-1 .. N-1 from one causal pass over the whole series (each bar sees
+    every bar before it, back to the series' first), float64 on the CPU; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            features = torch.as_tensor(series.features, dtype=torch.float32, device=_model_device(model))
+            logits = model.encode_series(features[None])[0, model.context - 1 :]
+    finally:
+        model.train(was_training)
+    return logits.double().cpu().numpy()
 
 
 def forecast_decisions(model: Forecaster, series: SeriesLike, batch_size: int = 2048) -> Decisions:
@@ -123,7 +138,7 @@ def forecast_decisions(model: Forecaster, series: SeriesLike, batch_size: int = 
     n, ctx = len(series.close), model.context
     out = _empty_decisions(n)
     if n >= ctx:
-        forecast = encode_series(model, series, batch_size)
+        forecast = encode_windows(model, series, batch_size)
         out.raw[ctx - 1 :] = np.tanh(forecast / float(model.scale))
     return out
 
@@ -132,7 +147,8 @@ DECISIONS_OF = {"policy": policy_decisions, "proxy": forecast_decisions}  # mode
 
 
 def policy_decisions_reference(model: PolicyNetwork, series: SeriesLike) -> Decisions:
-    """The plain per-bar loop (upstream's way): one ``model(window, prev_pos, prev_delta)`` call per bar.
+    """The plain per-bar loop (upstream's way): one ``model(window, prev_pos, prev_delta)`` call per bar (on the
+    series path, one pass over the bars up to it).
 
     Kept as the obviously-correct reference that :func:`policy_decisions` must equal (tests, benchmark).
     """
@@ -146,7 +162,10 @@ def policy_decisions_reference(model: PolicyNetwork, series: SeriesLike) -> Deci
             prev = features.new_zeros(1)
             delta = features.new_zeros(1)
             for k in range(ctx - 1, n):
-                pos, gate = model(features[k - ctx + 1 : k + 1][None], prev, delta)  # window of bars k-ctx+1..k
+                if model.series:  # the series path: bars 0..k, recomputed for every bar
+                    pos, gate = model.head.step(model.encode_series(features[None, : k + 1])[:, -1], prev, delta)
+                else:
+                    pos, gate = model(features[k - ctx + 1 : k + 1][None], prev, delta)  # window of bars k-ctx+1..k
                 out.raw[k], out.gate[k] = pos.item(), gate.item()
                 delta, prev = pos - prev, pos
     finally:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from diffquant.config import Hysteresis, ModelConfig, SimConfig
+from diffquant.config import SERIES_BACKBONES, BackboneName, Hysteresis, ModelConfig, SimConfig
 from diffquant.data.splits import Series
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.walk_forward import (
@@ -83,7 +84,7 @@ def with_bars_replaced(series: Series, after: int, seed: int) -> Series:
 # -- decisions ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backbone", ["itransformer", "lstm"])
+@pytest.mark.parametrize("backbone", typing.get_args(BackboneName))
 def test_fast_decisions_match_the_per_bar_reference(backbone: str) -> None:
     series = make_series(600, CTX + 1)
     model = make_model(backbone)
@@ -94,6 +95,21 @@ def test_fast_decisions_match_the_per_bar_reference(backbone: str) -> None:
     assert np.isnan(fast.raw[: CTX - 1]).all() and np.isnan(ref.raw[: CTX - 1]).all()
     assert np.isfinite(fast.raw[CTX - 1 :]).all()
     assert np.abs(fast.raw[CTX - 1 :]).max() > 0.05  # a non-trivial policy
+    np.testing.assert_allclose(fast.raw[CTX - 1 :], ref.raw[CTX - 1 :], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fast.gate[CTX - 1 :], ref.gate[CTX - 1 :], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", SERIES_BACKBONES)
+def test_series_path_decisions_match_the_per_bar_reference(backbone: str) -> None:
+    """``model.series``: one causal pass over the series equals recomputing every bar from the series' start."""
+    series = make_series(CTX + 60, CTX + 1)
+    torch.manual_seed(0)
+    model = PolicyNetwork(dataclasses.replace(ModelConfig(backbone=backbone), series=True), 6, CTX)
+    with torch.no_grad():
+        model.head.state.weight.copy_(torch.tensor([[0.8, -0.5], [0.6, 0.3]]))
+    fast = policy_decisions(model, series)
+    ref = policy_decisions_reference(model, series)
+    assert np.isfinite(fast.raw[CTX - 1 :]).all() and np.isnan(fast.raw[: CTX - 1]).all()
     np.testing.assert_allclose(fast.raw[CTX - 1 :], ref.raw[CTX - 1 :], rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast.gate[CTX - 1 :], ref.gate[CTX - 1 :], rtol=0, atol=1e-5)
 

@@ -138,6 +138,45 @@ LOADER_CASES: dict[str, Case] = {
     "unknown_section": ("download", {"trian": {"epochs": 5}}, ("unknown key(s) trian",)),
     # cross-field rules
     "heads_do_not_divide": ("train", {"model": {"itransformer": {"n_heads": 3}}}, ("model.itransformer.d_model",)),
+    "unknown_backbone": ("train", {"model": {"backbone": "mamba"}}, ("model.backbone", "one of", "linear_attention")),
+    "patchtst_heads_do_not_divide": (
+        "train",
+        {"model": {"backbone": "patchtst", "patchtst": {"n_heads": 3}}},
+        ("model.patchtst.d_model (32)", "model.patchtst.n_heads (3)"),
+    ),
+    "patch_longer_than_window": (
+        "train",
+        {"model": {"backbone": "patchtst", "patchtst": {"patch_len": 97}}},
+        ("model.patchtst.patch_len (97)", "window.context (96)"),
+    ),
+    "patch_stride_skips_bars": (
+        "train",
+        {"model": {"backbone": "patchtst", "patchtst": {"stride": 17}}},
+        ("model.patchtst.stride (17)", "model.patchtst.patch_len (16)"),
+    ),
+    "dlinear_kernel_longer_than_window": (
+        "train",
+        {"model": {"backbone": "dlinear", "dlinear": {"kernel": 97}}},
+        ("model.dlinear.kernel (97)", "window.context (96)"),
+    ),
+    "dlinear_individual_not_a_bool": (
+        "train",
+        {"model": {"dlinear": {"individual": "yes"}}},
+        ("model.dlinear.individual",),
+    ),
+    "tcn_kernel_of_one": ("train", {"model": {"tcn": {"kernel": 1}}}, ("model.tcn.kernel", "out of range")),
+    "vsn_lstm_without_hidden_units": ("train", {"model": {"vsn_lstm": {"hidden": 0}}}, ("model.vsn_lstm.hidden",)),
+    "linear_attention_heads_do_not_divide": (
+        "train",
+        {"model": {"backbone": "linear_attention", "linear_attention": {"n_heads": 5}}},
+        ("model.linear_attention.d_model (32)", "model.linear_attention.n_heads (5)"),
+    ),
+    "series_without_a_series_backbone": (
+        "train",
+        {"model": {"series": True}},
+        ("model.series", "model.backbone 'itransformer'", "tcn, vsn_lstm, linear_attention"),
+    ),
+    "unknown_backbone_key": ("train", {"model": {"tcn": {"layers": 3}}}, ("unknown key(s) model.tcn.layers", "levels")),
     "horizon_within_lag": ("split", {"window": {"horizon": 2}, "sim": {"execution_lag_bars": 2}}, ("window.horizon",)),
     "momentum_longer_than_window": (
         "train",

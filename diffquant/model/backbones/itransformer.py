@@ -94,7 +94,11 @@ class EncoderLayer(nn.Module):
         self.drop_out = EpisodeDropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.drop_attn.add(x, self.proj(channel_attention(self.qkv(self.norm1(x)), self.n_heads)))
+        """(N, T, d_model) -> the same; leading dims (N, C, T, d_model) are sequences of their own (PatchTST's
+        channels), kept so that dropout masks group by the first dim, the window."""
+        qkv = self.qkv(self.norm1(x))
+        attn = channel_attention(qkv.reshape(-1, *qkv.shape[-2:]), self.n_heads).view(*qkv.shape[:-1], -1)
+        x = self.drop_attn.add(x, self.proj(attn))
         return self.drop_out.add(x, self.ff2(self.drop_ff(F.gelu(self.ff1(self.norm2(x))))))
 
 
