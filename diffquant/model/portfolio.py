@@ -48,7 +48,7 @@ class AssetAttention(nn.Module):
     Pre-LN queries, keys and values from one fused Linear; the output projection has no bias, so an asset with no
     other present asset gets exactly zero context (its scores are filled, softmaxed and then zeroed, which keeps
     values and gradients finite where an all -inf row would give NaN). The projection starts at zero: the untrained
-    portfolio is the single-asset policy per asset, and training decides how much context to use.
+    portfolio's raw positions are the single-asset policy's per asset, and training decides how much context to use.
     """
 
     def __init__(self, d_in: int, d_model: int, n_heads: int) -> None:
