@@ -10,6 +10,7 @@ final direction and gate pre-activations linearly, so everything that depends on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -87,13 +88,21 @@ class PolicyHead(nn.Module):
         gate = torch.sigmoid(z[..., 1] / self.tau_gate)
         return torch.tanh(z[..., 0] / self.tau_dir) * gate, gate
 
-    def scan(self, logits: Tensor, detach_state: bool) -> tuple[Tensor, Tensor]:
-        """Run the recursion over a sequence: logits (B, H, 2) -> positions (B, H), gates (B, H); starts flat."""
-        prev = logits.new_zeros(logits.shape[0])
+    def scan(
+        self, logits: Tensor, detach_state: bool, book: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Run the recursion over a sequence: logits (B, H, 2) -> positions (B, H), gates (B, H); starts flat.
+
+        A portfolio passes logits (B, H, A, 2) and ``book``, which turns a step's raw positions (B, A) into the
+        weights held (its exposure limit); the state fed back is then those weights.
+        """
+        prev = logits.new_zeros(logits.shape[:1] + logits.shape[2:-1])
         delta = torch.zeros_like(prev)
         positions, gates = [], []
         for t in range(logits.shape[1]):
             pos, gate = self.step(logits[:, t], prev, delta)
+            if book is not None:
+                pos = book(pos)
             positions.append(pos)
             gates.append(gate)
             delta, prev = pos - prev, pos

@@ -3,6 +3,12 @@
 Shapes: B episodes, T bars. Ratios pool all B x T bars of a batch (upstream's choice: a batch is one sample of the
 return distribution) and are per bar, not annualised.
 
+A portfolio passes its book's per-bar net return (B, T) (``SimResult.book_net``) and its weights (B, T, A) as the
+decisions: the ratios and the drawdown read the book's return as they read one asset's, and each regulariser reads
+the book's per-bar total (``book_total``): turnover sum_i |dw_i|, gross exposure sum_i |w_i| for the terminal and
+flat terms, net exposure sum_i w_i for the bias. With one asset every total is that asset's own value, so
+(B, T, 1) weights give the one-asset loss bit for bit.
+
 Fixes against upstream (docs/upstream.md, "Defects fixed" items 1 and 10), each covered by a test:
 - an exactly-flat policy earns exactly 0 (the simulator's idle cost is 0), so -Sharpe is 0 there, not +70;
 - the drawdown's running maximum starts at zero log-equity, so a loss from the episode's start is a drawdown;
@@ -21,7 +27,7 @@ from torch import Tensor
 
 from diffquant.config import LossConfig
 from diffquant.sim.drawdown_losses import calmar_ratio, cdar_ratio, drawdown_path
-from diffquant.sim.simulator import smooth_abs
+from diffquant.sim.simulator import book_total, gross_exposure, smooth_abs
 
 
 def sharpe_ratio(pnl: Tensor, eps: float) -> Tensor:
@@ -50,7 +56,7 @@ def drawdown(pnl: Tensor) -> Tensor:
 
 def turnover(decisions: Tensor, eps: float) -> Tensor:
     """Mean smooth |change| between consecutive decisions (the entry from flat is not counted, as in upstream)."""
-    return smooth_abs(torch.diff(decisions, dim=1), eps).mean()
+    return book_total(smooth_abs(torch.diff(decisions, dim=1), eps)).mean()
 
 
 def turnover_band(decisions: Tensor, eps: float, low: float, high: float) -> Tensor:
@@ -59,18 +65,23 @@ def turnover_band(decisions: Tensor, eps: float, low: float, high: float) -> Ten
     Unlike ``turnover``, which pushes every episode towards no trading, this leaves any trading pace inside
     [low, high] alone and only pulls episodes that trade too little or too much back to the band.
     """
-    x = smooth_abs(torch.diff(decisions, dim=1), eps).mean(dim=1)
+    x = book_total(smooth_abs(torch.diff(decisions, dim=1), eps)).mean(dim=1)
     return (torch.relu(low - x).pow(2) + torch.relu(x - high).pow(2)).mean()
 
 
 def terminal(decisions: Tensor, eps: float) -> Tensor:
-    """Mean smooth |last decision|: pushes episodes to end near flat."""
-    return smooth_abs(decisions[:, -1], eps).mean()
+    """Mean smooth |last decision| (summed over a portfolio's assets): pushes episodes to end near flat."""
+    return book_total(smooth_abs(decisions[:, -1:], eps)).mean()
 
 
 def flat_share(decisions: Tensor, flat_eps: float, flat_k: float) -> Tensor:
-    """Soft share of decisions with |position| < flat_eps (a sigmoid of slope flat_k)."""
-    return torch.sigmoid(flat_k * (flat_eps - decisions.abs())).mean()
+    """Soft share of decisions with |position| (a portfolio's gross exposure) < flat_eps (a sigmoid of slope flat_k)."""
+    return torch.sigmoid(flat_k * (flat_eps - gross_exposure(decisions))).mean()
+
+
+def net_exposure(decisions: Tensor) -> Tensor:
+    """|mean position| (a portfolio's sum_i w_i): pushes the book away from a standing long or short bias."""
+    return book_total(decisions).mean().abs()
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ class Objective:
             "drawdown": drawdown(pnl),
             "terminal": terminal(decisions, self.smooth_eps),
             "flat": (flat_share(decisions, c.flat_eps, c.flat_k) - c.flat_target) ** 2,
-            "bias": decisions.mean().abs(),
+            "bias": net_exposure(decisions),
             "band": turnover_band(decisions, self.smooth_eps, c.band_low, c.band_high),
         }
         weights = {
