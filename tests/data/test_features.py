@@ -18,6 +18,7 @@ from diffquant.data.features import (
     feature_names,
     funding_per_bar,
     mirror_spec,
+    warmup_bars,
 )
 from diffquant.errors import ConfigError, DataError
 from tests.data.real_data import fixture_bars_30m, fixture_funding  # noqa: F401  (registers the fixtures)
@@ -263,3 +264,17 @@ def test_mirror_spec_layout_and_unpaired_high():
     np.testing.assert_array_equal(sign, [-1, -1, 1, -1, 1])
     with pytest.raises(ConfigError, match=r"train\.mirror"):
         mirror_spec(["close", "high"])
+
+
+@pytest.mark.parametrize("cfg", [FeatureConfig(), FeatureConfig(vol_window=30, vol_window_vol=5)])
+def test_a_tail_has_the_full_historys_features_past_its_warmup(bars_30m, funding, cfg) -> None:
+    """What the served model and the paper trader rely on: features computed from a table that starts later equal
+    those of the whole history, bit for bit, from its row ``warmup_bars``; one bar earlier they do not."""
+    bars = bars_30m.iloc[:2000]
+    full = build_features(bars, funding, cfg, 30)  # row i is bars row i + 1
+    w = warmup_bars(cfg)
+    for start in (1, 333, 1500):
+        tail = build_features(bars.iloc[start:], funding, cfg, 30)
+        got, want = tail.iloc[w - 1 :].reset_index(drop=True), full.iloc[start + w - 1 :].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        assert not tail.iloc[w - 2].equals(full.iloc[start + w - 2])
