@@ -124,13 +124,15 @@ def book_decisions(model: PortfolioPolicy, book: BookSeries, batch_size: int = 2
     try:
         with torch.inference_mode():
             feats, present = _encoded(model, book, batch_size)
-            mixed = torch.cat(
-                [model.mix(feats[i : i + batch_size], present[i : i + batch_size]) for i in range(0, len(feats), batch_size)]
-            )[present]  # (P, D), slot-major
+            chunks = range(0, len(feats), batch_size)
+            mixed = torch.cat([model.mix(feats[i : i + batch_size], present[i : i + batch_size]) for i in chunks])
+            mixed = mixed[present]  # (P, D), slot-major
             logits = torch.zeros(*present.shape, 2, dtype=torch.float64)
-            logits[present.cpu()] = torch.cat(
-                [model.head(mixed[i : i + batch_size]) for i in range(0, len(mixed), batch_size)]
-            ).double().cpu()
+            logits[present.cpu()] = (
+                torch.cat([model.head(mixed[i : i + batch_size]) for i in range(0, len(mixed), batch_size)])
+                .double()
+                .cpu()
+            )
     finally:
         model.train(was_training)
     return _scan(model, logits.numpy(), present.cpu().numpy())

@@ -10,8 +10,8 @@ import dataclasses
 import io
 import sys
 from collections import OrderedDict
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
