@@ -28,7 +28,8 @@ from tests.evaluate.test_walk_forward import CTX, TF_MS, make_series
 
 SIM = SimConfig()
 H = Hysteresis()
-CFG = ModelConfig(itransformer=ITransformerConfig(d_model=8, n_heads=2, n_layers=1, d_ff=16), head=HeadConfig(dense=[8]))
+TINY = ITransformerConfig(d_model=8, n_heads=2, n_layers=1, d_ff=16)
+CFG = ModelConfig(itransformer=TINY, head=HeadConfig(dense=[8]))
 
 
 def portfolio(leverage: float = 1.0) -> PortfolioPolicy:
