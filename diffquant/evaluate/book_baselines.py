@@ -3,7 +3,8 @@
 Each decides at a slot's close from the assets' own bars up to it, holds a gross exposure of min(1, leverage), and
 (but 1/N) rebalances once a week, at the first slot of each UTC week (Monday 00:00) and at its first decidable slot.
 ``lookback`` is in each asset's own bars; the studies use window.context - 1, the returns inside the policy's window,
-so no rule sees more history than the policy. Weights are held as fractions of equity between rebalances, as the
+so no rule sees more history than the policy. A rule is flat until it can decide (as hysteresis makes the policy
+before its first full window). Weights are held as fractions of equity between rebalances, as the
 simulator prices every book (the drift of a buy-and-hold is not charged as a trade, for the policy neither).
 """
 
@@ -18,11 +19,9 @@ MONDAY_MS = 4 * 24 * 3_600_000  # the Unix epoch is a Thursday: weeks counted fr
 
 
 def equal_weight(book: BookSeries, leverage: float) -> np.ndarray:
-    """1/N: every asset with a bar at the slot holds min(1, L) / (their number); NaN where none has one."""
+    """1/N: every asset with a bar at the slot holds min(1, L) / (their number)."""
     have = book.rows >= 0
-    count = have.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, have * min(1.0, leverage) / count, np.nan)
+    return have * min(1.0, leverage) / have.sum(axis=1, keepdims=True).clip(min=1)
 
 
 def _past(book: BookSeries, lookback: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,9 +39,9 @@ def _past(book: BookSeries, lookback: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _weekly(book: BookSeries, target: np.ndarray, ready: np.ndarray) -> np.ndarray:
-    """Targets (N, A) held from each rebalancing slot to the next; NaN before the first slot any asset is ready."""
+    """Targets (N, A) held from each rebalancing slot to the next; flat before the first slot any asset is ready."""
     week = (book.open_time + int(book.assets[0].timeframe_ms) - MONDAY_MS) // WEEK_MS  # of each slot's close
-    out = np.full(target.shape, np.nan)
+    out = np.zeros(target.shape)
     current = None
     for t in range(len(target)):
         first = current is None and ready[t].any()
