@@ -17,7 +17,8 @@ from diffquant.study.book_report import render_book_report, summarize_book
 from diffquant.study.book_run import BASELINES, PORTFOLIO, stitched_weights
 from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FOLD_JSON, load_fold, run_folds
-from tests.study.test_fold_run import quiet, raw_until, tables, tiny
+from diffquant.train.layout import checkpoint_path
+from tests.study.test_fold_run import assert_same_weights, quiet, raw_until, tables, tiny
 
 
 def portfolio(**overrides: object) -> Config:
@@ -39,9 +40,15 @@ def run(cfg: Config, raws, out: Path):
     return run_folds(cfg, folds, quiet), [out for _, out in folds]
 
 
-def test_a_portfolio_fold_study_runs_end_to_end_and_is_deterministic(raws, tmp_path):
-    cfg = portfolio()
-    (result,), (folder,) = run(cfg, raws, tmp_path / "a")
+@pytest.fixture(scope="module")
+def first_run(raws, tmp_path_factory):
+    cfg, out = portfolio(), tmp_path_factory.mktemp("book")
+    (result,), (folder,) = run(cfg, raws, out)
+    return cfg, result, folder
+
+
+def test_a_portfolio_fold_study_runs_end_to_end_and_is_deterministic(raws, first_run, tmp_path):
+    cfg, result, folder = first_run
     assert result.groups == {PORTFOLIO: ["BTCUSDT", "ETHUSDT"]} and list(result.entries) == [PORTFOLIO]
     entry = result.entries[PORTFOLIO]
     assert set(BASELINES) <= set(entry) and set(entry["assets"]) == {"BTCUSDT", "ETHUSDT"}
@@ -62,3 +69,24 @@ def test_a_portfolio_fold_study_runs_end_to_end_and_is_deterministic(raws, tmp_p
     report = render_book_report("tiny", summary, folds)
     assert "The portfolio" in report and set(summary["versus"]) == set(BASELINES)
     assert all(b in summary["tracks"][PORTFOLIO] for b in (PORTFOLIO, *BASELINES))
+
+
+def test_the_portfolio_fold_does_not_leak_its_test_period(raws, first_run, tmp_path):
+    """Every bar of one asset from the test start on is replaced by another random walk: the book's models are
+    bit-identical, its test results are not."""
+    cfg, result, folder = first_run
+    test_start = pd.Timestamp(result.fold["test_start"], tz="UTC")
+    raw = raws["ETHUSDT"]
+    bars = raw.bars.copy()
+    after = bars["open_time"] >= test_start
+    factor = np.exp(np.cumsum(np.random.default_rng(0).normal(0.0, 0.01, after.sum())))
+    for col in ("open", "high", "low", "close"):
+        bars.loc[after, col] = bars.loc[after, col] * factor
+    changed = {**raws, "ETHUSDT": dataclasses.replace(raw, bars=bars)}
+    (leaked,), (other,) = run(cfg, changed, tmp_path)
+    for name in ("best", "final"):
+        assert_same_weights(
+            checkpoint_path(folder / "models" / PORTFOLIO / "policy", 3, name),
+            checkpoint_path(other / "models" / PORTFOLIO / "policy", 3, name),
+        )
+    assert not leaked.returns[PORTFOLIO][PORTFOLIO].equals(result.returns[PORTFOLIO][PORTFOLIO])
