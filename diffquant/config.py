@@ -341,6 +341,18 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """What the evaluate stage publishes (``diffquant.deploy.registry``): the ensemble is registered and aliased
+    ``candidate``; ``champion`` only when every gate passes on ``gate_split``, an out-of-sample quarter."""
+
+    register: bool = True
+    gate_split: Literal["test", "backtest"] = "test"
+    min_psr: float = _f(0.95, **PROBABILITY)  # probabilistic Sharpe ratio above this
+    min_dsr: float = _f(0.95, **PROBABILITY)  # deflated Sharpe ratio (every trial counted) above this
+    beat_buy_and_hold: bool = True  # and the 95% interval of Sharpe minus buy-and-hold's above zero
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """Rules and proxies traded through the same walk-forward engine as the policy."""
 
@@ -381,6 +393,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)

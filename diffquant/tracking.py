@@ -26,6 +26,8 @@ from diffquant.data.contracts import sha256
 from diffquant.errors import DiffQuantError
 
 EXPERIMENT = "diffquant"
+# MLflow 3 opens an experiment without this tag in its GenAI view; this one opens on the model-training runs table
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +100,16 @@ def _open_store(root: Path, uri: str) -> tuple[Any, str]:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:  # a store made before the tag was set
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return client, exp.experiment_id
     location = None if uri.startswith("http") else (store_root(root) / "mlruns" / "artifacts").as_uri()
     try:
-        return client, client.create_experiment(EXPERIMENT, artifact_location=location)
+        kind = {EXPERIMENT_KIND: MODEL_TRAINING}
+        exp_id = client.create_experiment(EXPERIMENT, artifact_location=location, tags=kind)
     except Exception:  # another process created it first (queued experiments run concurrently)
-        return client, client.get_experiment_by_name(EXPERIMENT).experiment_id
+        exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    return client, exp_id
 
 
 def git_tags(root: Path) -> dict[str, str]:

@@ -6,17 +6,27 @@ buy-and-hold and flat. Each gets its metrics, PSR, DSR (with every trial tried: 
 ``eval.prior_trials``), stationary-bootstrap 95% intervals of its annual Sharpe and of its Sharpe minus
 buy-and-hold's, and its cost sweep with the break-even cost. Writes ``<out>/report.md``, ``<out>/books.csv`` (one
 row per quarter and book), the records and figures, and ``evaluate.json`` for ``dvc metrics``.
+
+Then publishes (``registry``): each seed's policy and the ensemble as MLflow models (raw bars in, positions out),
+the data files they met as run inputs, and the ensemble in the registry as ``diffquant-<experiment>@candidate``,
+``@champion`` too when every gate passes (the report's "Registry" section says which failed).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from diffquant import tracking
-from diffquant.data.contracts import atomic_path, sha256
+from diffquant.data.contracts import atomic_path, read_parquet, sha256
 from diffquant.data.splits import Series
+from diffquant.deploy.bundle import pipeline_bundle
+from diffquant.deploy.mlflow_model import as_model_input
+from diffquant.deploy.registry import Judged, gates_markdown, gates_summary, judge_gates, publish
 from diffquant.evaluate.metric_names import SPLITS, metric_name
 from diffquant.evaluate.report import Judge, books_table, render_report, score_quarter, trials_tried
 from diffquant.evaluate.scoring import Scorer
@@ -38,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--thresholds", default="outputs/thresholds/thresholds.json")
     p.add_argument("--out", default="outputs/evaluate")
     p.add_argument("--metrics", default="outputs/metrics/evaluate.json")
+    p.add_argument("--bars", default="data_source/bars/bars.parquet", help="the models' input example comes from here")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
     cfg = one_asset(load_params(args.params))
@@ -89,15 +100,37 @@ def main(argv: list[str] | None = None) -> None:
             summary[split]["buy_and_hold"]["sharpe"],
         )
 
+    gates = judge_gates(summary[cfg.registry.gate_split]["policy"]["ensemble"], cfg.registry)
+    summary["registry"] = gates_summary(gates, cfg.registry)
     table = books_table(summary, SPLITS, kinds)
     write_csv(out / "books.csv", table)
+    report = render_report(cfg.experiment, summary, table, SPLITS, kinds, list(cfg.eval.cost_multipliers))
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(render_report(cfg.experiment, summary, table, SPLITS, kinds, list(cfg.eval.cost_multipliers)))
+        tmp.write_text(f"{report}\n{gates_markdown(cfg.experiment, gates, cfg.registry)}")
     write_json(root / args.metrics, summary)
     for name in ("report.md", "books.csv", *(f"{s}.png" for s in SPLITS)):
         parent.log_artifact(out / name, "evaluate")
     parent.log_artifact(root / args.metrics, "evaluate")
+    if cfg.registry.register:
+        split_dir = root / args.split
+        bundle, checkpoints = pipeline_bundle(cfg, dirs["policy"], tuned, seeds)
+        judged = Judged(
+            bundle=bundle,
+            checkpoints=checkpoints,
+            seed_runs={f"seed_{s}": runs["policy"][s] for s in seeds},
+            parent=parent,
+            train_files={name: split_dir / f"{name}.npz" for name in ("train", "val")},
+            judged_files={name: split_dir / f"{name}.npz" for name in SPLITS},
+            example=input_example(root / args.bars, cfg.split.boundaries()["test"][0], bundle.min_bars),
+        )
+        publish(judged, root, cfg.experiment, gates)
     parent.finish()
+
+
+def input_example(bars_path: Path, before: dt.datetime, rows: int) -> pd.DataFrame:
+    """The model-input bars of the last decision before ``before`` (the test quarter's first bar)."""
+    bars = read_parquet(bars_path, "the aggregate stage")
+    return as_model_input(bars[bars["open_time"] < before].tail(rows))
 
 
 def flat_entry(entry: dict[str, Any]) -> dict[str, float | None]:

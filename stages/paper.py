@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     root, cfg = repo_root(), one_asset(load_params(args.params))
 
-    bundle = load_bundle(args.model, cfg)
+    bundle = load_bundle(args.model, cfg, root)
     settings = PaperSettings(bundle.sim, args.on_gap, bars_per_year(bundle.timeframe_minutes, cfg.eval.days_per_year))
     if "://" not in args.ledger:
         (root / args.ledger).parent.mkdir(parents=True, exist_ok=True)

@@ -164,18 +164,22 @@ def binance(
 
 
 async def _listen(url: str, inbox: queue.Queue, stop: threading.Event) -> None:
+    """Put every text message of ``url`` into ``inbox`` until ``stop`` is set; reconnect when the stream drops."""
     import aiohttp
 
     while not stop.is_set():
         try:
             async with aiohttp.ClientSession() as session, session.ws_connect(url, heartbeat=30) as ws:
-                async for msg in ws:
-                    if stop.is_set():
-                        return
+                while not stop.is_set():
+                    try:
+                        msg = await ws.receive(timeout=1.0)
+                    except TimeoutError:
+                        continue
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         inbox.put(json.loads(msg.data))
-                    elif msg.type == aiohttp.WSMsgType.ERROR:
+                    elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                         break
         except (aiohttp.ClientError, OSError):
             pass
-        await asyncio.sleep(1.0)  # reconnect
+        if not stop.is_set():
+            await asyncio.sleep(1.0)  # then reconnect

@@ -30,8 +30,9 @@ log = logging.getLogger("diffquant.paper")
 RECORD_COLUMNS = ("position", "trade", "gross", "commission", "funding", "net", "equity")  # compared with evaluate's
 
 
-def load_bundle(model: str, cfg: Config) -> PolicyBundle:
-    """The bundle behind an MLflow model URI, or a one-seed bundle around a checkpoint file."""
+def load_bundle(model: str, cfg: Config, root: Path) -> PolicyBundle:
+    """The bundle behind an MLflow model URI (in the project's MLflow store, ``diffquant.tracking``), or a one-seed
+    bundle around a checkpoint file."""
     path = Path(model)
     if path.suffix == ".pt":
         policy = checkpoint.load_policy(path)
@@ -39,6 +40,7 @@ def load_bundle(model: str, cfg: Config) -> PolicyBundle:
         return PolicyBundle((member,), cfg.features, cfg.data.timeframe_minutes, cfg.sim)
     import mlflow
 
+    mlflow.set_tracking_uri(tracking.tracking_uri(root))
     try:
         loaded = mlflow.pyfunc.load_model(model)
     except Exception as exc:  # MLflow raises its own exception types for every kind of bad URI

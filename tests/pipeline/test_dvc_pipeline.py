@@ -14,9 +14,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
+from diffquant.data.contracts import sha256, to_ms
+from diffquant.data.splits import Series
+from diffquant.deploy.mlflow_model import as_model_input
 from diffquant.evaluate.metric_names import metric_name
 from tests.repo_copy import REPO, deep_update, env, make_repo, run
 
@@ -133,6 +138,124 @@ def test_second_repro_does_nothing(repo: Path) -> None:
     assert len(_runs(repo)) == before
 
 
+def _registered(repo: Path) -> str:
+    return f"diffquant-{yaml.safe_load((repo / 'params.yaml').read_text())['experiment']}"
+
+
+def _model(repo: Path, uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    return mlflow.pyfunc.load_model(uri)
+
+
+def _quarter_bars(repo: Path, split: str, warmup: int) -> tuple[pd.DataFrame, Series]:
+    """The raw bars of a split's series (warm-up and quarter), preceded by the features' own warm-up."""
+    series = Series.load(repo / "data_source" / "split" / f"{split}.npz")
+    bars = pd.read_parquet(repo / "data_source" / "bars" / "bars.parquet")
+    first = int(np.searchsorted(to_ms(bars["open_time"]), series.open_time[0]))
+    return as_model_input(bars.iloc[first - warmup : first + len(series.close)]), series
+
+
+def test_repro_registers_the_ensemble_with_honest_aliases(repo: Path) -> None:
+    """evaluate logs every seed and the ensemble as models, registers the ensemble as candidate, promotes it to
+    champion exactly when the gates it reports pass, and logs the data it was judged on by hash."""
+    client, name = _client(repo), _registered(repo)
+    (parent,) = _role(_runs(repo), "policy")
+    candidate = client.get_model_version_by_alias(name, "candidate")
+    assert candidate.run_id == parent.info.run_id
+    registry = json.loads((repo / "outputs/metrics/evaluate.json").read_text())["registry"]
+    assert registry["split"] == "test" and [g["key"] for g in registry["gates"]] == ["psr", "dsr", "beats_buy_and_hold"]
+    assert registry["champion"] == all(g["passed"] for g in registry["gates"])
+    if registry["champion"]:
+        assert client.get_model_version_by_alias(name, "champion").version == candidate.version
+    else:
+        with pytest.raises(Exception, match="champion"):
+            client.get_model_version_by_alias(name, "champion")
+    assert {k: v for k, v in candidate.tags.items() if k.startswith("gate.")} == {
+        f"gate.{g['key']}": "passed" if g["passed"] else "failed" for g in registry["gates"]
+    }
+    report = (repo / "outputs/evaluate/report.md").read_text()
+    assert "## Registry" in report
+    for gate in registry["gates"]:
+        assert f"{'passed' if gate['passed'] else 'FAILED'}: {gate['label']}" in report
+    experiment = client.get_experiment_by_name("diffquant")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = {d.dataset.name: d for d in client.get_run(parent.info.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"val", "test", "backtest"}
+    assert inputs["test"].dataset.digest == sha256(repo / "data_source/split/test.npz")[:32]
+    models = client.search_logged_models([experiment.experiment_id])
+    by_run = {(m.source_run_id, m.name) for m in models}
+    assert (parent.info.run_id, "policy_ensemble") in by_run
+    for child in _role(_runs(repo), "policy_seed"):
+        assert (child.info.run_id, "policy") in by_run
+        assert {d.dataset.name for d in child.inputs.dataset_inputs} == {"train", "val"}
+
+
+def test_registered_model_gives_the_engines_positions(repo: Path) -> None:
+    """Raw bars of the test quarter into the registered ensemble = the evaluate stage's record, bit for bit."""
+    model = _model(repo, f"models:/{_registered(repo)}@candidate")
+    bundle = model.unwrap_python_model().bundle
+    bars, series = _quarter_bars(repo, "test", bundle.warmup)
+    out = model.predict(bars)
+    record = pd.read_csv(repo / "outputs/evaluate/test_record.csv")
+    # the model's first decision is the series' first (bar ctx - 1), which the quarter's first bar holds
+    np.testing.assert_array_equal(out["position"].to_numpy()[: len(record)], record["position"].to_numpy())
+    assert out["open_time"].iloc[0] == series.open_time[bundle.context - 1]
+
+
+def test_served_model_answers_a_post_of_bars(repo: Path) -> None:
+    """``mlflow models serve`` of the registered alias answers raw bars with the loaded model's positions."""
+    uri = f"models:/{_registered(repo)}@candidate"
+    model = _model(repo, uri)
+    bundle = model.unwrap_python_model().bundle
+    bars = _quarter_bars(repo, "backtest", bundle.warmup)[0].iloc[: bundle.min_bars + 5]
+    positions = [0.5] * len(bundle.members)
+    expected = model.predict(bars, params={"positions": positions})
+    port = _free_port()
+    server = subprocess.Popen(
+        [*MLFLOW_SERVE, "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=repo,
+        env=env(MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = json.dumps({"dataframe_split": bars.to_dict(orient="split"), "params": {"positions": positions}})
+        deadline = time.time() + 120
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations", body.encode(), {"Content-Type": "application/json"}
+                )
+                with urllib.request.urlopen(request, timeout=30) as resp:
+                    answer = pd.DataFrame(json.loads(resp.read())["predictions"])
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow models serve did not answer"
+                time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    pd.testing.assert_frame_equal(answer[expected.columns], expected, check_dtype=False, check_exact=True)
+
+
+def test_paper_trader_replays_the_backtest_quarter_as_evaluate_booked_it(repo: Path) -> None:
+    """The documented proof: the registered candidate, replayed bar by bar through the paper trader over the
+    backtest quarter, books what the evaluate stage's record says (the network's float32 products aside)."""
+    out = _run(
+        [*PAPER, "--model", f"models:/{_registered(repo)}@candidate", "--split", "backtest", *PROOF],
+        repo,
+    )
+    assert "ledger equals outputs/evaluate/backtest_record.csv within 1e-06" in out
+    (paper,) = _role(_runs(repo), "paper")
+    assert paper.info.status == "FINISHED"
+    record = pd.read_csv(repo / "outputs/evaluate/backtest_record.csv")
+    equity = _client(repo).get_metric_history(paper.info.run_id, "paper_equity")
+    assert len(equity) >= len(record)
+    assert equity[-1].value == pytest.approx(record["equity"].iloc[-1], abs=1e-6)
+
+
 def test_ablation_reruns_only_what_depends_on_the_loss(repo: Path) -> None:
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "after repro"], repo)
@@ -144,6 +267,11 @@ def test_ablation_reruns_only_what_depends_on_the_loss(repo: Path) -> None:
     assert len(parents) == 2
     assert parents[-1].data.params["loss.lambda_bias"] == "0.3"
     assert parents[-1].data.tags.get("dvc_exp_name")
+
+
+MLFLOW_SERVE = [str(Path(sys.executable).parent / "mlflow"), "models", "serve"]
+PAPER = [sys.executable, "-m", "stages.paper"]
+PROOF = ["--check", "outputs/evaluate/backtest_record.csv", "--ledger", "outputs/paper/proof.db"]
 
 
 def _free_port() -> int:
