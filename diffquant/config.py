@@ -46,6 +46,7 @@ StampConvention = Literal["open_time", "close_time"]
 CoreType = Literal["sharpe", "sortino", "calmar", "cdar"]
 LossType = Literal["sharpe", "sortino", "calmar", "cdar", "hybrid"]
 SERIES_BACKBONES = ("tcn", "vsn_lstm", "linear_attention")  # causal per bar: they also run over a whole series
+ModelKind = Literal["single", "portfolio"]
 BackboneName = Literal["itransformer", "lstm", "patchtst", "dlinear", "tcn", "vsn_lstm", "linear_attention"]
 
 
@@ -222,7 +223,20 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class PortfolioConfig:
+    """The portfolio policy's own settings (``model.kind: portfolio``, docs/design_notes.md "Portfolio policy")."""
+
+    leverage: float = _f(1.0, **POSITIVE)  # bound on the gross exposure sum_i |w_i|, met by construction
+    d_attn: int = _f(32, **_range(1))  # width of the cross-asset attention
+    n_heads: int = _f(2, **_range(1))
+
+
+@dataclass(frozen=True)
 class ModelConfig:
+    # single: one position on one asset (each asset of a universe traded alone); portfolio: one book of weights
+    # over every asset of data.symbols (the walk-forward study only)
+    kind: ModelKind = "single"
+    portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
     backbone: BackboneName = "itransformer"
     itransformer: ITransformerConfig = field(default_factory=ITransformerConfig)
     lstm: LSTMConfig = field(default_factory=LSTMConfig)
@@ -431,6 +445,16 @@ class Config:
         if hasattr(section, "n_heads") and section.d_model % section.n_heads:
             raise ConfigError(
                 f"{key}.d_model ({section.d_model}) must be divisible by {key}.n_heads ({section.n_heads})"
+            )
+        p = self.model.portfolio
+        if p.d_attn % p.n_heads:
+            raise ConfigError(
+                f"model.portfolio.d_attn ({p.d_attn}) must be divisible by model.portfolio.n_heads ({p.n_heads})"
+            )
+        if self.model.kind == "portfolio" and self.model.series:
+            raise ConfigError(
+                "model.kind is 'portfolio' but model.series is true: the portfolio policy has the window path only; "
+                "set model.series to false"
             )
         if self.model.series and name not in SERIES_BACKBONES:
             raise ConfigError(

@@ -139,3 +139,45 @@ def plot_fold_heatmap(table: pd.DataFrame, value: str, path: str | Path) -> None
     fig.colorbar(image, ax=ax, label=value.replace("_", " "))
     ax.set_title(f"{value.replace('_', ' ')} per asset and test fold (blank: asset left out)")
     _save(fig, path)
+
+
+def plot_weight_heatmap(weights: pd.DataFrame, path: str | Path, max_columns: int = 600) -> None:
+    """Asset x time heat map of a book's held weights (columns ``w_<symbol>``), centred on zero; long tracks are
+    averaged into at most ``max_columns`` time bins so every bar counts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = [c for c in weights.columns if c.startswith("w_")]
+    grid = weights[columns].to_numpy(dtype=float).T  # (A, T)
+    bins = max(1, -(-grid.shape[1] // max_columns))
+    width = grid.shape[1] // bins * bins
+    if width:
+        grid = grid[:, :width].reshape(len(columns), -1, bins).mean(axis=2)
+    fig = Figure(figsize=(11, 0.4 * len(columns) + 1.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    limit = float(abs(grid).max()) if grid.size and abs(grid).max() > 0 else 1.0
+    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(len(columns)), [c.removeprefix("w_") for c in columns])
+    ticks = range(0, grid.shape[1], max(1, grid.shape[1] // 8))
+    ax.set_xticks(list(ticks), [f"{weights['time'].iloc[t * bins]:%Y-%m-%d}" for t in ticks], fontsize="small")
+    fig.colorbar(image, ax=ax, label="weight (fraction of equity)")
+    ax.set_title("portfolio weights per asset over the stitched out-of-sample bars")
+    _save(fig, path)
+
+
+def plot_asset_contributions(assets: pd.DataFrame, path: str | Path) -> None:
+    """Per asset: its contribution to the book's net return (%) and its mean turnover per bar."""
+    fig = _figure(2, 5.0)
+    ax_pnl, ax_turn = fig.axes
+    x = range(len(assets))
+    ax_pnl.bar(
+        x, assets["contribution_pct"], color=["tab:green" if v > 0 else "tab:red" for v in assets["contribution_pct"]]
+    )
+    ax_pnl.axhline(0.0, color="black", lw=0.5)
+    ax_pnl.set_ylabel("net contribution %")
+    ax_pnl.set_title("each asset's share of the portfolio's out-of-sample return, and its trading")
+    ax_turn.bar(x, assets["turnover"], color="tab:blue")
+    ax_turn.set_ylabel("mean |trade| per bar")
+    ax_turn.set_xticks(list(x), assets["asset"])
+    _save(fig, path)

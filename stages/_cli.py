@@ -57,6 +57,17 @@ def load_params(path: str | Path = "params.yaml", workers: int = 0) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, workers=workers)) if workers else cfg
 
 
+def one_asset(cfg: Config) -> Config:
+    """``cfg``, refused with ``model.kind: portfolio``: the one-asset chain (dvc.yaml) trades one asset; a book is
+    the walk-forward study's (walkforward/dvc.yaml)."""
+    if cfg.model.kind != "single":
+        raise ConfigError(
+            "model.kind is 'portfolio': this stage of the one-asset chain (dvc.yaml) trades one asset; run the "
+            "portfolio through the walk-forward study (dvc repro walkforward/dvc.yaml) or set model.kind to single"
+        )
+    return cfg
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -35,7 +35,7 @@ from diffquant.evaluate.walk_forward import DECISIONS_OF
 from diffquant.plots import plot_walk_forward
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
-from stages._cli import load_params, parser, repo_root, run_stage, write_csv, write_json
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.evaluate")
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bars", default="data_source/bars/bars.parquet", help="the models' input example comes from here")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = load_params(args.params)
+    cfg = one_asset(load_params(args.params))
 
     thresholds_path = root / args.thresholds
     tuned = TunedThresholds.load(thresholds_path)

@@ -17,7 +17,7 @@ from diffquant.config import flatten
 from diffquant.data.contracts import read_parquet
 from diffquant.folds import plan_folds
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import run_folds
+from diffquant.study.fold_run import headline, run_folds
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.folds")
@@ -55,13 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             f", left out: {', '.join(data.excluded)}" if data.excluded else "",
         )
         folds.append((data, out / fold.name))
-    metrics = {
-        result.name: {
-            s: {"policy": e["policy"]["ensemble"]["metrics"]["sharpe"], "buy_and_hold": e["buy_and_hold"]["sharpe"]}
-            for s, e in result.entries.items()
-        }
-        for result in run_folds(cfg, folds, runs.hooks)
-    }
+    metrics = {result.name: headline(result) for result in run_folds(cfg, folds, runs.hooks)}
     write_json(out / "plan.json", {"symbols": cfg.data.universe, "folds": [f.describe() for f in plan]})
     write_json(root / args.metrics, metrics)
 

@@ -22,7 +22,7 @@ from diffquant.errors import DataError
 from diffquant.evaluate.lookahead import DEFAULT_CUTS, PolicyUnderTest, check_lookahead, parse_cuts
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.train import checkpoint, layout
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.lookahead")
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features-only", action="store_true", help="skip the policies")
     p.add_argument("--out", default="outputs/lookahead/report.json", help="the full report (JSON)")
     args = p.parse_args(argv)
-    root, cfg = repo_root(), load_params(args.params)
+    root, cfg = repo_root(), one_asset(load_params(args.params))
 
     raw = root / args.raw
     meta = read_json(raw / "meta.json", "download")

@@ -24,7 +24,7 @@ from diffquant import hpo, tracking
 from diffquant.config import Config, flatten
 from diffquant.errors import DiffQuantError
 from diffquant.train.policy_training import TrainingData
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.optimize")
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set on the processes this command starts
     args = p.parse_args(argv)
     root = repo_root()
-    cfg = load_params(args.params)
+    cfg = one_asset(load_params(args.params))
     o = cfg.optimize
     args.trials = args.trials or o.trials
     args.storage = args.storage or o.storage

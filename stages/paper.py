@@ -30,7 +30,7 @@ from diffquant.deploy.paper_session import (
     read_replay,
     replay_feed,
 )
-from stages._cli import load_params, parser, repo_root, run_stage
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage
 
 log = logging.getLogger("diffquant.stages.paper")
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check", help="an evaluate record CSV to compare the ledger with")
     p.add_argument("--tolerance", type=float, default=1e-6, help="--check: largest difference accepted")
     args = p.parse_args(argv)
-    root, cfg = repo_root(), load_params(args.params)
+    root, cfg = repo_root(), one_asset(load_params(args.params))
 
     bundle = load_bundle(args.model, cfg, root)
     settings = PaperSettings(bundle.sim, args.on_gap, bars_per_year(bundle.timeframe_minutes, cfg.eval.days_per_year))

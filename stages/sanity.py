@@ -11,7 +11,7 @@ from diffquant.errors import DiffQuantError
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train.sanity import run_checks
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.sanity")
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="outputs/metrics/sanity.json")
     args = p.parse_args(argv)
     root = repo_root()
-    cfg = load_params(args.params)
+    cfg = one_asset(load_params(args.params))
     n_features = len(Samples.load(root / args.train).feature_names)
 
     torch.manual_seed(cfg.seed)

@@ -9,11 +9,18 @@ heat map, and logs them to the folds stage's MLflow parent run. Run as ``python 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+import pandas as pd
 
 from diffquant import tracking
+from diffquant.config import Config
 from diffquant.data.contracts import atomic_path, read_json
-from diffquant.plots import plot_fold_heatmap, plot_stitched
-from diffquant.study.fold_run import load_fold
+from diffquant.plots import plot_asset_contributions, plot_fold_heatmap, plot_stitched, plot_weight_heatmap
+from diffquant.study.book_report import render_book_report, summarize_book, verdict
+from diffquant.study.book_run import BOOKS as BOOK_NAMES
+from diffquant.study.book_run import PORTFOLIO, stitched_weights
+from diffquant.study.fold_run import FoldResult, load_fold
 from diffquant.study.pooled import BOOKS, UNIVERSE
 from diffquant.study.report import render_report, summarize
 from stages._cli import load_params, parser, repo_root, run_stage, write_csv, write_json
@@ -32,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
 
     plan = read_json(folds_dir / "plan.json", "the folds stage")
     results = [load_fold(folds_dir / fold["name"]) for fold in plan["folds"]]
+    if cfg.model.kind == "portfolio":
+        book_study(cfg, root / args.metrics, out, folds_dir, [folds_dir / f["name"] for f in plan["folds"]], results)
+        return
     summary, tracks, table = summarize(cfg, results)
 
     write_csv(out / "folds.csv", table)
@@ -67,6 +77,37 @@ def main(argv: list[str] | None = None) -> None:
         summary["pbo"]["pbo"],
         out / "report.md",
     )
+
+
+def book_study(
+    cfg: Config, metrics: Path, out: Path, folds_dir: Path, folds: list[Path], results: list[FoldResult]
+) -> None:
+    """The portfolio's study: its stitched book beside the baselines, the weights' heat map, each asset's part."""
+    root = repo_root()
+    summary, tracks, table = summarize_book(cfg, results)
+    weights = stitched_weights(folds)
+    write_csv(out / "folds.csv", table)
+    write_csv(out / "tracks" / f"{PORTFOLIO}.csv", tracks[PORTFOLIO])
+    write_csv(out / "weights.csv", weights)
+    plot_stitched(tracks, BOOK_NAMES, out / "equity.png")
+    plot_weight_heatmap(weights, out / "heatmap.png")
+    plot_asset_contributions(pd.DataFrame(summary["assets"]), out / "assets.png")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(render_book_report(cfg.experiment, summary, table))
+    write_json(metrics, summary)
+
+    parent = tracking.open_run(root, tracking.read_run_id(folds_dir / "mlflow_run.json"))
+    entry = summary["tracks"][PORTFOLIO]
+    for book in BOOK_NAMES:
+        parent.log_metrics({f"{PORTFOLIO}/{book}/{k}": entry[book][k] for k in ("sharpe", "psr", "dsr")})
+    for row in summary["assets"]:
+        parent.log_metrics({f"{row['asset']}/{k}": row[k] for k in ("contribution_pct", "turnover", "mean_abs_weight")})
+    parent.log_metrics(
+        {"pbo": summary["pbo"]["pbo"], **{f"minus_{b}": v["difference"] for b, v in summary["versus"].items()}}
+    )
+    for name in ("report.md", "folds.csv", "equity.png", "heatmap.png", "assets.png"):
+        parent.log_artifact(out / name, "study")
+    log.info("%s; report in %s", verdict(summary), out / "report.md")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from diffquant.evaluate.tuned import TunedModel, TunedThresholds
 from diffquant.evaluate.walk_forward import Decisions, forecast_decisions, policy_decisions
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
-from stages._cli import load_params, parser, repo_root, run_stage, write_csv, write_json
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.threshold_opt")
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", default="outputs/metrics/thresholds.json")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = load_params(args.params)
+    cfg = one_asset(load_params(args.params))
     val = Series.load(root / args.val)
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     expected = checkpoint.policy_spec(cfg.model, val.feature_names, cfg.window.context)

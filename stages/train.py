@@ -16,7 +16,7 @@ from diffquant.sim.losses import Objective
 from diffquant.train.layout import HISTORY_PLOT
 from diffquant.train.policy_training import TrainingData, train_policies
 from diffquant.train.trainer import resolve_device
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where later stages find the MLflow runs")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = load_params(args.params, args.workers)
+    cfg = one_asset(load_params(args.params, args.workers))
     tracking.check_reachable(tracking.tracking_uri(root))  # fail before hours of training, not after
     data = TrainingData.load(root / args.split)
 

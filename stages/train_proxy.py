@@ -15,7 +15,7 @@ from diffquant.config import flatten
 from diffquant.data.splits import Series
 from diffquant.evaluate.stats import distribution
 from diffquant.train.proxy_training import target_scale, train_proxies
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.train_proxy")
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", default="outputs/metrics/proxy.json")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = load_params(args.params, args.workers)
+    cfg = one_asset(load_params(args.params, args.workers))
     if not cfg.baselines.proxy:
         out.mkdir(parents=True, exist_ok=True)
         write_json(root / args.metrics, {"trained": False})

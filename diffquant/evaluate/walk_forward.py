@@ -178,6 +178,25 @@ def constant_positions(series: SeriesLike, value: float) -> np.ndarray:
     return np.full(len(series.close), float(value))
 
 
+def held_in_quarter(executed: np.ndarray, start: int, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Executed decisions (N,) or a book's (N, A) -> what each quarter bar holds (T, ...) and the bar whose decision
+    that is (T,); refuses a held NaN (a warm-up too short for the lag)."""
+    n = len(executed)
+    if not 1 + lag <= start < n:
+        raise ValueError(
+            f"series.start = {start} with {n} bars: the quarter's first bar needs the close before it and the "
+            f"decision of bar start - 1 - sim.execution_lag_bars ({lag}); rebuild the split with this lag"
+        )
+    first = start - 1 - lag  # the bar whose decision the quarter's first bar holds
+    held = held_positions(torch.from_numpy(executed[first : n - 1]), lag, time_axis=0)[lag:].numpy()  # (T, ...)
+    src = np.arange(start, n) - 1 - lag  # (T,) the bar whose decision each quarter bar holds (for the record)
+    finite = np.isfinite(held).reshape(len(held), -1).all(axis=1)
+    if not finite.all():
+        missing = int(src[~finite][0])
+        raise ValueError(f"no executed decision at bar {missing}, which quarter bar {missing + 1 + lag} must hold")
+    return held, src
+
+
 def walk_forward(
     series: SeriesLike,
     executed: np.ndarray,
@@ -196,17 +215,7 @@ def walk_forward(
     executed = np.asarray(executed, dtype=np.float64)
     if executed.shape != (n,):
         raise ValueError(f"executed decisions have shape {executed.shape}; the series has {n} bars")
-    if not 1 + lag <= start < n:
-        raise ValueError(
-            f"series.start = {start} with {n} bars: the quarter's first bar needs the close before it and the "
-            f"decision of bar start - 1 - sim.execution_lag_bars ({lag}); rebuild the split with this lag"
-        )
-    first = start - 1 - lag  # the bar whose decision the quarter's first bar holds
-    held = held_positions(torch.from_numpy(executed[first : n - 1]), lag)[lag:].numpy()  # (T,)
-    src = np.arange(start, n) - 1 - lag  # (T,) the bar whose decision each quarter bar holds (for the record)
-    if not np.isfinite(held).all():
-        missing = int(src[~np.isfinite(held)][0])
-        raise ValueError(f"no executed decision at bar {missing}, which quarter bar {missing + 1 + lag} must hold")
+    held, src = held_in_quarter(executed, start, lag)
     close = np.asarray(series.close, dtype=np.float64)
     returns = bar_returns(close[start - 1 :])  # (T,) r_j = close_j / close_{j-1} - 1
     returns[np.asarray(series.gap_before)[start:]] = 0.0  # nothing is earned across missing bars

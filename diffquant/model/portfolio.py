@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from diffquant.config import ModelConfig
 from diffquant.model.backbones import build_backbone
 from diffquant.model.dropout import set_episode_length
-from diffquant.model.policy import PolicyHead, backbone_features, sliding_windows
+from diffquant.model.policy import PolicyHead, PolicyNetwork, backbone_features, sliding_windows
 
 
 def only_present(x: Tensor, present: Tensor | None) -> Tensor:
@@ -102,6 +102,11 @@ class PortfolioPolicy(nn.Module):
         self.head = PolicyHead(self.backbone.out_dim, list(h.dense), h.dropout, h.tau_dir, h.tau_gate, h.gate_bias)
         self.attention = AssetAttention(self.backbone.out_dim, d_attn, n_heads)
 
+    def mix(self, feats: Tensor, present: Tensor) -> Tensor:
+        """Encoder features (N, A, D), present (N, A) -> the features with each asset's context added (N, A, D),
+        what the head reads (walk-forward applies the head itself, in batches of its choosing)."""
+        return feats + self.attention(feats, present)
+
     def logits(self, windows: Tensor, present: Tensor | None) -> Tensor:
         """(B, A, H, F, ctx) raw feature windows -> (B, H, A, 2) state-free direction and gate logits.
 
@@ -115,7 +120,7 @@ class PortfolioPolicy(nn.Module):
             windows = only_present(windows, present[:, :, None, None, None])
         feats = backbone_features(self.backbone, windows.reshape(b * a * h, self.n_features, self.context))
         feats = feats.view(b, a, h, -1)
-        feats = feats + self.attention(feats.transpose(1, 2), present[:, None]).transpose(1, 2)
+        feats = self.mix(feats.transpose(1, 2), present[:, None]).transpose(1, 2)
         return self.head(feats.reshape(b * a * h, -1)).view(b, a, h, 2).transpose(1, 2)
 
     def forward(
@@ -166,3 +171,11 @@ class PortfolioPolicy(nn.Module):
             if not full_bptt:
                 delta, prev = delta.detach(), prev.detach()
         return torch.stack(weights, 1), torch.stack(gates, 1)
+
+
+def make_policy(cfg: ModelConfig, n_features: int, context: int) -> PolicyNetwork | PortfolioPolicy:
+    """The network ``model.kind`` names: one asset's ``PolicyNetwork`` or the ``PortfolioPolicy`` over a book."""
+    if cfg.kind == "single":
+        return PolicyNetwork(cfg, n_features, context)
+    p = cfg.portfolio
+    return PortfolioPolicy(cfg, n_features, context, leverage=p.leverage, d_attn=p.d_attn, n_heads=p.n_heads)

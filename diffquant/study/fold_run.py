@@ -42,6 +42,7 @@ from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
+from diffquant.study.book_run import BASELINES, PORTFOLIO, trade_book, write_weights
 from diffquant.study.fold_data import AssetFold, FoldData
 from diffquant.train import checkpoint
 from diffquant.train.grid import HooksOf, run_grid
@@ -76,10 +77,14 @@ class FoldResult:
 
 
 def kinds(cfg: Config) -> list[str]:
-    return ["policy", "proxy"] if cfg.baselines.proxy else ["policy"]
+    """The models a group trains: the policy, and the MSE proxy when asked (a single-asset model's baseline)."""
+    return ["policy", "proxy"] if cfg.baselines.proxy and cfg.model.kind == "single" else ["policy"]
 
 
 def model_groups(cfg: Config, assets: list[str]) -> dict[str, list[str]]:
+    """Which assets each model trains on: a portfolio holds them all; a single-asset policy per ``train.universe``."""
+    if cfg.model.kind == "portfolio":
+        return {PORTFOLIO: assets}
     return {"pooled": assets} if cfg.train.universe == "pooled" else {a: [a] for a in assets}
 
 
@@ -114,11 +119,12 @@ def fold_works(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> t
         digest = hashlib.sha256("".join(a.model_digest for a in parts).encode()).hexdigest()[:16]
         name, folder = f"{data.fold.name}/{group}", out / "models" / group
         samples = pooled_samples([a.samples for a in parts])
-        train = TrainingData(samples, tuple(a.val for a in parts), digest, f"fold {name}")
+        books = tuple(a.train_series for a in parts) if cfg.model.kind == "portfolio" else ()
+        train = TrainingData(samples, tuple(a.val for a in parts), digest, f"fold {name}", books)
         hooks[name, "policy"] = hooks_for(data.fold.name, group, "policy")
         prepare_policies(cfg, train, folder / "policy", hooks[name, "policy"])
         works += policy_works(cfg, train, folder / "policy", name)
-        if cfg.baselines.proxy:
+        if "proxy" in kinds(cfg):
             proxies = proxy_works(cfg, [a.train_series for a in parts], [a.val for a in parts], folder / "proxy", name)
             hooks[name, "proxy"] = hooks_for(data.fold.name, group, "proxy")
             prepare_proxies(proxies, folder / "proxy", hooks[name, "proxy"])
@@ -206,9 +212,28 @@ def run_fold(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> Fol
 
 
 def judge_fold(cfg: Config, data: FoldData, out: Path, key: str) -> FoldResult:
-    """A trained fold's choices on val and books on test, per asset; written to ``out`` (``fold.json`` last)."""
-    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    """A trained fold's choices on val and books on test, per asset (a portfolio's: its one book,
+    ``book_run.trade_book``); written to ``out`` (``fold.json`` last)."""
     groups = model_groups(cfg, list(data.assets))
+    if cfg.model.kind == "portfolio":
+        models = load_models(cfg, data, out / "models" / PORTFOLIO)["policy"]
+        entry, table, weights = trade_book(cfg, data, models)
+        entries, returns = {PORTFOLIO: entry}, {PORTFOLIO: table}
+        write_weights(out, weights)
+    else:
+        entries, returns = _judge_assets(cfg, data, out, groups)
+    result = FoldResult(data.fold.name, key, data.fold.describe(), groups, entries, data.excluded, returns)
+    for symbol, table in returns.items():
+        write_parquet(table, out / "returns" / f"{symbol}.parquet")
+    write_json(out / FOLD_JSON, result.to_dict())  # last: a fold without it is not done
+    return result
+
+
+def _judge_assets(
+    cfg: Config, data: FoldData, out: Path, groups: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, pd.DataFrame]]:
+    """Each asset's choices on val and books on test, with its group's models."""
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     entries, returns = {}, {}
     for group, members in groups.items():
         models = load_models(cfg, data, out / "models" / group)
@@ -223,11 +248,22 @@ def judge_fold(cfg: Config, data: FoldData, out: Path, key: str) -> FoldResult:
                 entries[symbol]["policy"]["ensemble"]["metrics"]["sharpe"],
                 entries[symbol]["buy_and_hold"]["sharpe"],
             )
-    result = FoldResult(data.fold.name, key, data.fold.describe(), groups, entries, data.excluded, returns)
-    for symbol, table in returns.items():
-        write_parquet(table, out / "returns" / f"{symbol}.parquet")
-    write_json(out / FOLD_JSON, result.to_dict())  # last: a fold without it is not done
-    return result
+    return entries, returns
+
+
+def headline(result: FoldResult) -> dict[str, dict[str, float]]:
+    """A fold's test Sharpe per entry (asset, or the portfolio) and book: what the folds stage's metrics keep."""
+    out = {}
+    for name, e in result.entries.items():
+        if name == PORTFOLIO:
+            out[name] = {PORTFOLIO: e[PORTFOLIO]["ensemble"]["metrics"]["sharpe"]}
+            out[name] |= {b: e[b]["metrics"]["sharpe"] for b in BASELINES}
+        else:
+            out[name] = {
+                "policy": e["policy"]["ensemble"]["metrics"]["sharpe"],
+                "buy_and_hold": e["buy_and_hold"]["sharpe"],
+            }
+    return out
 
 
 def load_fold(out: Path) -> FoldResult:

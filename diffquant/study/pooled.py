@@ -63,13 +63,16 @@ def judge_track(
     mean_block: float,
     seed: int,
     costs: list[float],
+    books: tuple[str, ...] = BOOKS,
+    benchmark_book: str = "buy_and_hold",
 ) -> dict[str, Any]:
-    """Every book of one track: metrics, PSR, DSR, intervals and cost sweep; trial spread from all configurations."""
+    """Every book of one track: metrics, PSR, DSR, intervals (the difference against ``benchmark_book``) and cost
+    sweep; trial spread from all configurations."""
     ann = math.sqrt(bars_per_year)
     trial_sharpes = np.array([sharpe(track[c].to_numpy(), ann) for c in configurations(track)])
-    benchmark = track["buy_and_hold"].to_numpy()
+    benchmark = track[benchmark_book].to_numpy()
     out: dict[str, Any] = {"bars": len(track), "first_bar": str(track["time"].iloc[0]), "n_trials": n_trials}
-    for book in [b for b in BOOKS if b in track.columns]:
+    for book in [b for b in books if b in track.columns]:
         net = track[book].to_numpy()
         null = null_max_sharpe(trial_sharpes, n_trials.get(book, 1), bars_per_year) if book in n_trials else None
         entry = {

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,8 +22,9 @@ from diffquant.data.contracts import atomic_path
 from diffquant.errors import DiffQuantError
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
+from diffquant.model.portfolio import PortfolioPolicy, make_policy
 
-M = TypeVar("M", PolicyNetwork, Forecaster)
+M = TypeVar("M", PolicyNetwork, PortfolioPolicy, Forecaster)
 
 PICKLE_PROTOCOL = 2  # torch.save's default, pinned: a torch upgrade changing it must not change the bytes silently
 
@@ -94,22 +96,31 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         ) from None
 
 
-def build_policy(state: dict[str, Any], path: Path, expected: dict[str, Any] | None = None) -> PolicyNetwork:
-    """Rebuild the policy stored in ``state``; refuse it if its spec differs from ``expected``."""
-    return _build(PolicyNetwork, state, path, expected)
+def build_policy(
+    state: dict[str, Any], path: Path, expected: dict[str, Any] | None = None
+) -> PolicyNetwork | PortfolioPolicy:
+    """Rebuild the policy stored in ``state`` (the network its ``model.kind`` names); refuse it if its spec differs
+    from ``expected``."""
+    return _build(make_policy, state, path, expected, "policy")
 
 
-def load_policy(path: Path, expected: dict[str, Any] | None = None) -> PolicyNetwork:
+def load_policy(path: Path, expected: dict[str, Any] | None = None) -> PolicyNetwork | PortfolioPolicy:
     """``build_policy(load(path), path, expected)``: the policy of a checkpoint file, checked against ``expected``."""
     return build_policy(load(path), path, expected)
 
 
 def load_forecaster(path: Path, expected: dict[str, Any] | None = None) -> Forecaster:
     """The MSE proxy's forecaster of a checkpoint file (written by the train-proxy stage)."""
-    return _build(Forecaster, load(path), path, expected)
+    return _build(Forecaster, load(path), path, expected, "forecaster")
 
 
-def _build(cls: type[M], state: dict[str, Any], path: Path, expected: dict[str, Any] | None) -> M:
+def _build(
+    make: Callable[[ModelConfig, int, int], M],
+    state: dict[str, Any],
+    path: Path,
+    expected: dict[str, Any] | None,
+    what: str,
+) -> M:
     spec = (state.get("spec") or {}).get("policy")
     if spec is None or "model_state" not in state:
         raise CheckpointError(f"{path}: no spec/model_state inside; it was not written by DiffQuant's trainer")
@@ -119,10 +130,9 @@ def _build(cls: type[M], state: dict[str, Any], path: Path, expected: dict[str, 
             f"{path}: checkpoint was trained with another configuration (differs in: {', '.join(diffs)}); "
             "re-run the train stage with the current params, or restore the params it was trained with"
         )
-    model = cls(build_section(ModelConfig, spec["model"], "model"), len(spec["feature_names"]), spec["context"])
+    model = make(build_section(ModelConfig, spec["model"], "model"), len(spec["feature_names"]), spec["context"])
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as exc:
-        what = "policy" if cls is PolicyNetwork else "forecaster"
         raise CheckpointError(f"{path}: weights do not fit the {what} ({str(exc).splitlines()[0]})") from None
     return model

@@ -2,6 +2,8 @@
 
 An episode is one training sample of ctx + H bars: H decisions at bars ctx-1 .. ctx+H-2, scored over the H bars
 ctx .. ctx+H-1 under the execution lag (docs/design_notes.md). Returns are computed once from float64 prices.
+A portfolio's episode holds A assets on one clock (features (B, ctx + H, A, F), returns and funding (B, H, A)) and
+``present`` (B, A) marks the assets with data in it (:mod:`diffquant.train.book_episodes` cuts them).
 """
 
 from __future__ import annotations
@@ -14,27 +16,29 @@ from torch import Tensor
 
 from diffquant.config import SimConfig
 from diffquant.model.policy import PolicyNetwork
+from diffquant.model.portfolio import PortfolioPolicy
 from diffquant.sim.losses import Objective
 from diffquant.sim.simulator import bar_returns, held_positions, simulate
 
 
 @dataclass(frozen=True)
 class EpisodeBatch:
-    features: Tensor  # (B, ctx + H, F) float32
-    returns: Tensor  # (B, H) simple returns of the H scored bars
-    funding: Tensor  # (B, H) funding rate of the H scored bars
+    features: Tensor  # (B, ctx + H, F) float32; a portfolio's (B, ctx + H, A, F), NaN where an asset is absent
+    returns: Tensor  # (B, H) simple returns of the H scored bars; a portfolio's (B, H, A), 0 where absent
+    funding: Tensor  # (B, H) funding rate of the H scored bars; a portfolio's (B, H, A), 0 where absent
+    present: Tensor | None = None  # a portfolio's (B, A) bool: the asset has every bar of the episode
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
     def index(self, idx: Tensor) -> EpisodeBatch:
-        return EpisodeBatch(self.features[idx], self.returns[idx], self.funding[idx])
+        return EpisodeBatch(*(t[idx] for t in self.astuple()))
 
     def cat(self, other: EpisodeBatch) -> EpisodeBatch:
         return EpisodeBatch(*(torch.cat(pair) for pair in zip(self.astuple(), other.astuple(), strict=True)))
 
-    def astuple(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.features, self.returns, self.funding
+    def astuple(self) -> tuple[Tensor, ...]:
+        return (self.features, self.returns, self.funding) + (() if self.present is None else (self.present,))
 
     def to(self, device: torch.device) -> EpisodeBatch:
         return EpisodeBatch(*(t.to(device) for t in self.astuple()))
@@ -63,21 +67,31 @@ def mirror(batch: EpisodeBatch, perm: Tensor, sign: Tensor) -> EpisodeBatch:
         batch.features[..., perm] * sign,
         -batch.returns / (1.0 + batch.returns),  # = 1 / (1 + r) - 1 without the cancellation in float32
         -batch.funding,
+        batch.present,
     )
 
 
 def episode_pnl(
-    model: PolicyNetwork, batch: EpisodeBatch, sim: SimConfig, horizon: int, full_bptt: bool, reference: bool = False
+    model: PolicyNetwork | PortfolioPolicy,
+    batch: EpisodeBatch,
+    sim: SimConfig,
+    horizon: int,
+    full_bptt: bool,
+    reference: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Decisions (B, H) and net PnL (B, H) of a batch of episodes; ``reference`` uses the step-by-step rollout."""
+    """Decisions (B, H) (a portfolio's weights (B, H, A)) and the book's net PnL (B, H) of a batch of episodes;
+    ``reference`` uses the step-by-step rollout."""
     rollout = model.rollout_reference if reference else model.rollout
-    decisions, _ = rollout(batch.features, horizon, full_bptt)
-    held = held_positions(decisions, sim.execution_lag_bars)
-    return decisions, simulate(held, batch.returns, batch.funding, sim).net
+    if batch.present is None:
+        decisions, _ = rollout(batch.features, horizon, full_bptt)
+    else:
+        decisions, _ = rollout(batch.features, horizon, full_bptt, batch.present)
+    held = held_positions(decisions, sim.execution_lag_bars, time_axis=1)
+    return decisions, simulate(held, batch.returns, batch.funding, sim).book_net
 
 
 def batch_loss(
-    model: PolicyNetwork,
+    model: PolicyNetwork | PortfolioPolicy,
     batch: EpisodeBatch,
     objective: Objective,
     sim: SimConfig,

@@ -25,11 +25,14 @@ from diffquant.config import Config, Hysteresis
 from diffquant.data.contracts import write_csv, write_json
 from diffquant.data.features import mirror_spec
 from diffquant.data.splits import Samples, Series
+from diffquant.evaluate.book import BookSeries, book_metrics
 from diffquant.evaluate.scoring import Scorer
 from diffquant.model.policy import PolicyNetwork
+from diffquant.model.portfolio import PortfolioPolicy, make_policy
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint, layout
-from diffquant.train.episodes import episodes_from_arrays
+from diffquant.train.book_episodes import book_episodes
+from diffquant.train.episodes import EpisodeBatch, episodes_from_arrays
 from diffquant.train.grid import run_grid
 from diffquant.train.resume import ResumeSpec, code_hash, content_hash
 from diffquant.train.trainer import (
@@ -65,6 +68,7 @@ class TrainingData:
     val: tuple[Series, ...]
     digest: str = ""  # hash of the inputs: a checkpoint trained on other data is not resumed
     source: str = ""  # where the samples came from, for error messages
+    train_series: tuple[Series, ...] = ()  # a portfolio's: each asset's train range, cut on one clock
 
     @classmethod
     def load(cls, split_dir: Path) -> TrainingData:
@@ -72,11 +76,22 @@ class TrainingData:
         return cls(Samples.load(paths[0]), (Series.load(paths[1]),), content_hash(paths), str(paths[0]))
 
 
+def training_episodes(cfg: Config, data: TrainingData) -> EpisodeBatch:
+    """The episodes ``model.kind`` trains on: one asset's samples (pooled over assets), or a book's on one clock."""
+    if cfg.model.kind == "portfolio":
+        return book_episodes(data.train_series, cfg.window)
+    s = data.samples
+    return episodes_from_arrays(s.features, s.close, s.funding, cfg.window.context)
+
+
 def validation_metrics(
-    scorer: Scorer, model: PolicyNetwork, val: tuple[Series, ...], hysteresis: Hysteresis
+    scorer: Scorer, model: PolicyNetwork | PortfolioPolicy, val: tuple[Series, ...], hysteresis: Hysteresis
 ) -> dict[str, float]:
     """A val check: the walk-forward metrics of one series, or each metric's mean over the assets' series (so
-    checkpoint selection weighs every asset alike; one asset gives exactly its own metrics)."""
+    checkpoint selection weighs every asset alike; one asset gives exactly its own metrics); a portfolio's: the
+    metrics of its book over every asset's val series."""
+    if isinstance(model, PortfolioPolicy):
+        return book_metrics(scorer, model, BookSeries.of(val), hysteresis)
     per_asset = [scorer.policy(model, series, hysteresis)[1] for series in val]
     if len(per_asset) == 1:
         return per_asset[0]
@@ -112,13 +127,12 @@ def train_policy(
     :func:`~diffquant.train.trainer.fit_task`."""
     names = data.samples.feature_names
     seed_everything(seed)
-    model = PolicyNetwork(cfg.model, len(names), cfg.window.context).to(resolve_device(cfg.train.device))
+    model = make_policy(cfg.model, len(names), cfg.window.context).to(resolve_device(cfg.train.device))
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     mirror = tuple(torch.as_tensor(a) for a in mirror_spec(names)) if cfg.train.mirror else None
-    s = data.samples
     return fit(
         model,
-        episodes_from_arrays(s.features, s.close, s.funding, cfg.window.context),
+        training_episodes(cfg, data),
         lambda m: validation_metrics(scorer, m, data.val, cfg.eval.hysteresis),
         Objective(cfg.loss, cfg.sim.smooth_abs_eps),
         cfg.sim,
@@ -209,7 +223,7 @@ def policy_works(cfg: Config, data: TrainingData, out: Path, group: str = "") ->
 def prepare_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks) -> None:
     """The checks and the bookkeeping before a group's seeds train: a refused config leaves nothing behind (the
     checks come before ``hooks.begin`` and before any file is touched); stale seeds' folders are then removed."""
-    check_batch_size(len(data.samples), cfg.train, data.source)
+    check_batch_size(len(training_episodes(cfg, data)), cfg.train, data.source)
     hooks.begin(resumable(cfg, data, out))
     layout.prune(out, cfg.train.seeds)
 

@@ -24,6 +24,7 @@ from diffquant.config import SimConfig, TrainConfig
 from diffquant.errors import ConfigError
 from diffquant.evaluate.metrics import sharpe
 from diffquant.model.policy import PolicyNetwork
+from diffquant.model.portfolio import PortfolioPolicy
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint
 from diffquant.train.episodes import EpisodeBatch, batch_loss, mirror
@@ -97,7 +98,7 @@ def check_batch_size(n_samples: int, cfg: TrainConfig, where: str = "") -> None:
         )
 
 
-def make_optimizer(model: PolicyNetwork, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW plus a per-epoch schedule: linear warm-up from ``warmup_start_factor``, then cosine to ``min_lr``."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -162,9 +163,9 @@ class PolicyTask:
 
 
 def fit(
-    model: PolicyNetwork,
+    model: PolicyNetwork | PortfolioPolicy,
     episodes: EpisodeBatch,
-    validate: Callable[[PolicyNetwork], dict[str, float]],
+    validate: Callable[[PolicyNetwork | PortfolioPolicy], dict[str, float]],
     objective: Objective,
     sim: SimConfig,
     cfg: TrainConfig,

@@ -178,6 +178,18 @@ LOADER_CASES: dict[str, Case] = {
         {"model": {"series": True}},
         ("model.series", "model.backbone 'itransformer'", "tcn, vsn_lstm, linear_attention"),
     ),
+    "unknown_model_kind": ("train", {"model": {"kind": "basket"}}, ("model.kind", "basket")),
+    "portfolio_heads_do_not_divide": (
+        "train",
+        {"model": {"portfolio": {"d_attn": 30, "n_heads": 4}}},
+        ("model.portfolio.d_attn (30)", "model.portfolio.n_heads (4)"),
+    ),
+    "portfolio_without_leverage": ("train", {"model": {"portfolio": {"leverage": 0.0}}}, ("model.portfolio.leverage",)),
+    "portfolio_on_the_series_path": (
+        "train",
+        {"model": {"kind": "portfolio", "backbone": "tcn", "series": True}},
+        ("model.kind is 'portfolio'", "model.series"),
+    ),
     "unknown_backbone_key": ("train", {"model": {"tcn": {"layers": 3}}}, ("unknown key(s) model.tcn.layers", "levels")),
     "horizon_within_lag": ("split", {"window": {"horizon": 2}, "sim": {"execution_lag_bars": 2}}, ("window.horizon",)),
     "momentum_longer_than_window": (
@@ -217,6 +229,11 @@ STAGE_CASES: dict[str, Case] = {
         ("data.timeframe_minutes (7)", "source resolution (5 min)"),
     ),
     "timeframe_of_other_features": ("split", {"data": {"timeframe_minutes": 60}}, ("data.timeframe_minutes",)),
+    "portfolio_in_the_one_asset_chain": (
+        "train",
+        {"model": {"kind": "portfolio"}},
+        ("model.kind is 'portfolio'", "walkforward/dvc.yaml"),
+    ),
     "batch_larger_than_data": ("train", {"train": {"batch_size": 4096}}, ("train.batch_size (4096)", "train.npz")),
 }
 if not torch.cuda.is_available():
