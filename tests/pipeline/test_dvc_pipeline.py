@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from diffquant.data.contracts import sha256, to_ms
@@ -212,11 +213,13 @@ def test_served_model_answers_a_post_of_bars(repo: Path) -> None:
     bars = _quarter_bars(repo, "backtest", bundle.warmup)[0].iloc[: bundle.min_bars + 5]
     positions = [0.5] * len(bundle.members)
     expected = model.predict(bars, params={"positions": positions})
+    threads = torch.get_num_threads()
     port = _free_port()
     server = subprocess.Popen(
         [*MLFLOW_SERVE, "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         cwd=repo,
-        env=env(MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"),
+        # torch's thread count is part of a float result: the server computes with as many as this process
+        env=env(MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}", OMP_NUM_THREADS=str(threads)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
