@@ -12,6 +12,7 @@ path never does.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,12 @@ def log_policy_model(bundle: PolicyBundle, checkpoints: dict[str, Path], name: s
     signature.params = params
     with tempfile.TemporaryDirectory() as tmp:
         folder = bundle.save(Path(tmp) / "bundle", checkpoints)
+        code = shutil.copytree(PACKAGE, Path(tmp) / "code" / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(ENTRY),
             artifacts={"bundle": str(folder)},
-            code_paths=[str(PACKAGE)],
+            code_paths=[str(code)],
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),
