@@ -269,6 +269,13 @@ class LossConfig:
     band_high: float = _f(0.1, **NON_NEGATIVE)
     dd_temperature: float = _f(1000.0, **POSITIVE)
     cdar_alpha: float = _f(0.95, **OPEN_UNIT)
+    # Regime weighting of the hybrid's regularisers (docs/losses.md): each episode's lambdas x
+    # clip((vol / reference) ** power, min, max), vol the realised volatility of its context bars. 0: off.
+    regime_power: float = _f(0.0, **_range(-4.0, 4.0))
+    regime_reference: Literal["batch", "fixed"] = "batch"  # the batch's mean context vol, or regime_vol
+    regime_vol: float = _f(0.005, **POSITIVE)  # fixed reference: per-bar std of log returns
+    regime_min_weight: float = _f(0.25, **POSITIVE)
+    regime_max_weight: float = _f(4.0, **POSITIVE)
     eps: float = _f(1e-8, **POSITIVE)
 
 
@@ -403,12 +410,27 @@ class Config:
             raise ConfigError(
                 f"loss.band_low ({self.loss.band_low}) must not exceed loss.band_high ({self.loss.band_high})"
             )
+        self._validate_regime()
         if self.window.horizon <= self.sim.execution_lag_bars:
             raise ConfigError(
                 f"window.horizon ({self.window.horizon}) must exceed sim.execution_lag_bars "
                 f"({self.sim.execution_lag_bars}): no decision would ever earn a return"
             )
         return self
+
+    def _validate_regime(self) -> None:
+        """The regime weighting scales the hybrid's regularisers: a ratio alone has none, so it would do nothing."""
+        c = self.loss
+        if c.regime_power and c.type != "hybrid":
+            raise ConfigError(
+                f"loss.regime_power ({c.regime_power}) weights the hybrid's regularisers, but loss.type is "
+                f"'{c.type}', which has none; set loss.type to hybrid or loss.regime_power to 0"
+            )
+        if c.regime_min_weight > c.regime_max_weight:
+            raise ConfigError(
+                f"loss.regime_min_weight ({c.regime_min_weight}) must not exceed loss.regime_max_weight "
+                f"({c.regime_max_weight})"
+            )
 
     def _validate_backbone(self) -> None:
         """The selected backbone's cross-field rules (an unselected section is only type- and range-checked)."""

@@ -1,7 +1,8 @@
 """Training episodes as tensors, their mirror images, and the loss of a batch of episodes.
 
 An episode is one training sample of ctx + H bars: H decisions at bars ctx-1 .. ctx+H-2, scored over the H bars
-ctx .. ctx+H-1 under the execution lag (docs/design_notes.md). Returns are computed once from float64 prices.
+ctx .. ctx+H-1 under the execution lag (docs/design_notes.md). Returns are computed once from float64 prices, and
+so is each episode's context volatility (the market's regime before its first decision, for the regime-weighted loss).
 """
 
 from __future__ import annotations
@@ -23,21 +24,32 @@ class EpisodeBatch:
     features: Tensor  # (B, ctx + H, F) float32
     returns: Tensor  # (B, H) simple returns of the H scored bars
     funding: Tensor  # (B, H) funding rate of the H scored bars
+    context_vol: Tensor  # (B,) realised volatility of the context bars (context_volatility)
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
     def index(self, idx: Tensor) -> EpisodeBatch:
-        return EpisodeBatch(self.features[idx], self.returns[idx], self.funding[idx])
+        return EpisodeBatch(*(t[idx] for t in self.astuple()))
 
     def cat(self, other: EpisodeBatch) -> EpisodeBatch:
         return EpisodeBatch(*(torch.cat(pair) for pair in zip(self.astuple(), other.astuple(), strict=True)))
 
-    def astuple(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.features, self.returns, self.funding
+    def astuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.features, self.returns, self.funding, self.context_vol
 
     def to(self, device: torch.device) -> EpisodeBatch:
         return EpisodeBatch(*(t.to(device) for t in self.astuple()))
+
+
+def context_volatility(close: np.ndarray, context: int) -> np.ndarray:
+    """(S,) population std of the log returns between the closes of bars 0 .. context-1 of each sample.
+
+    Causal: the episode's first decision is taken at bar context-1's close, so this uses only what that decision
+    already knows, nothing of the scored bars. The log returns of the mirrored market are these negated, so the
+    mirror image has the same value.
+    """
+    return np.diff(np.log(np.asarray(close, dtype=np.float64)[:, :context]), axis=1).std(axis=1)
 
 
 def episodes_from_arrays(features: np.ndarray, close: np.ndarray, funding: np.ndarray, context: int) -> EpisodeBatch:
@@ -47,6 +59,7 @@ def episodes_from_arrays(features: np.ndarray, close: np.ndarray, funding: np.nd
         torch.as_tensor(features, dtype=torch.float32),
         torch.as_tensor(returns, dtype=torch.float32),
         torch.as_tensor(funding[:, context:], dtype=torch.float32),
+        torch.as_tensor(context_volatility(close, context), dtype=torch.float32),
     )
 
 
@@ -63,6 +76,7 @@ def mirror(batch: EpisodeBatch, perm: Tensor, sign: Tensor) -> EpisodeBatch:
         batch.features[..., perm] * sign,
         -batch.returns / (1.0 + batch.returns),  # = 1 / (1 + r) - 1 without the cancellation in float32
         -batch.funding,
+        batch.context_vol,  # the std of negated log returns
     )
 
 
@@ -93,8 +107,8 @@ def batch_loss(
     both = batch if mirrored is None else batch.cat(mirrored)
     decisions, pnl = episode_pnl(model, both, sim, horizon, full_bptt, reference)
     b = len(batch)
-    loss, terms = objective(pnl[:b], decisions[:b])
+    loss, terms = objective(pnl[:b], decisions[:b], both.context_vol[:b])
     if mirrored is not None:
-        loss_m, _ = objective(pnl[b:], decisions[b:])
+        loss_m, _ = objective(pnl[b:], decisions[b:], both.context_vol[b:])
         loss = 0.5 * (loss + loss_m)
     return loss, terms, pnl[:b].detach()
