@@ -10,6 +10,7 @@ in :meth:`Config.validate`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import types
@@ -569,15 +570,35 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return build_section(Config, raw, "").validate()
 
 
-def load(path: str | Path = "params.yaml") -> Config:
-    """Read and validate ``params.yaml``; errors name the file and the key."""
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the raw params mapping with dotted keys set (``{"loss.type": "sharpe"}``), as ``dvc exp run -S``
+    sets them; :func:`from_dict` then validates the result like any params file."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *path, last = dotted.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: {part} is not a section")
+        node[last] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content (an empty file is ``{}``); errors name the file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; run from the repository root or pass the params file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
+def load(path: str | Path = "params.yaml") -> Config:
+    """Read and validate ``params.yaml``; errors name the file and the key."""
+    raw = read_yaml(path)
     try:
         return from_dict(raw)
     except ConfigError as exc:

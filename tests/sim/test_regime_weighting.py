@@ -81,7 +81,10 @@ def test_off_is_the_unweighted_loss_bit_for_bit():
 
 @pytest.mark.parametrize("vols", [[0.004, 0.004, 0.004], [0.002, 0.004, 0.012]])
 def test_flat_book_gets_the_documented_value(vols):
-    """A flat book (eps moves the weights by < 1e-5 relative): mean weight x (lambda_flat (sigmoid(k flat_eps) - flat_target)^2 + lambda_band band_low^2)."""
+    """A flat book: mean weight x (lambda_flat (sigmoid(k flat_eps) - flat_target)^2 + lambda_band band_low^2).
+
+    (eps moves the weights by < 1e-5 relative.)
+    """
     cfg = LossConfig(regime_power=1.0, regime_reference="fixed", regime_vol=0.004, **BAND)
     zeros = torch.zeros(3, 8, dtype=torch.float64)
     loss, terms = Objective(cfg, 1e-6)(zeros, zeros, t64(vols))
