@@ -10,6 +10,7 @@ in :meth:`Config.validate`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import types
@@ -283,6 +284,13 @@ class LossConfig:
     band_high: float = _f(0.1, **NON_NEGATIVE)
     dd_temperature: float = _f(1000.0, **POSITIVE)
     cdar_alpha: float = _f(0.95, **OPEN_UNIT)
+    # Regime weighting of the hybrid's regularisers (docs/losses.md): each episode's lambdas x
+    # clip((vol / reference) ** power, min, max), vol the realised volatility of its context bars. 0: off.
+    regime_power: float = _f(0.0, **_range(-4.0, 4.0))
+    regime_reference: Literal["batch", "fixed"] = "batch"  # the batch's mean context vol, or regime_vol
+    regime_vol: float = _f(0.005, **POSITIVE)  # fixed reference: per-bar std of log returns
+    regime_min_weight: float = _f(0.25, **POSITIVE)
+    regime_max_weight: float = _f(4.0, **POSITIVE)
     eps: float = _f(1e-8, **POSITIVE)
 
 
@@ -430,12 +438,27 @@ class Config:
             raise ConfigError(
                 f"loss.band_low ({self.loss.band_low}) must not exceed loss.band_high ({self.loss.band_high})"
             )
+        self._validate_regime()
         if self.window.horizon <= self.sim.execution_lag_bars:
             raise ConfigError(
                 f"window.horizon ({self.window.horizon}) must exceed sim.execution_lag_bars "
                 f"({self.sim.execution_lag_bars}): no decision would ever earn a return"
             )
         return self
+
+    def _validate_regime(self) -> None:
+        """The regime weighting scales the hybrid's regularisers: a ratio alone has none, so it would do nothing."""
+        c = self.loss
+        if c.regime_power and c.type != "hybrid":
+            raise ConfigError(
+                f"loss.regime_power ({c.regime_power}) weights the hybrid's regularisers, but loss.type is "
+                f"'{c.type}', which has none; set loss.type to hybrid or loss.regime_power to 0"
+            )
+        if c.regime_min_weight > c.regime_max_weight:
+            raise ConfigError(
+                f"loss.regime_min_weight ({c.regime_min_weight}) must not exceed loss.regime_max_weight "
+                f"({c.regime_max_weight})"
+            )
 
     def _validate_backbone(self) -> None:
         """The selected backbone's cross-field rules (an unselected section is only type- and range-checked)."""
@@ -584,15 +607,35 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return build_section(Config, raw, "").validate()
 
 
-def load(path: str | Path = "params.yaml") -> Config:
-    """Read and validate ``params.yaml``; errors name the file and the key."""
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the raw params mapping with dotted keys set (``{"loss.type": "sharpe"}``), as ``dvc exp run -S``
+    sets them; :func:`from_dict` then validates the result like any params file."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *path, last = dotted.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: {part} is not a section")
+        node[last] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content (an empty file is ``{}``); errors name the file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; run from the repository root or pass the params file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
+def load(path: str | Path = "params.yaml") -> Config:
+    """Read and validate ``params.yaml``; errors name the file and the key."""
+    raw = read_yaml(path)
     try:
         return from_dict(raw)
     except ConfigError as exc:

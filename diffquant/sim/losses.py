@@ -49,29 +49,49 @@ RATIOS: dict[str, Callable[[Tensor, LossConfig], Tensor]] = {
 }
 
 
-def drawdown(pnl: Tensor) -> Tensor:
+def episode_mean(x: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean of ``x`` (B, ...) over all its values; with per-episode ``weights`` (B,), episode b's values count w_b
+    times (every episode has the same number of values, so this is mean_b(w_b * mean of episode b))."""
+    if weights is None:
+        return x.mean()
+    return (weights.reshape(-1, *[1] * (x.dim() - 1)) * x).mean()
+
+
+def drawdown(pnl: Tensor, weights: Tensor | None = None) -> Tensor:
     """Mean gap between the running peak of log-equity (starting at 0) and log-equity, over (B, T)."""
-    return drawdown_path(pnl).mean()
+    return episode_mean(drawdown_path(pnl), weights)
 
 
-def turnover(decisions: Tensor, eps: float) -> Tensor:
+def turnover(decisions: Tensor, eps: float, weights: Tensor | None = None) -> Tensor:
     """Mean smooth |change| between consecutive decisions (the entry from flat is not counted, as in upstream)."""
-    return book_total(smooth_abs(torch.diff(decisions, dim=1), eps)).mean()
+    return episode_mean(book_total(smooth_abs(torch.diff(decisions, dim=1), eps)), weights)
 
 
-def turnover_band(decisions: Tensor, eps: float, low: float, high: float) -> Tensor:
+def turnover_band(decisions: Tensor, eps: float, low: float, high: float, weights: Tensor | None = None) -> Tensor:
     """Mean over episodes of relu(low - x)^2 + relu(x - high)^2, x an episode's mean smooth |change| of decision.
 
     Unlike ``turnover``, which pushes every episode towards no trading, this leaves any trading pace inside
     [low, high] alone and only pulls episodes that trade too little or too much back to the band.
     """
     x = book_total(smooth_abs(torch.diff(decisions, dim=1), eps)).mean(dim=1)
-    return (torch.relu(low - x).pow(2) + torch.relu(x - high).pow(2)).mean()
+    return episode_mean(torch.relu(low - x).pow(2) + torch.relu(x - high).pow(2), weights)
 
 
-def terminal(decisions: Tensor, eps: float) -> Tensor:
+def terminal(decisions: Tensor, eps: float, weights: Tensor | None = None) -> Tensor:
     """Mean smooth |last decision| (summed over a portfolio's assets): pushes episodes to end near flat."""
-    return book_total(smooth_abs(decisions[:, -1:], eps)).mean()
+    return episode_mean(book_total(smooth_abs(decisions[:, -1:], eps)), weights)
+
+
+def regime_weights(context_vol: Tensor, cfg: LossConfig) -> Tensor:
+    """Per-episode (B,) factor on the regularisers' lambdas: clip(((vol + eps) / (ref + eps)) ** power, min, max).
+
+    ``context_vol`` is each episode's realised volatility before its first decision (``EpisodeBatch.context_vol``),
+    ``ref`` the batch's mean of it or ``loss.regime_vol``. A positive power asks for more caution (less turnover,
+    shallower drawdowns) in turbulent regimes and less in calm ones; ``eps`` keeps a flat context finite.
+    """
+    reference = context_vol.mean() if cfg.regime_reference == "batch" else cfg.regime_vol
+    ratio = (context_vol + cfg.eps) / (reference + cfg.eps)
+    return torch.clamp(ratio**cfg.regime_power, cfg.regime_min_weight, cfg.regime_max_weight)
 
 
 def flat_share(decisions: Tensor, flat_eps: float, flat_k: float) -> Tensor:
@@ -86,24 +106,31 @@ def net_exposure(decisions: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Objective:
-    """The configured loss: ``objective(pnl, decisions) -> (loss, terms)`` with ``terms`` for logging."""
+    """The configured loss: ``objective(pnl, decisions[, context_vol]) -> (loss, terms)``, ``terms`` for logging.
+
+    With ``loss.regime_power`` set, ``context_vol`` (B,) weighs each episode's regularisers (:func:`regime_weights`).
+    """
 
     cfg: LossConfig
     smooth_eps: float
 
-    def __call__(self, pnl: Tensor, decisions: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(
+        self, pnl: Tensor, decisions: Tensor, context_vol: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         c = self.cfg
         core = -RATIOS[c.core if c.type == "hybrid" else c.type](pnl, c)
         if c.type != "hybrid":
             return core, {"core": core}
+        regime = self._regime(context_vol)
+        batch = 1.0 if regime is None else regime.mean()  # the pooled terms have no episodes to weight one by one
         terms = {
             "core": core,
-            "turnover": turnover(decisions, self.smooth_eps),
-            "drawdown": drawdown(pnl),
-            "terminal": terminal(decisions, self.smooth_eps),
-            "flat": (flat_share(decisions, c.flat_eps, c.flat_k) - c.flat_target) ** 2,
-            "bias": net_exposure(decisions),
-            "band": turnover_band(decisions, self.smooth_eps, c.band_low, c.band_high),
+            "turnover": turnover(decisions, self.smooth_eps, regime),
+            "drawdown": drawdown(pnl, regime),
+            "terminal": terminal(decisions, self.smooth_eps, regime),
+            "flat": batch * (flat_share(decisions, c.flat_eps, c.flat_k) - c.flat_target) ** 2,
+            "bias": batch * net_exposure(decisions),
+            "band": turnover_band(decisions, self.smooth_eps, c.band_low, c.band_high, regime),
         }
         weights = {
             "core": c.lambda_sharpe,
@@ -116,16 +143,32 @@ class Objective:
         }
         return sum(weights[k] * v for k, v in terms.items()), terms
 
+    def _regime(self, context_vol: Tensor | None) -> Tensor | None:
+        """The episodes' regime weights, or None when the weighting is off (the loss is then exactly unweighted)."""
+        if not self.cfg.regime_power:
+            return None
+        if context_vol is None:
+            raise ValueError("loss.regime_power is set: the objective needs each episode's context volatility")
+        return regime_weights(context_vol, self.cfg)
+
     def __repr__(self) -> str:
-        """The formula; a zero-weighted band term is left out so default runs keep the description they had."""
+        """The formula; a zero-weighted band term and an unset regime weighting are left out, so default runs keep
+        the description they had."""
         c = self.cfg
         if c.type != "hybrid":
             return f"-{self._core(c.type)}"
         band = f" + {c.lambda_band}*band[{c.band_low}, {c.band_high}]" if c.lambda_band else ""
-        return (
+        formula = (
             f"{c.lambda_sharpe}*(-{self._core(c.core)}) + {c.lambda_turnover}*turnover + "
             f"{c.lambda_drawdown}*drawdown + {c.lambda_terminal}*terminal + "
             f"{c.lambda_flat}*(flat_share - {c.flat_target})^2 + {c.lambda_bias}*|mean(position)|{band}"
+        )
+        if not c.regime_power:
+            return formula
+        ref = "batch" if c.regime_reference == "batch" else c.regime_vol
+        return (
+            f"{formula}; regularisers x clip((vol/{ref})^{c.regime_power}, "
+            f"{c.regime_min_weight}, {c.regime_max_weight})"
         )
 
     def _core(self, name: str) -> str:

@@ -18,7 +18,7 @@ import torch
 from diffquant.config import WindowConfig
 from diffquant.data.splits import Series
 from diffquant.sim.simulator import bar_returns
-from diffquant.train.episodes import EpisodeBatch
+from diffquant.train.episodes import EpisodeBatch, context_volatility
 
 
 def book_episodes(series: Sequence[Series], window: WindowConfig) -> EpisodeBatch:
@@ -48,9 +48,12 @@ def book_episodes(series: Sequence[Series], window: WindowConfig) -> EpisodeBatc
         close[b, :, a] = s.close[idx]
         funding[b, :, a] = s.funding[idx]
     returns = bar_returns(close[:, ctx - 1 :], time_axis=1)  # (S, H, A) scored bars ctx ..
+    vol = np.stack([context_volatility(close[:, :, a], ctx) for a in range(len(series))], axis=1)  # (S, A)
+    book_vol = (vol * present).sum(axis=1) / present.sum(axis=1)  # the mean over the assets present
     return EpisodeBatch(
         torch.as_tensor(features),
         torch.as_tensor(returns, dtype=torch.float32),
         torch.as_tensor(funding[:, ctx:], dtype=torch.float32),
+        torch.as_tensor(book_vol, dtype=torch.float32),
         torch.as_tensor(present),
     )

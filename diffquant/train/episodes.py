@@ -1,7 +1,8 @@
 """Training episodes as tensors, their mirror images, and the loss of a batch of episodes.
 
 An episode is one training sample of ctx + H bars: H decisions at bars ctx-1 .. ctx+H-2, scored over the H bars
-ctx .. ctx+H-1 under the execution lag (docs/design_notes.md). Returns are computed once from float64 prices.
+ctx .. ctx+H-1 under the execution lag (docs/design_notes.md). Returns are computed once from float64 prices, and
+so is each episode's context volatility (the market's regime before its first decision, for the regime-weighted loss).
 A portfolio's episode holds A assets on one clock (features (B, ctx + H, A, F), returns and funding (B, H, A)) and
 ``present`` (B, A) marks the assets with data in it (:mod:`diffquant.train.book_episodes` cuts them).
 """
@@ -26,6 +27,7 @@ class EpisodeBatch:
     features: Tensor  # (B, ctx + H, F) float32; a portfolio's (B, ctx + H, A, F), NaN where an asset is absent
     returns: Tensor  # (B, H) simple returns of the H scored bars; a portfolio's (B, H, A), 0 where absent
     funding: Tensor  # (B, H) funding rate of the H scored bars; a portfolio's (B, H, A), 0 where absent
+    context_vol: Tensor  # (B,) realised volatility of the context bars (context_volatility; a book: present assets')
     present: Tensor | None = None  # a portfolio's (B, A) bool: the asset has every bar of the episode
 
     def __len__(self) -> int:
@@ -38,10 +40,21 @@ class EpisodeBatch:
         return EpisodeBatch(*(torch.cat(pair) for pair in zip(self.astuple(), other.astuple(), strict=True)))
 
     def astuple(self) -> tuple[Tensor, ...]:
-        return (self.features, self.returns, self.funding) + (() if self.present is None else (self.present,))
+        fields = (self.features, self.returns, self.funding, self.context_vol)
+        return fields + (() if self.present is None else (self.present,))
 
     def to(self, device: torch.device) -> EpisodeBatch:
         return EpisodeBatch(*(t.to(device) for t in self.astuple()))
+
+
+def context_volatility(close: np.ndarray, context: int) -> np.ndarray:
+    """(S,) population std of the log returns between the closes of bars 0 .. context-1 of each sample.
+
+    Causal: the episode's first decision is taken at bar context-1's close, so this uses only what that decision
+    already knows, nothing of the scored bars. The log returns of the mirrored market are these negated, so the
+    mirror image has the same value.
+    """
+    return np.diff(np.log(np.asarray(close, dtype=np.float64)[:, :context]), axis=1).std(axis=1)
 
 
 def episodes_from_arrays(features: np.ndarray, close: np.ndarray, funding: np.ndarray, context: int) -> EpisodeBatch:
@@ -51,6 +64,7 @@ def episodes_from_arrays(features: np.ndarray, close: np.ndarray, funding: np.nd
         torch.as_tensor(features, dtype=torch.float32),
         torch.as_tensor(returns, dtype=torch.float32),
         torch.as_tensor(funding[:, context:], dtype=torch.float32),
+        torch.as_tensor(context_volatility(close, context), dtype=torch.float32),
     )
 
 
@@ -67,6 +81,7 @@ def mirror(batch: EpisodeBatch, perm: Tensor, sign: Tensor) -> EpisodeBatch:
         batch.features[..., perm] * sign,
         -batch.returns / (1.0 + batch.returns),  # = 1 / (1 + r) - 1 without the cancellation in float32
         -batch.funding,
+        batch.context_vol,  # the std of negated log returns
         batch.present,
     )
 
@@ -107,8 +122,8 @@ def batch_loss(
     both = batch if mirrored is None else batch.cat(mirrored)
     decisions, pnl = episode_pnl(model, both, sim, horizon, full_bptt, reference)
     b = len(batch)
-    loss, terms = objective(pnl[:b], decisions[:b])
+    loss, terms = objective(pnl[:b], decisions[:b], both.context_vol[:b])
     if mirrored is not None:
-        loss_m, _ = objective(pnl[b:], decisions[b:])
+        loss_m, _ = objective(pnl[b:], decisions[b:], both.context_vol[b:])
         loss = 0.5 * (loss + loss_m)
     return loss, terms, pnl[:b].detach()

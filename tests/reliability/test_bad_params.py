@@ -198,6 +198,18 @@ LOADER_CASES: dict[str, Case] = {
         ("baselines.momentum_lookbacks", "window.context"),
     ),
     "band_upside_down": ("train", {"loss": {"band_low": 0.2, "band_high": 0.1}}, ("loss.band_low", "loss.band_high")),
+    "regime_weights_upside_down": (
+        "train",
+        {"loss": {"regime_min_weight": 2.0, "regime_max_weight": 1.0}},
+        ("loss.regime_min_weight (2.0)", "loss.regime_max_weight (1.0)"),
+    ),
+    "regime_without_regularisers": (
+        "sanity",
+        {"loss": {"type": "sharpe", "regime_power": 1.0}},
+        ("loss.regime_power", "loss.type", "'sharpe'"),
+    ),
+    "regime_power_out_of_range": ("train", {"loss": {"regime_power": 5.0}}, ("loss.regime_power", "out of range")),
+    "unknown_regime_reference": ("train", {"loss": {"regime_reference": "median"}}, ("loss.regime_reference",)),
     "duplicate_seeds": ("train", {"train": {"seeds": [1, 1]}}, ("train.seeds", "distinct")),
     "no_seeds": ("train", {"train": {"seeds": []}}, ("train.seeds",)),
     "seed_not_an_integer": ("train", {"train": {"seeds": [1, "two"]}}, ("train.seeds[1]", "expected an integer")),

@@ -38,8 +38,9 @@ def test_one_asset_gives_its_single_asset_episodes():
     s = as_train(make_series(300, 0, seed=1))
     book, single = book_episodes([s], WINDOW), episodes_from_arrays(*samples_of(s), WINDOW.context)
     assert book.present is not None and book.present.all()
-    for ours, theirs in zip(book.astuple()[:3], single.astuple(), strict=True):
+    for ours, theirs in zip(book.astuple()[:3], single.astuple()[:3], strict=True):
         torch.testing.assert_close(ours.squeeze(2), theirs, rtol=0, atol=0)
+    torch.testing.assert_close(book.context_vol, single.context_vol, rtol=0, atol=0)  # one asset: its own regime
 
 
 def test_an_asset_without_the_episode_span_is_masked_not_padded():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,14 @@ from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.sim.simulator import bar_returns, held_positions, simulate
-from diffquant.train.episodes import EpisodeBatch, batch_loss, episode_pnl, episodes_from_arrays, mirror
+from diffquant.train.episodes import (
+    EpisodeBatch,
+    batch_loss,
+    context_volatility,
+    episode_pnl,
+    episodes_from_arrays,
+    mirror,
+)
 from tests.data.real_data import fixture_features_30m  # noqa: F401  (registers the fixture)
 
 CFG = Config()
@@ -41,6 +49,25 @@ def test_episodes_from_arrays_hand_worked():
     torch.testing.assert_close(ep.returns, torch.tensor([[0.01, 100.99 / 102.01 - 1]]))
     torch.testing.assert_close(ep.funding, torch.tensor([[1e-4, -2e-4]]))
     assert ep.features.dtype == ep.returns.dtype == torch.float32 and len(ep) == 1
+
+
+def test_context_volatility_hand_worked_and_causal():
+    # context 3: log returns log(1.1) and log(0.9) between bars 0..2; population std = half their distance
+    close = np.array([[100.0, 110.0, 99.0, 120.0, 80.0]])
+    assert context_volatility(close, 3)[0] == pytest.approx((math.log(1.1) - math.log(0.9)) / 2, rel=1e-12)
+    gen = np.random.default_rng(0)
+    close = 100.0 * np.exp(np.cumsum(0.01 * gen.standard_normal((5, CTX + H)), axis=1))
+    before = episodes_from_arrays(np.zeros((5, CTX + H, 2), np.float32), close, np.zeros_like(close), CTX)
+    later = close.copy()
+    later[:, CTX:] *= np.exp(0.05 * gen.standard_normal((5, H)))  # every scored bar changes ...
+    after = episodes_from_arrays(np.zeros((5, CTX + H, 2), np.float32), later, np.zeros_like(close), CTX)
+    assert not torch.equal(after.returns, before.returns)
+    assert torch.equal(after.context_vol, before.context_vol)  # ... and the regime does not
+    known = close.copy()
+    known[:, CTX - 1] *= 1.01  # the first decision's own close is known to it, and counts
+    assert (context_volatility(known, CTX) != context_volatility(close, CTX)).all()
+    # the mirrored market (prices reflected in log) has the same regime
+    np.testing.assert_allclose(context_volatility(1.0 / close, CTX), context_volatility(close, CTX), rtol=1e-12)
 
 
 def test_mirror_twice_is_identity_and_log_returns_negate(real):
@@ -117,7 +144,9 @@ def test_mirror_term_rewards_the_equivariant_oracle(real):
     # the same through batch_loss, with a policy that must read its inputs: the mirrored half costs nothing
     announce = torch.zeros(len(batch), CTX + H, 1)
     announce[:, CTX - 1 : CTX - 1 + H - LAG, 0] = batch.returns[:, LAG:]
-    with_channel = EpisodeBatch(torch.cat([batch.features, announce], -1), batch.returns, batch.funding)
+    with_channel = EpisodeBatch(
+        torch.cat([batch.features, announce], -1), batch.returns, batch.funding, batch.context_vol
+    )
     perm_x, sign_x = torch.cat([perm, torch.tensor([perm.numel()])]), torch.cat([sign, torch.tensor([-1.0])])
     plain, _, _ = batch_loss(AnnouncedOracle(), with_channel, objective, sim, H, True)
     both, _, _ = batch_loss(
@@ -127,18 +156,22 @@ def test_mirror_term_rewards_the_equivariant_oracle(real):
     assert both.item() == pytest.approx(0.5 * (original + ours_equivariant), rel=1e-6)
 
 
-def test_batch_loss_mirror_is_the_mean_of_both_halves():
+@pytest.mark.parametrize("regime_power", [0.0, 1.0])
+def test_batch_loss_mirror_is_the_mean_of_both_halves(regime_power):
+    """Also with the regime weighting on: each half is weighted by its own episodes' context volatility."""
     gen = torch.Generator().manual_seed(0)
     b, ctx, h = 4, 8, 6
     batch = EpisodeBatch(
         torch.randn(b, ctx + h, 2, generator=gen),
         0.01 * torch.randn(b, h, generator=gen),
         1e-4 * torch.randn(b, h, generator=gen),
+        0.01 * torch.rand(b, generator=gen),
     )
     other = EpisodeBatch(
         torch.randn(b, ctx + h, 2, generator=gen),
         0.01 * torch.randn(b, h, generator=gen),
         1e-4 * torch.randn(b, h, generator=gen),
+        0.01 * torch.rand(b, generator=gen),
     )
 
     class Echo:  # position = tanh of channel 0 at the decision bar
@@ -146,12 +179,16 @@ def test_batch_loss_mirror_is_the_mean_of_both_halves():
             d = torch.tanh(features[:, ctx - 1 : ctx - 1 + horizon, 0])
             return d, d
 
-    sim, objective = SimConfig(), Objective(CFG.loss, 1e-6)
+    loss_cfg = dataclasses.replace(CFG.loss, regime_power=regime_power)
+    sim, objective = SimConfig(), Objective(loss_cfg, 1e-6)
     la, _, pnl_a = batch_loss(Echo(), batch, objective, sim, h, True)
     lb, _, _ = batch_loss(Echo(), other, objective, sim, h, True)
     both, _, pnl = batch_loss(Echo(), batch, objective, sim, h, True, other)
     assert both.item() == pytest.approx(0.5 * (la.item() + lb.item()), rel=1e-6)
     assert torch.equal(pnl, pnl_a) and pnl.shape == (b, h)  # the logged PnL is the original half's
+    calmer = dataclasses.replace(batch, context_vol=batch.context_vol.flip(0))  # the same bars, other regimes
+    moved = batch_loss(Echo(), calmer, objective, sim, h, True)[0].item() != la.item()
+    assert moved == bool(regime_power)
 
 
 @pytest.mark.parametrize("lag", [0, 1, 2])

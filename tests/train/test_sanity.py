@@ -79,3 +79,17 @@ def test_signal_use_is_learnt_with_the_drawdown_losses(loss_type):
     objective = Objective(dataclasses.replace(CFG.loss, type=loss_type), CFG.sim.smooth_abs_eps)
     result = sanity.signal_use(primary_model(), objective, CFG.sim, H, torch.Generator().manual_seed(45), steps=40)
     assert result.passed and result.value > 1.0, result
+
+
+@pytest.mark.parametrize(
+    "regime",
+    [
+        {"regime_power": 1.0},  # batch reference: weights near 1 on the planted market's even volatility
+        {"regime_power": 2.0, "regime_reference": "fixed", "regime_vol": 0.001},  # every regulariser x4 (the clip)
+    ],
+)
+def test_signal_use_is_learnt_with_regime_weighting(regime):
+    """The planted edge is learnt with the hybrid's regularisers weighted by the context's volatility regime."""
+    objective = Objective(dataclasses.replace(CFG.loss, **regime), CFG.sim.smooth_abs_eps)
+    result = sanity.signal_use(primary_model(), objective, CFG.sim, H, torch.Generator().manual_seed(45), steps=40)
+    assert result.passed and result.value > 1.0, result

@@ -1,0 +1,173 @@
+"""The backbone and loss benchmark (issue 16): configurations studied on the same folds and judged together.
+
+Phase one runs every backbone (and the series path of those that have one) with the hybrid loss; phase two runs the
+best two of them with every other loss. "Best" is ranked on validation only: the median over asset-folds and seeds
+of the val Sharpe of each seed's tuned hysteresis, never a test number. Every configuration is one study of the
+folds stage's kind (``fold_run.run_folds``, then ``report.summarize``), so its universe book, interval and turnover
+are what the study stage would report for it. Across the study:
+
+- **DSR** counts every configuration: the trials are the sum over all configurations of their own (seeds x
+  (threshold trials + 1) per asset-fold), and the spread of Sharpe ratios is that of every policy track (seed
+  ensemble and each seed) of every configuration on the universe book;
+- **PBO**: CSCV over the configurations' universe books (the seed ensembles): how often the configuration that is
+  best on half of the out-of-sample bars lands in the bottom half on the other half.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diffquant.config import SERIES_BACKBONES, BackboneName, Config
+from diffquant.evaluate.metrics import sharpe
+from diffquant.evaluate.stats import null_max_sharpe, probabilistic_sharpe_ratio
+from diffquant.study.fold_run import FoldResult
+from diffquant.study.pooled import UNIVERSE, pbo
+from diffquant.train.units import QuietHooks
+
+LOSSES: dict[str, dict[str, Any]] = {  # a loss configuration: the dotted keys it sets
+    "hybrid": {"loss.type": "hybrid"},
+    "sharpe": {"loss.type": "sharpe"},
+    "sortino": {"loss.type": "sortino"},
+    "calmar": {"loss.type": "calmar"},
+    "cdar": {"loss.type": "cdar"},
+    "hybrid-regime": {"loss.type": "hybrid", "loss.regime_power": 1.0},
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One configuration of the study: a backbone (on its window or series path) trained with one loss."""
+
+    backbone: str
+    series: bool
+    loss: str
+
+    @property
+    def name(self) -> str:
+        """``tcn-series_hybrid``: a folder name and the table's label."""
+        return f"{self.backbone}{'-series' if self.series else ''}_{self.loss}"
+
+    def overrides(self) -> dict[str, Any]:
+        return {"model.backbone": self.backbone, "model.series": self.series, **LOSSES[self.loss]}
+
+
+def backbone_entries() -> list[Entry]:
+    """Phase one: every backbone with the hybrid loss, then the series path of those that have one."""
+    window = [Entry(b, False, "hybrid") for b in typing.get_args(BackboneName)]
+    return window + [Entry(b, True, "hybrid") for b in SERIES_BACKBONES]
+
+
+def loss_entries(best: list[Entry]) -> list[Entry]:
+    """Phase two: each of the chosen backbones with every loss it has not been trained with yet."""
+    return [Entry(e.backbone, e.series, loss) for e in best for loss in LOSSES if loss != e.loss]
+
+
+class EpochClock(QuietHooks):
+    """Seed hooks that add up the training seconds and epochs of the units they hear from (for s/epoch)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.epochs = 0.0, 0
+
+    def finished(self, seed: int, outcome: Any) -> None:
+        self.seconds += outcome.seconds
+        self.epochs += len(outcome.result.history) - outcome.result.resumed_from
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """A configuration's study: its pooled summary, universe-book track and what the table needs beside them."""
+
+    entry: Entry
+    phase: str
+    summary: dict[str, Any]
+    universe: pd.DataFrame  # the universe book, per bar (``report.summarize``'s first track)
+    val_score: float
+    turnover: float
+    seconds_per_epoch: float | None  # None: no epoch was timed (every fold came from an earlier run)
+
+
+def val_score(results: list[FoldResult]) -> float:
+    """The ranking score of phase one: median over asset-folds and policy seeds of the tuned val Sharpe."""
+    scores = [
+        float(t["val_sharpe"]) for r in results for e in r.entries.values() for t in e["tuned"]["policy"].values()
+    ]
+    return float(np.median(scores))
+
+
+def turnover(results: list[FoldResult]) -> float:
+    """Mean |change of the seed ensemble's executed position| per bar and asset, over every asset-fold's bars."""
+    metrics = [e["policy"]["ensemble"]["metrics"] for r in results for e in r.entries.values()]
+    bars = np.array([m["n_bars"] for m in metrics])
+    return float(np.dot([m["turnover"] for m in metrics], bars) / bars.sum())
+
+
+def best_entries(configurations: list[Configuration], n: int = 2) -> list[Entry]:
+    """The ``n`` configurations with the highest val score (ties: the earlier one)."""
+    ranked = sorted(configurations, key=lambda c: -c.val_score)
+    return [c.entry for c in ranked[:n]]
+
+
+def judge_study(configurations: list[Configuration], cfg: Config) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The table (one row per configuration) and the study-wide numbers: DSR over all configurations, PBO."""
+    bars_per_year = 24 * 60 // cfg.data.timeframe_minutes * cfg.eval.days_per_year
+    ann = math.sqrt(bars_per_year)
+    books = _aligned_books(configurations)
+    n_trials = sum(int(c.summary["tracks"][UNIVERSE]["n_trials"].get("policy", 0)) for c in configurations)
+    spread = [
+        sharpe(c.universe[col].to_numpy(), ann)
+        for c in configurations
+        for col in c.universe.columns
+        if col == "policy" or col.startswith("policy_seed_")
+    ]
+    null = null_max_sharpe(np.array(spread), n_trials, bars_per_year)
+    rows = []
+    for c in configurations:
+        u = c.summary["tracks"][UNIVERSE]["policy"]
+        rows.append(
+            {
+                "configuration": c.entry.name,
+                "phase": c.phase,
+                "val_score": c.val_score,
+                "sharpe": u["sharpe"],
+                "ci_low": u["sharpe_ci_low"],
+                "ci_high": u["sharpe_ci_high"],
+                "dsr_study": _dsr(c.universe["policy"].to_numpy(), null),
+                "dsr_own": u["dsr"],
+                "return_pct": u["total_return_pct"],
+                "max_dd_pct": u["max_drawdown_pct"],
+                "turnover": c.turnover,
+                "s_per_epoch": c.seconds_per_epoch,
+            }
+        )
+    first = configurations[0].summary["tracks"][UNIVERSE]
+    study = {
+        "configurations": len(configurations),
+        "n_trials": n_trials,
+        "null_sharpe_per_bar": null,
+        "pbo": pbo(books),
+        "buy_and_hold_sharpe": first["buy_and_hold"]["sharpe"],
+        "bars": first["bars"],
+    }
+    return pd.DataFrame(rows), study
+
+
+def _dsr(net: np.ndarray, null: float) -> float | None:
+    try:
+        return probabilistic_sharpe_ratio(net, null)
+    except ValueError:  # a book that never traded has no Sharpe to deflate
+        return None
+
+
+def _aligned_books(configurations: list[Configuration]) -> pd.DataFrame:
+    """Every configuration's universe book as a column, on the bars they share (the same folds and assets)."""
+    times = configurations[0].universe["time"]
+    for c in configurations[1:]:
+        if not c.universe["time"].equals(times):
+            raise ValueError(f"{c.entry.name}: its universe book has other bars than {configurations[0].entry.name}'s")
+    return pd.DataFrame({"time": times, **{c.entry.name: c.universe["policy"] for c in configurations}})

@@ -1,0 +1,89 @@
+"""The benchmark study's plan and judgement: configurations, overrides, the ranking on val, study-wide DSR and PBO."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from diffquant.config import Config, from_dict, with_overrides
+from diffquant.errors import ConfigError
+from diffquant.evaluate.stats import expected_max_sharpe
+from diffquant.study.zoo import Configuration, Entry, backbone_entries, best_entries, judge_study, loss_entries
+
+
+def test_phase_one_is_every_backbone_and_each_series_path_with_the_hybrid():
+    names = [e.name for e in backbone_entries()]
+    assert names == [
+        "itransformer_hybrid",
+        "lstm_hybrid",
+        "patchtst_hybrid",
+        "dlinear_hybrid",
+        "tcn_hybrid",
+        "vsn_lstm_hybrid",
+        "linear_attention_hybrid",
+        "tcn-series_hybrid",
+        "vsn_lstm-series_hybrid",
+        "linear_attention-series_hybrid",
+    ]
+    for entry in backbone_entries():  # every configuration is valid params
+        from_dict(with_overrides({}, entry.overrides()))
+
+
+def test_phase_two_is_every_other_loss_of_the_chosen_backbones():
+    best = [Entry("tcn", True, "hybrid"), Entry("dlinear", False, "hybrid")]
+    names = [e.name for e in loss_entries(best)]
+    losses = ["sharpe", "sortino", "calmar", "cdar", "hybrid-regime"]
+    assert names == [f"tcn-series_{x}" for x in losses] + [f"dlinear_{x}" for x in losses]
+    cfg = from_dict(with_overrides({}, loss_entries(best)[4].overrides()))
+    assert (cfg.model.backbone, cfg.model.series, cfg.loss.type, cfg.loss.regime_power) == ("tcn", True, "hybrid", 1.0)
+
+
+def test_with_overrides_sets_dotted_keys_on_a_copy():
+    raw = {"loss": {"type": "hybrid"}, "seed": 1}
+    out = with_overrides(raw, {"loss.type": "cdar", "model.series": True, "seed": 2})
+    assert out == {"loss": {"type": "cdar"}, "model": {"series": True}, "seed": 2}
+    assert raw == {"loss": {"type": "hybrid"}, "seed": 1}
+    with pytest.raises(ConfigError, match="seed is not a section"):
+        with_overrides(raw, {"seed.x": 1})
+
+
+def _configuration(name: str, net: np.ndarray, score: float, trials: int) -> Configuration:
+    time = pd.date_range("2025-10-01", periods=len(net), freq="h")
+    seeds = {f"policy_seed_{s}": net + 0.001 * np.sin(np.arange(len(net)) + s) for s in (42, 43)}
+    universe = pd.DataFrame({"time": time, "policy": net, **seeds, "buy_and_hold": 0.5 * net, "fold": "f"})
+    policy = {
+        "sharpe": 1.0,
+        "sharpe_ci_low": -1.0,
+        "sharpe_ci_high": 3.0,
+        "dsr": 0.5,
+        "total_return_pct": 1.0,
+        "max_drawdown_pct": 2.0,
+    }
+    tracks = {"universe": {"policy": policy, "buy_and_hold": {"sharpe": 0.2}, "n_trials": {"policy": trials}}}
+    tracks["universe"]["bars"] = len(net)
+    return Configuration(Entry(name, False, "hybrid"), "backbones", {"tracks": tracks}, universe, score, 0.1, 2.0)
+
+
+def test_judge_study_deflates_by_every_configuration_and_ranks_on_val():
+    gen = np.random.default_rng(0)
+    configs = [_configuration(f"b{i}", 0.01 * gen.standard_normal(2000), s, 30) for i, s in enumerate([0.1, 2.0, 1.0])]
+    assert [e.name for e in best_entries(configs)] == ["b1_hybrid", "b2_hybrid"]
+    table, study = judge_study(configs, Config())
+    assert study["n_trials"] == 90 and study["configurations"] == 3
+    assert study["pbo"]["n_configurations"] == 3 and study["pbo"]["configurations"] == [c.entry.name for c in configs]
+    # the null: 90 trials with the spread of all nine policy tracks (each configuration's ensemble and two seeds)
+    ann = np.sqrt(24 * 365)
+    tracks = [c.universe[k] for c in configs for k in ("policy", "policy_seed_42", "policy_seed_43")]
+    sharpes = [np.mean(t) / np.std(t) * ann for t in tracks]
+    expected = expected_max_sharpe(90, np.var(sharpes, ddof=1) / (24 * 365))
+    assert study["null_sharpe_per_bar"] == pytest.approx(expected, rel=1e-9)
+    assert list(table["configuration"]) == ["b0_hybrid", "b1_hybrid", "b2_hybrid"]
+    assert table["dsr_study"].between(0, 1).all() and (table["dsr_own"] == 0.5).all()
+
+
+def test_judge_study_refuses_books_on_other_bars():
+    a = _configuration("a", np.full(400, 0.001) + np.sin(np.arange(400)) * 0.01, 0.0, 1)
+    b = _configuration("b", np.full(401, 0.001) + np.sin(np.arange(401)) * 0.01, 0.0, 1)
+    with pytest.raises(ValueError, match="other bars"):
+        judge_study([a, b], Config())
