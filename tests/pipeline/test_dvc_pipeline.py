@@ -203,6 +203,11 @@ def test_registered_model_gives_the_engines_positions(repo: Path) -> None:
     # the model's first decision is the series' first (bar ctx - 1), which the quarter's first bar holds
     np.testing.assert_array_equal(out["position"].to_numpy()[: len(record)], record["position"].to_numpy())
     assert out["open_time"].iloc[0] == series.open_time[bundle.context - 1]
+    for child in _role(_runs(repo), "policy_seed"):  # each seed's own model: its raw decisions, as its record has them
+        seed = child.data.tags["seed"]
+        raw = _model(repo, f"runs:/{child.info.run_id}/policy").predict(bars)["raw_position"].to_numpy()
+        seed_record = pd.read_csv(repo / f"outputs/evaluate/records/test_policy_{seed}.csv")
+        np.testing.assert_array_equal(raw[: len(seed_record)], seed_record["raw_position"].to_numpy())
 
 
 def test_served_model_answers_a_post_of_bars(repo: Path) -> None:
