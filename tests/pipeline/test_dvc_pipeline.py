@@ -7,6 +7,7 @@ Slow by design (about a minute and a half): it runs the real chain on the shippe
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -144,10 +145,16 @@ def _registered(repo: Path) -> str:
 
 
 def _model(repo: Path, uri: str):
+    """Load a model from the repo's store; MLflow's global URI (and the env variable it sets) is put back after, or
+    later tests in this process would read another store."""
     import mlflow
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
-    return mlflow.pyfunc.load_model(uri)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def _quarter_bars(repo: Path, split: str, warmup: int) -> tuple[pd.DataFrame, Series]:
