@@ -12,13 +12,14 @@ on the same ledger and it resumes where it stopped. See docs/paper_trading.md.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
 import pandas as pd
 
 from diffquant import tracking
-from diffquant.config import parse_date
+from diffquant.config import Config, parse_date
 from diffquant.deploy.paper import PaperSettings
 from diffquant.deploy.paper_session import (
     MlflowSink,
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ledger equals {args.check} within {args.tolerance:g}")
 
 
-def _span(cfg, args) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+def _span(cfg: Config, args: argparse.Namespace) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
     """Replay bounds: --split's quarter of params.yaml, or --start / --end."""
     if args.split:
         start, end = cfg.split.boundaries()[args.split]
