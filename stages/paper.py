@@ -23,7 +23,6 @@ from diffquant.config import Config, parse_date
 from diffquant.deploy.paper import PaperSettings
 from diffquant.deploy.paper_session import (
     MlflowSink,
-    bars_per_year,
     compare_with_record,
     live_feed,
     load_bundle,
@@ -31,6 +30,7 @@ from diffquant.deploy.paper_session import (
     read_replay,
     replay_feed,
 )
+from diffquant.evaluate.metrics import annualization
 from stages._cli import load_params, one_asset, parser, repo_root, run_stage
 
 log = logging.getLogger("diffquant.stages.paper")
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     root, cfg = repo_root(), one_asset(load_params(args.params))
 
     bundle = load_bundle(args.model, cfg, root)
-    settings = PaperSettings(bundle.sim, args.on_gap, bars_per_year(bundle.timeframe_minutes, cfg.eval.days_per_year))
+    settings = PaperSettings(bundle.sim, args.on_gap, annualization(bundle.timeframe_minutes, cfg.eval.days_per_year))
     if "://" not in args.ledger:
         (root / args.ledger).parent.mkdir(parents=True, exist_ok=True)
     ledger = args.ledger if "://" in args.ledger else str(root / args.ledger)

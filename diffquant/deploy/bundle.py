@@ -66,6 +66,12 @@ class MemberState:
         return [self.prev, self.delta, self.executed]
 
 
+def book_position(states: Sequence[MemberState]) -> float:
+    """The book's position: the mean of the members' executed positions, reduced over a (members, 1) array as
+    ``decide`` (and the evaluate stage) reduce (members, bars), so the sums run in the same order."""
+    return float(np.mean([[s.executed] for s in states], axis=0)[0])
+
+
 @dataclass(frozen=True)
 class Step:
     """One incremental decision: the members' mean raw decision and gate, the book's position, the new states."""
@@ -155,8 +161,7 @@ class PolicyBundle:
             raws.append(raw)
             gates.append(gate)
             new.append(MemberState(float(raw[0]), float(raw[0] - state.prev), float(executed[0])))
-        position = np.mean([[s.executed] for s in new], axis=0)[0]  # the (members, bars) mean of ``decide``
-        return Step(float(np.mean(raws, axis=0)[0]), float(np.mean(gates, axis=0)[0]), float(position), tuple(new))
+        return Step(float(np.mean(raws, axis=0)[0]), float(np.mean(gates, axis=0)[0]), book_position(new), tuple(new))
 
     def series(self, bars: pd.DataFrame) -> Series:
         """Raw bars -> the feature series the members decide on: rows from the first bar past the warm-up.

@@ -34,9 +34,10 @@ import torch
 
 from diffquant.config import SimConfig
 from diffquant.data.contracts import MINUTE_MS, from_ms
-from diffquant.deploy.bundle import MemberState, PolicyBundle
+from diffquant.deploy.bundle import MemberState, PolicyBundle, book_position
 from diffquant.deploy.feeds import Bar, Stale
 from diffquant.deploy.ledger import Ledger, member_states
+from diffquant.evaluate.metrics import annualization, sharpe
 from diffquant.sim.simulator import bar_returns, simulate
 
 log = logging.getLogger("diffquant.paper")
@@ -57,7 +58,7 @@ class MetricsSink(Protocol):
 class PaperSettings:
     sim: SimConfig
     on_gap: GapAction = "flatten"
-    bars_per_year: float = 17520.0  # for the rolling Sharpe; 30-minute bars
+    ann: float = annualization(30)  # the rolling Sharpe's sqrt(bars per year), evaluate's definition
     sharpe_window: int = 1440  # bars in the rolling Sharpe (30 days of 30-minute bars)
 
 
@@ -204,7 +205,7 @@ class PaperTrader:
         self.tail.append({k: getattr(bar, k) for k in BAR_FIELDS})
         decision: dict[str, Any] = {"run_length": run_length, "raw_position": None, "gate": None}
         if len(self.tail) < self.bundle.min_bars:
-            book = float(np.mean([[s.executed] for s in self.states], axis=0)[0])
+            book = book_position(self.states)
             mode = ("flat" if self.settings.on_gap == "flatten" else "paused") if after_gap else "warmup"
             decision.update(mode=mode, executed=book)
         else:
@@ -224,11 +225,7 @@ class PaperTrader:
         return frame
 
     def _rolling_sharpe(self) -> float | None:
-        if len(self.nets) < 2:
-            return None
-        nets = np.fromiter(self.nets, dtype=np.float64)
-        sd = nets.std(ddof=1)
-        return float(nets.mean() / sd * math.sqrt(self.settings.bars_per_year)) if sd > 0 else None
+        return sharpe(np.fromiter(self.nets, dtype=np.float64), self.settings.ann) if len(self.nets) > 1 else None
 
     def _event(self, open_time: int | None, kind: str, detail: str) -> dict[str, Any]:
         wall = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

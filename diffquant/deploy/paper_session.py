@@ -148,7 +148,3 @@ def open_session(
     """A trader on its ledger, resumed when the ledger holds rows; returns it and the last booked bar."""
     trader = PaperTrader(bundle, Ledger(ledger_url), settings, sink)
     return trader, trader.start(model)
-
-
-def bars_per_year(timeframe_minutes: int, days_per_year: int) -> float:
-    return days_per_year * 24 * 60 / timeframe_minutes
