@@ -1,15 +1,17 @@
 """Hysteresis thresholds tuned on the val quarter with Optuna (TPE), never on test or backtest.
 
-The policy runs once; each trial only re-filters its raw decisions, so a trial costs milliseconds. The search space
-follows the policy's output scale (entries between the 5th and 95th percentile of |raw|, exit and min_delta as
-fractions of the smaller entry), so no trial is wasted on an impossible combination; trials that trade less than
-``min_rebalances`` times are infeasible (a constraint, not a pruned trial). The configured thresholds are the first
-trial, so the result is never worse on val than the defaults.
+The policy runs once; each trial only re-filters its raw decisions, so a trial costs milliseconds. (A portfolio's
+search is this one, over one set of thresholds for every asset of its book, each asset filtered on its own.) The
+search space follows the policy's output scale (entries between the 5th and 95th percentile of |raw|, exit and
+min_delta as fractions of the smaller entry), so no trial is wasted on an impossible combination; trials that trade
+less than ``min_rebalances`` times are infeasible (a constraint, not a pruned trial). The configured thresholds are
+the first trial, so the result is never worse on val than the defaults.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -18,6 +20,8 @@ import optuna
 import pandas as pd
 
 from diffquant.config import Config, Hysteresis
+from diffquant.evaluate.book import BookDecisions, BookSeries, executed_book, walk_forward_book
+from diffquant.evaluate.metrics import compute_metrics
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.tuned import TunedModel
 from diffquant.evaluate.walk_forward import Decisions, SeriesLike
@@ -46,12 +50,29 @@ class SearchResult:
         )
 
 
+Score = Callable[[Hysteresis], dict[str, float]]  # thresholds -> the val metrics of the book they execute
+
+
 def search_config(cfg: Config, series: SeriesLike, decisions: Decisions, scorer: Scorer) -> SearchResult:
     """:func:`search` with the params' settings: what threshold-opt and every walk-forward fold run."""
+    return _search_with(cfg, lambda th: scorer.executed(series, decisions, th)[1], decisions.raw)
+
+
+def search_book(cfg: Config, book: BookSeries, decisions: BookDecisions, scorer: Scorer) -> SearchResult:
+    """:func:`search` for a portfolio seed on its val book: one set of thresholds, each asset's raw weights through
+    it, the book capped to ``model.portfolio.leverage`` and priced by the one engine."""
+    leverage = cfg.model.portfolio.leverage
+
+    def score(th: Hysteresis) -> dict[str, float]:
+        result = walk_forward_book(book, executed_book(decisions, th, leverage), scorer.sim, decisions.gate, leverage)
+        return compute_metrics(result.record, scorer.timeframe_minutes, scorer.days_per_year)
+
+    return _search_with(cfg, score, decisions.raw)
+
+
+def _search_with(cfg: Config, score: Score, raw: np.ndarray) -> SearchResult:
     t = cfg.thresholds
-    return search(
-        series, decisions, scorer, cfg.eval.hysteresis, t.trials, t.objective, cfg.train.select_min_rebalances, cfg.seed
-    )
+    return search(score, raw, cfg.eval.hysteresis, t.trials, t.objective, cfg.train.select_min_rebalances, cfg.seed)
 
 
 def _suggest(trial: optuna.Trial, lo: float, hi: float) -> Hysteresis:
@@ -64,23 +85,23 @@ def _suggest(trial: optuna.Trial, lo: float, hi: float) -> Hysteresis:
 
 
 def search(
-    series: SeriesLike,
-    decisions: Decisions,
-    scorer: Scorer,
+    score: Score,
+    raw: np.ndarray,
     default: Hysteresis,
     trials: int,
     objective: str,
     min_rebalances: int,
     seed: int,
 ) -> SearchResult:
-    """Maximise ``objective`` (a key of ``compute_metrics``) over the hysteresis thresholds on ``series``."""
-    magnitude = np.abs(decisions.raw[np.isfinite(decisions.raw)])
+    """Maximise ``objective`` (a key of ``compute_metrics``) of ``score`` over the hysteresis thresholds; ``raw``
+    (the decisions they filter, NaN where there is none) sets the search space."""
+    magnitude = np.abs(raw[np.isfinite(raw)])
     lo, hi = (float(q) for q in np.quantile(magnitude, [0.05, 0.95]))
     hi = max(hi, lo + 1e-6)
     rows: list[dict[str, Any]] = []
 
     def evaluate(th: Hysteresis, number: int) -> tuple[float, float]:
-        _, m = scorer.executed(series, decisions, th)
+        m = score(th)
         rows.append(
             {
                 "number": number,

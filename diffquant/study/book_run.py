@@ -1,15 +1,24 @@
 """A walk-forward fold of the portfolio (``model.kind: portfolio``): one book over the fold's assets.
 
-Training is the fold runner's (one model group, ``book``, holding every asset the fold covers; each seed a unit of
-the grid). Here the trained seeds trade the fold's test window as one book, beside the book baselines through the
-same engine: each seed at ``eval.hysteresis`` per asset (no threshold search for a book yet), their ensemble (the
-mean of the seeds' executed weights, within the leverage since each is), 1/N, inverse volatility and cross-sectional
-momentum (lookback window.context - 1 bars, what the policy sees). The test book starts flat at the fold's first
-test slot, as a single asset's does. Nothing here reads the test window before the models are trained and chosen.
+Training is the fold runner's: one model group, ``portfolio``, holding every asset the fold covers, and beside it
+the single-asset policy of the same settings (:func:`single_config`, grouped by ``train.universe``), each seed a unit
+of the grid. Here the trained seeds trade the fold's test window as one book, beside the book baselines through the
+same engine:
+
+- the portfolio: each seed with its hysteresis tuned on the fold's val book (one set of thresholds for every asset,
+  ``search_book``), and their ensemble (the mean of the seeds' executed weights, within the leverage since each is);
+- 1/N, inverse volatility and cross-sectional momentum (lookback window.context - 1 bars, what the policy sees);
+- the single-asset average: each asset's single-asset seed ensemble (its seeds' hysteresis tuned on that asset's
+  val, as the single-asset study chooses) held at 1/A of the book; with costs linear in the weights, its return is
+  the equal-weight average of the single-asset policies' returns.
+
+The test book starts flat at the fold's first test slot, as a single asset's does. Nothing here reads the test
+window before the models are trained and chosen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,21 +30,56 @@ from diffquant.config import Config
 from diffquant.data.contracts import read_parquet, write_parquet
 from diffquant.evaluate.book import BookResult, BookSeries, book_decisions, executed_book, walk_forward_book
 from diffquant.evaluate.book_baselines import cross_sectional_momentum, equal_weight, inverse_volatility
+from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.metrics import compute_metrics
+from diffquant.evaluate.scoring import Scorer
+from diffquant.evaluate.threshold_search import search_book, search_config
+from diffquant.evaluate.walk_forward import policy_decisions
+from diffquant.model.policy import PolicyNetwork
 from diffquant.model.portfolio import PortfolioPolicy
 from diffquant.study.fold_data import FoldData
 
 log = logging.getLogger(__name__)
 
 PORTFOLIO = "portfolio"  # the book's name: its group, its track and its entry in a fold's result
-BASELINES = ("equal_weight", "inverse_vol", "xs_momentum")
+SINGLE_AVERAGE = "single_average"
+BASELINES = ("equal_weight", "inverse_vol", "xs_momentum", SINGLE_AVERAGE)
 BOOKS = (PORTFOLIO, *BASELINES)
 BENCHMARK = "equal_weight"  # what the intervals of a difference are taken against (the others are in the report)
 WEIGHTS = "weights.parquet"
 
 
+Singles = dict[str, dict[str, PolicyNetwork]]  # asset -> seed -> its single-asset policy
+
+
+def single_config(cfg: Config) -> Config:
+    """The single-asset policy beside a portfolio: the same settings with ``model.kind: single`` and no MSE proxy.
+    Its seeds are the single-asset study's (same resume identity), so either study reuses the other's trainings."""
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, kind="single"),
+        baselines=dataclasses.replace(cfg.baselines, proxy=False),
+    )
+
+
+def single_average_weights(
+    cfg: Config, data: FoldData, singles: Singles, book: BookSeries, scorer: Scorer
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The single-asset policies at 1/A each (N, A), and each asset's tuned thresholds per seed."""
+    positions, tuned = [], {}
+    for symbol in book.symbols:
+        asset, executed = data.assets[symbol], []
+        for seed, model in singles[symbol].items():
+            chosen = search_config(cfg, asset.val, policy_decisions(model, asset.val), scorer).tuned()
+            executed.append(apply_hysteresis(policy_decisions(model, asset.test).raw, chosen.hysteresis))
+            tuned.setdefault(symbol, {})[seed] = chosen.to_dict()
+        positions.append(np.mean(executed, axis=0))
+    scale = min(1.0, cfg.model.portfolio.leverage) / len(book.symbols)
+    return book.per_slot(positions) * scale, tuned
+
+
 def baseline_weights(cfg: Config, book: BookSeries) -> dict[str, np.ndarray]:
-    """Each baseline's executed weights (N, A)."""
+    """Each rule baseline's executed weights (N, A)."""
     lookback, leverage = cfg.window.context - 1, cfg.model.portfolio.leverage
     return {
         "equal_weight": equal_weight(book, leverage),
@@ -45,17 +89,26 @@ def baseline_weights(cfg: Config, book: BookSeries) -> dict[str, np.ndarray]:
 
 
 def trade_book(
-    cfg: Config, data: FoldData, models: dict[str, PortfolioPolicy]
+    cfg: Config, data: FoldData, models: dict[str, PortfolioPolicy], singles: Singles
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """The test window traded: the fold's entry, its per-bar returns (one column per configuration, costs beside
     the books) and the ensemble's weights and per-asset net returns per bar."""
     symbols = list(data.assets)
     book = BookSeries.of([data.assets[s].test for s in symbols], symbols)
+    val_book = BookSeries.of([data.assets[s].val for s in symbols], symbols)
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     leverage, minutes, days = cfg.model.portfolio.leverage, cfg.data.timeframe_minutes, cfg.eval.days_per_year
-    executed = {}
+    executed, tuned = {}, {}
     for seed, model in models.items():
-        executed[seed] = executed_book(book_decisions(model, book), cfg.eval.hysteresis, leverage)
-    weights = {PORTFOLIO: np.mean(list(executed.values()), axis=0), **baseline_weights(cfg, book)}
+        chosen = search_book(cfg, val_book, book_decisions(model, val_book), scorer).tuned()
+        executed[seed] = executed_book(book_decisions(model, book), chosen.hysteresis, leverage)
+        tuned[seed] = chosen
+    singles_weights, singles_tuned = single_average_weights(cfg, data, singles, book, scorer)
+    weights = {
+        PORTFOLIO: np.mean(list(executed.values()), axis=0),
+        **baseline_weights(cfg, book),
+        SINGLE_AVERAGE: singles_weights,
+    }
     results: dict[str, BookResult] = {
         k: walk_forward_book(book, w, cfg.sim, leverage=leverage) for k, w in weights.items()
     }
@@ -68,7 +121,9 @@ def trade_book(
             "seeds": {s: compute_metrics(r.record, minutes, days) for s, r in seeds.items()},
         },
         **{k: {"metrics": metrics[k]} for k in BASELINES},
-        "trials": {f"{PORTFOLIO}_n": len(models)},  # the configurations tried: one per seed (no threshold search)
+        # the configurations tried on val to arrive at the portfolio: every threshold trial of every seed
+        "trials": {f"{PORTFOLIO}_n": sum(t.trials for t in tuned.values())},
+        "tuned": {PORTFOLIO: {s: t.to_dict() for s, t in tuned.items()}, SINGLE_AVERAGE: singles_tuned},
         "assets": {
             s: {
                 "contribution_pct": 100.0 * float(a["net"].sum()),
@@ -88,7 +143,7 @@ def trade_book(
     per_asset.update({f"trade_{s}": ensemble.assets[s]["trades"] for s in symbols})
     weights_table = pd.DataFrame({"time": ensemble.record["time"], **per_asset})
     log.info(
-        "fold %s: portfolio Sharpe %+.3f | 1/N %+.3f | inverse vol %+.3f | momentum %+.3f",
+        "fold %s: portfolio Sharpe %+.3f | 1/N %+.3f | inverse vol %+.3f | momentum %+.3f | single-asset average %+.3f",
         data.fold.name,
         *(metrics[k]["sharpe"] for k in BOOKS),
     )

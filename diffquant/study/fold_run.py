@@ -42,7 +42,7 @@ from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
-from diffquant.study.book_run import BASELINES, PORTFOLIO, trade_book, write_weights
+from diffquant.study.book_run import BASELINES, PORTFOLIO, single_config, trade_book, write_weights
 from diffquant.study.fold_data import AssetFold, FoldData
 from diffquant.train import checkpoint
 from diffquant.train.grid import HooksOf, run_grid
@@ -82,10 +82,15 @@ def kinds(cfg: Config) -> list[str]:
 
 
 def model_groups(cfg: Config, assets: list[str]) -> dict[str, list[str]]:
-    """Which assets each model trains on: a portfolio holds them all; a single-asset policy per ``train.universe``."""
-    if cfg.model.kind == "portfolio":
-        return {PORTFOLIO: assets}
-    return {"pooled": assets} if cfg.train.universe == "pooled" else {a: [a] for a in assets}
+    """Which assets each model trains on: a single-asset policy per ``train.universe``; a portfolio holds them all,
+    beside those single-asset policies (its single-asset-average baseline)."""
+    singles = {"pooled": assets} if cfg.train.universe == "pooled" else {a: [a] for a in assets}
+    return {PORTFOLIO: assets, **singles} if cfg.model.kind == "portfolio" else singles
+
+
+def group_config(cfg: Config, group: str) -> Config:
+    """The config a model group trains with: its own, or a portfolio's single-asset baseline's."""
+    return single_config(cfg) if cfg.model.kind == "portfolio" and group != PORTFOLIO else cfg
 
 
 def pooled_samples(parts: list[Samples]) -> Samples:
@@ -115,17 +120,19 @@ def fold_works(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> t
     works: list[Work] = []
     hooks: dict[tuple[str, str], SeedHooks] = {}
     for group, symbols in model_groups(cfg, list(data.assets)).items():
+        cfg_g = group_config(cfg, group)
         parts = [data.assets[a] for a in symbols]
         digest = hashlib.sha256("".join(a.model_digest for a in parts).encode()).hexdigest()[:16]
         name, folder = f"{data.fold.name}/{group}", out / "models" / group
         samples = pooled_samples([a.samples for a in parts])
-        books = tuple(a.train_series for a in parts) if cfg.model.kind == "portfolio" else ()
+        books = tuple(a.train_series for a in parts) if cfg_g.model.kind == "portfolio" else ()
         train = TrainingData(samples, tuple(a.val for a in parts), digest, f"fold {name}", books)
         hooks[name, "policy"] = hooks_for(data.fold.name, group, "policy")
-        prepare_policies(cfg, train, folder / "policy", hooks[name, "policy"])
-        works += policy_works(cfg, train, folder / "policy", name)
-        if "proxy" in kinds(cfg):
-            proxies = proxy_works(cfg, [a.train_series for a in parts], [a.val for a in parts], folder / "proxy", name)
+        prepare_policies(cfg_g, train, folder / "policy", hooks[name, "policy"])
+        works += policy_works(cfg_g, train, folder / "policy", name)
+        if "proxy" in kinds(cfg_g):
+            series = [a.train_series for a in parts], [a.val for a in parts]
+            proxies = proxy_works(cfg_g, *series, folder / "proxy", name)
             hooks[name, "proxy"] = hooks_for(data.fold.name, group, "proxy")
             prepare_proxies(proxies, folder / "proxy", hooks[name, "proxy"])
             works += proxies
@@ -217,7 +224,11 @@ def judge_fold(cfg: Config, data: FoldData, out: Path, key: str) -> FoldResult:
     groups = model_groups(cfg, list(data.assets))
     if cfg.model.kind == "portfolio":
         models = load_models(cfg, data, out / "models" / PORTFOLIO)["policy"]
-        entry, table, weights = trade_book(cfg, data, models)
+        singles = {}
+        for group in [g for g in groups if g != PORTFOLIO]:
+            by_seed = load_models(single_config(cfg), data, out / "models" / group)["policy"]
+            singles.update({symbol: by_seed for symbol in groups[group]})
+        entry, table, weights = trade_book(cfg, data, models, singles)
         entries, returns = {PORTFOLIO: entry}, {PORTFOLIO: table}
         write_weights(out, weights)
     else:

@@ -1,6 +1,7 @@
 """The fold study with ``model.kind: portfolio`` end to end on real hourly bars of two assets (one fold, one epoch,
-a tiny policy): it trains through the grid, trades one book beside its baselines, is deterministic, and the study
-summary and report say whether it beats them."""
+a tiny policy): it trains through the grid, tunes each seed's hysteresis on val, trades one book beside its
+baselines (the single-asset policies' average among them), is deterministic, and the study summary and report say
+whether it beats them."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ import pandas as pd
 import pytest
 
 from diffquant.config import Config, PortfolioConfig
+from diffquant.evaluate.hysteresis import apply_hysteresis
+from diffquant.evaluate.scoring import Scorer
+from diffquant.evaluate.threshold_search import search_config
+from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.folds import plan_folds
 from diffquant.study.book_report import render_book_report, summarize_book
-from diffquant.study.book_run import BASELINES, PORTFOLIO, stitched_weights
+from diffquant.study.book_run import BASELINES, PORTFOLIO, SINGLE_AVERAGE, single_config, stitched_weights
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import FOLD_JSON, load_fold, run_folds
+from diffquant.study.fold_run import FOLD_JSON, load_fold, load_models, run_folds
 from diffquant.train.layout import checkpoint_path
+from diffquant.train.policy_training import TrainingData, resume_spec
 from tests.study.test_fold_run import assert_same_weights, quiet, raw_until, tables, tiny
 
 
@@ -49,8 +55,12 @@ def first_run(raws, tmp_path_factory):
 
 def test_a_portfolio_fold_study_runs_end_to_end_and_is_deterministic(raws, first_run, tmp_path):
     cfg, result, folder = first_run
-    assert result.groups == {PORTFOLIO: ["BTCUSDT", "ETHUSDT"]} and list(result.entries) == [PORTFOLIO]
+    both = ["BTCUSDT", "ETHUSDT"]
+    assert result.groups == {PORTFOLIO: both, "pooled": both} and list(result.entries) == [PORTFOLIO]
     entry = result.entries[PORTFOLIO]
+    # each seed's thresholds were searched on val: every trial counts towards the portfolio's DSR
+    assert set(entry["tuned"][PORTFOLIO]) == {"3"}
+    assert entry["trials"][f"{PORTFOLIO}_n"] == cfg.thresholds.trials + 1
     assert set(BASELINES) <= set(entry) and set(entry["assets"]) == {"BTCUSDT", "ETHUSDT"}
     table = result.returns[PORTFOLIO]
     assert {PORTFOLIO, f"{PORTFOLIO}_seed_3", *BASELINES} <= set(table.columns)
@@ -90,3 +100,35 @@ def test_the_portfolio_fold_does_not_leak_its_test_period(raws, first_run, tmp_p
             checkpoint_path(other / "models" / PORTFOLIO / "policy", 3, name),
         )
     assert not leaked.returns[PORTFOLIO][PORTFOLIO].equals(result.returns[PORTFOLIO][PORTFOLIO])
+
+
+def test_the_single_asset_average_is_the_mean_of_the_single_asset_policies(raws, first_run):
+    """The baseline's book (each asset's single-asset seed ensemble at 1/A) returns, bar for bar, the mean of the
+    single-asset engine's returns of those policies, each on its own asset (costs are linear in the weights)."""
+    cfg, result, folder = first_run
+    assert cfg.sim.impact_eta == 0.0
+    single = single_config(cfg)
+    data = fold_data(plan_folds(cfg.folds, cfg.split)[0], tables(cfg, raws), cfg)
+    models = load_models(single, data, folder / "models" / "pooled")["policy"]
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    nets = []
+    for symbol, asset in data.assets.items():
+        executed = []
+        for seed, model in models.items():
+            chosen = search_config(single, asset.val, policy_decisions(model, asset.val), scorer).best
+            executed.append(apply_hysteresis(policy_decisions(model, asset.test).raw, chosen))
+            assert result.entries[PORTFOLIO]["tuned"][SINGLE_AVERAGE][symbol][seed]["enter_long"] == chosen.enter_long
+        nets.append(walk_forward(asset.test, np.mean(executed, axis=0), cfg.sim).record["net"].to_numpy())
+    np.testing.assert_allclose(result.returns[PORTFOLIO][SINGLE_AVERAGE], np.mean(nets, axis=0), rtol=0, atol=1e-15)
+
+
+def test_the_portfolio_trains_the_single_asset_study_s_policies(raws):
+    """The single-asset policies beside a portfolio have the single-asset study's resume identity, so a portfolio
+    study on the folds of a single-asset one (or the other way round) resumes those seeds instead of retraining."""
+    cfg = portfolio()
+    data = fold_data(plan_folds(cfg.folds, cfg.split)[0], tables(cfg, raws), cfg)
+    asset = data.assets["BTCUSDT"]
+    training = TrainingData(asset.samples, (asset.val,), "digest", "fold")
+    alone = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind="single"))
+    assert resume_spec(single_config(cfg), training, 3) == resume_spec(alone, training, 3)
+    assert resume_spec(cfg, training, 3) != resume_spec(alone, training, 3)
