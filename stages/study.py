@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parent = tracking.open_run(root, tracking.read_run_id(folds_dir / "mlflow_run.json"))
     for name, entry in summary["tracks"].items():
         for book in [b for b in BOOKS if b in entry]:
-            parent.log_metrics({f"{name}/{book}/{k}": entry[book][k] for k in ("sharpe", "psr", "dsr")})
+            log_book(parent, f"{name}/{book}", entry[book])
     for row in table.itertuples(index=False):
         parent.log_metrics({f"{row.asset}/{row.fold}/policy_minus_bh": row.policy_minus_bh})
     parent.log_metrics(
@@ -79,6 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def log_book(run: tracking.Run, prefix: str, entry: dict[str, Any]) -> None:
+    """A judged book's headline numbers as ``<prefix>/<metric>`` (an undefined one, such as the DSR of a baseline
+    that tried nothing, is left out)."""
+    keys = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "psr", "dsr")
+    run.log_metrics({f"{prefix}/{k}": entry[k] for k in keys if entry.get(k) is not None})
+
+
 def book_study(
     cfg: Config, metrics: Path, out: Path, folds_dir: Path, folds: list[Path], results: list[FoldResult]
 ) -> None:
@@ -99,7 +107,7 @@ def book_study(
     parent = tracking.open_run(root, tracking.read_run_id(folds_dir / "mlflow_run.json"))
     entry = summary["tracks"][PORTFOLIO]
     for book in BOOK_NAMES:
-        parent.log_metrics({f"{PORTFOLIO}/{book}/{k}": entry[book][k] for k in ("sharpe", "psr", "dsr")})
+        log_book(parent, f"{PORTFOLIO}/{book}", entry[book])
     for row in summary["assets"]:
         parent.log_metrics({f"{row['asset']}/{k}": row[k] for k in ("contribution_pct", "turnover", "mean_abs_weight")})
     parent.log_metrics(

@@ -1,4 +1,5 @@
-"""One table over every tracked run: what was trained, and what it earned beside buy-and-hold on the same bars."""
+"""One table over every tracked run: what was trained, and what it earned beside buy-and-hold on the same bars; and
+one over every walk-forward study, single-asset and portfolio side by side."""
 
 from __future__ import annotations
 
@@ -54,6 +55,52 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     tested = runs.get("metrics.test_sharpe", pd.Series(float("nan"), index=runs.index)).notna()
     table = table[((role == "policy") & tested).to_numpy(bool)]
     return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
+
+
+# A study's headline book, per model kind: (track, book) of the study stage's metrics "<track>/<book>/<metric>". The
+# single-asset study's universe book is its single-asset policies held equally; the portfolio's, its one book.
+STUDY_BOOKS = {
+    "single": {"policy": ("universe", "policy"), "hold_1_over_n": ("universe", "buy_and_hold")},
+    "portfolio": {
+        "policy": ("portfolio", "portfolio"),
+        "hold_1_over_n": ("portfolio", "equal_weight"),
+        "single_average": ("portfolio", "single_average"),
+        "inverse_vol": ("portfolio", "inverse_vol"),
+        "xs_momentum": ("portfolio", "xs_momentum"),
+    },
+}
+STUDY_METRICS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "dsr")
+
+
+def study_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every judged walk-forward study (the folds stage's parent run, role ``study``), newest first: its kind,
+    folds and assets, the headline book's Sharpe with its 95% interval and DSR, the baselines' Sharpe, PBO."""
+    rows = []
+    for _, run in runs.iterrows():
+        kind = run.get("params.model.kind")
+        kind = kind if isinstance(kind, str) and kind else "single"  # studies logged before model.kind existed
+        books = STUDY_BOOKS.get(kind, {})
+        if run.get("tags.role") != "study" or pd.isna(run.get(f"metrics.{'/'.join(books['policy'])}/sharpe")):
+            continue
+        row = {
+            "run": run.get("tags.mlflow.runName"),
+            "dvc_exp": run.get("tags.dvc_exp_name"),
+            "kind": kind,
+            "scheme": run.get("tags.scheme"),
+            "assets": len(str(run.get("tags.symbols", "")).split(",")),
+            "backbone": run.get("params.model.backbone"),
+            "epochs": run.get("params.train.epochs"),
+            "seeds": run.get("params.train.seeds"),
+        }
+        track, book = books["policy"]
+        row |= {metric: run.get(f"metrics.{track}/{book}/{metric}") for metric in STUDY_METRICS}
+        for name in ("hold_1_over_n", "single_average", "inverse_vol", "xs_momentum"):
+            row[f"{name}_sharpe"] = run.get(f"metrics.{'/'.join(books[name])}/sharpe") if name in books else None
+        rows.append(row | {"pbo": run.get("metrics.pbo"), "run_id": run["run_id"], "start_time": run["start_time"]})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).sort_values("start_time", ascending=False, kind="stable")
+    return table.reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
