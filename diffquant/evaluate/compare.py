@@ -70,6 +70,13 @@ STUDY_BOOKS = {
     },
 }
 STUDY_METRICS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "dsr")
+STUDY_BASELINES = ("hold_1_over_n", "single_average", "inverse_vol", "xs_momentum")
+STUDY_COLUMNS = (
+    *("run", "dvc_exp", "kind", "scheme", "assets", "backbone", "epochs", "seeds"),
+    *STUDY_METRICS,
+    *(f"{b}_sharpe" for b in STUDY_BASELINES),
+    *("pbo", "run_id", "start_time"),
+)
 
 
 def study_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -94,13 +101,11 @@ def study_table(runs: pd.DataFrame) -> pd.DataFrame:
         }
         track, book = books["policy"]
         row |= {metric: run.get(f"metrics.{track}/{book}/{metric}") for metric in STUDY_METRICS}
-        for name in ("hold_1_over_n", "single_average", "inverse_vol", "xs_momentum"):
+        for name in STUDY_BASELINES:
             row[f"{name}_sharpe"] = run.get(f"metrics.{'/'.join(books[name])}/sharpe") if name in books else None
         rows.append(row | {"pbo": run.get("metrics.pbo"), "run_id": run["run_id"], "start_time": run["start_time"]})
-    if not rows:
-        return pd.DataFrame()
-    table = pd.DataFrame(rows).sort_values("start_time", ascending=False, kind="stable")
-    return table.reset_index(drop=True)
+    table = pd.DataFrame(rows, columns=list(STUDY_COLUMNS))
+    return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
