@@ -9,7 +9,10 @@ the output); the fast path is reported both as whole epochs and scaled to the sa
 Per-batch medians: the machine may be shared. ``--profile N`` also prints the N most expensive ops of one fast epoch
 (torch.profiler, self CPU time): where an epoch goes, e.g. matmuls vs attention vs elementwise ops of the backbone.
 
+``--device cuda`` (or ``auto``) runs both paths on the GPU, synchronising before each step's clock stops.
+
     python -m benchmarks.bench_train [--fast-epochs 5] [--reference-batches 4] [--threads N] [--profile N]
+                                     [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from diffquant.data.features import mirror_spec
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train.episodes import EpisodeBatch, batch_loss, episodes_from_arrays, mirror
-from diffquant.train.trainer import make_optimizer
+from diffquant.train.trainer import make_optimizer, resolve_device
 
 SAMPLES, LENGTH = 910, 120
 NAMES = ["open", "high", "low", "close", "volume", "rolling_vol"]
@@ -49,16 +52,17 @@ def synthetic_samples(seed: int = 0) -> EpisodeBatch:
 
 
 class Setup:
-    def __init__(self, cfg: Config | None = None) -> None:
-        """The primary config unless ``cfg`` (benchmarks/bench_backbones.py swaps the backbone)."""
+    def __init__(self, cfg: Config | None = None, device: torch.device | None = None) -> None:
+        """The primary config unless ``cfg`` (benchmarks/bench_backbones.py swaps the backbone), on ``device``."""
         cfg = cfg or Config()
+        self.device = device or torch.device("cpu")
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
-        self.model = PolicyNetwork(cfg.model, len(NAMES), cfg.window.context)
+        self.model = PolicyNetwork(cfg.model, len(NAMES), cfg.window.context).to(self.device)
         self.opt, _ = make_optimizer(self.model, cfg.train)
         self.objective = Objective(cfg.loss, cfg.sim.smooth_abs_eps)
-        self.episodes = synthetic_samples()
-        self.perm, self.sign = (torch.as_tensor(a) for a in mirror_spec(NAMES))
+        self.episodes = synthetic_samples().to(self.device)
+        self.perm, self.sign = (torch.as_tensor(a, device=self.device) for a in mirror_spec(NAMES))
 
     def plan(self, epoch: int) -> list[tuple[torch.Tensor, bool]]:
         """The epoch's batches and mirror draws, drawn as the trainer draws them."""
@@ -74,7 +78,7 @@ class Setup:
     def step(self, idx: torch.Tensor, use_mirror: bool, reference: bool) -> float:
         """One optimiser step, as ``trainer._train_epoch`` takes it; returns its wall time."""
         t0 = time.perf_counter()
-        batch = self.episodes.index(idx)
+        batch = self.episodes.index(idx.to(self.device))
         mirrored = mirror(batch, self.perm, self.sign) if use_mirror else None
         loss, _, _ = batch_loss(
             self.model,
@@ -90,6 +94,8 @@ class Setup:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
 
 
@@ -99,14 +105,16 @@ def main() -> None:
     parser.add_argument("--reference-batches", type=int, default=4, help="timed per kind (mirror / no mirror)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--profile", type=int, default=0, help="print the top N ops of one fast epoch (0: off)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = Setup()
+    s = Setup(device=resolve_device(args.device))
     s.model.train()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; primary config, {SAMPLES} samples x "
-        f"{LENGTH} bars x {len(NAMES)} features, batch {s.cfg.train.batch_size}, mirror p={s.cfg.train.mirror_prob}"
+        f"torch {torch.__version__}, {s.device}, {torch.get_num_threads()} threads; primary config, "
+        f"{SAMPLES} samples x {LENGTH} bars x {len(NAMES)} features, batch {s.cfg.train.batch_size}, "
+        f"mirror p={s.cfg.train.mirror_prob}"
     )
 
     for idx, use_mirror in s.plan(0)[:2]:  # warm-up (allocator, lazy init)
