@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from diffquant.config import Config, PortfolioConfig
+from diffquant.evaluate.book import BookSeries, book_decisions, book_metrics
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.scoring import Scorer
-from diffquant.evaluate.threshold_search import search_config
+from diffquant.evaluate.threshold_search import search_book, search_config
 from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.folds import plan_folds
 from diffquant.study.book_report import render_book_report, summarize_book
@@ -132,3 +133,21 @@ def test_the_portfolio_trains_the_single_asset_study_s_policies(raws):
     alone = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind="single"))
     assert resume_spec(single_config(cfg), training, 3) == resume_spec(alone, training, 3)
     assert resume_spec(cfg, training, 3) != resume_spec(alone, training, 3)
+
+
+def test_the_book_s_thresholds_are_searched_on_its_val_book(raws, first_run):
+    """The search scores exactly the book the val check prices (its first trial is the configured thresholds, with
+    the same metrics), never ends worse on val than them, and the fold traded the thresholds it chose."""
+    cfg, result, folder = first_run
+    data = fold_data(plan_folds(cfg.folds, cfg.split)[0], tables(cfg, raws), cfg)
+    model = load_models(cfg, data, folder / "models" / PORTFOLIO)["policy"]["3"]
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    val = BookSeries.of([a.val for a in data.assets.values()], list(data.assets))
+    found = search_book(cfg, val, book_decisions(model, val), scorer)
+    configured = book_metrics(scorer, model, val, cfg.eval.hysteresis)
+    first = found.trials.iloc[0]
+    assert first["number"] == 0 and first["sharpe"] == configured["sharpe"]
+    assert first["rebalances"] == configured["rebalances"]
+    if first["feasible"]:
+        assert found.metrics[cfg.thresholds.objective] >= configured[cfg.thresholds.objective]
+    assert result.entries[PORTFOLIO]["tuned"][PORTFOLIO]["3"]["enter_long"] == found.best.enter_long
