@@ -17,6 +17,7 @@ import pandas as pd
 from diffquant import tracking
 from diffquant.config import Config
 from diffquant.data.contracts import atomic_path, read_json
+from diffquant.evaluate.metric_names import study_metric
 from diffquant.plots import plot_asset_contributions, plot_fold_heatmap, plot_stitched, plot_weight_heatmap
 from diffquant.study.book_report import render_book_report, summarize_book, verdict
 from diffquant.study.book_run import BOOKS as BOOK_NAMES
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parent = tracking.open_run(root, tracking.read_run_id(folds_dir / "mlflow_run.json"))
     for name, entry in summary["tracks"].items():
         for book in [b for b in BOOKS if b in entry]:
-            log_book(parent, f"{name}/{book}", entry[book])
+            log_book(parent, name, book, entry[book])
     for row in table.itertuples(index=False):
         parent.log_metrics({f"{row.asset}/{row.fold}/policy_minus_bh": row.policy_minus_bh})
     parent.log_metrics(
@@ -80,11 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def log_book(run: tracking.Run, prefix: str, entry: dict[str, Any]) -> None:
-    """A judged book's headline numbers as ``<prefix>/<metric>`` (an undefined one, such as the DSR of a baseline
-    that tried nothing, is left out)."""
+def log_book(run: tracking.Run, track: str, book: str, entry: dict[str, Any]) -> None:
+    """A judged book's headline numbers under ``study_metric`` names (``Run.log_metrics`` leaves an undefined one
+    out, such as the DSR of a baseline that tried nothing)."""
     keys = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "psr", "dsr")
-    run.log_metrics({f"{prefix}/{k}": entry[k] for k in keys if entry.get(k) is not None})
+    run.log_metrics({study_metric(track, book, k): entry[k] for k in keys})
 
 
 def book_study(
@@ -107,7 +108,7 @@ def book_study(
     parent = tracking.open_run(root, tracking.read_run_id(folds_dir / "mlflow_run.json"))
     entry = summary["tracks"][PORTFOLIO]
     for book in BOOK_NAMES:
-        log_book(parent, f"{PORTFOLIO}/{book}", entry[book])
+        log_book(parent, PORTFOLIO, book, entry[book])
     for row in summary["assets"]:
         parent.log_metrics({f"{row['asset']}/{k}": row[k] for k in ("contribution_pct", "turnover", "mean_abs_weight")})
     parent.log_metrics(

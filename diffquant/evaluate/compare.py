@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from diffquant.evaluate.metric_names import metric_name
+from diffquant.evaluate.metric_names import metric_name, study_metric
 
 LAMBDAS = ("sharpe", "turnover", "drawdown", "terminal", "flat", "bias")
 
@@ -57,7 +57,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
 
 
-# A study's headline book, per model kind: (track, book) of the study stage's metrics "<track>/<book>/<metric>". The
+# A study's headline book, per model kind: (track, book) of the study stage's metrics (``study_metric``). The
 # single-asset study's universe book is its single-asset policies held equally; the portfolio's, its one book.
 STUDY_BOOKS = {
     "single": {"policy": ("universe", "policy"), "hold_1_over_n": ("universe", "buy_and_hold")},
@@ -86,8 +86,10 @@ def study_table(runs: pd.DataFrame) -> pd.DataFrame:
     for _, run in runs.iterrows():
         kind = run.get("params.model.kind")
         kind = kind if isinstance(kind, str) and kind else "single"  # studies logged before model.kind existed
-        books = STUDY_BOOKS.get(kind, {})
-        if run.get("tags.role") != "study" or pd.isna(run.get(f"metrics.{'/'.join(books['policy'])}/sharpe")):
+        if run.get("tags.role") != "study" or kind not in STUDY_BOOKS:
+            continue
+        books = STUDY_BOOKS[kind]
+        if pd.isna(_study_number(run, books, "policy", "sharpe")):
             continue
         row = {
             "run": run.get("tags.mlflow.runName"),
@@ -99,13 +101,16 @@ def study_table(runs: pd.DataFrame) -> pd.DataFrame:
             "epochs": run.get("params.train.epochs"),
             "seeds": run.get("params.train.seeds"),
         }
-        track, book = books["policy"]
-        row |= {metric: run.get(f"metrics.{track}/{book}/{metric}") for metric in STUDY_METRICS}
-        for name in STUDY_BASELINES:
-            row[f"{name}_sharpe"] = run.get(f"metrics.{'/'.join(books[name])}/sharpe") if name in books else None
+        row |= {metric: _study_number(run, books, "policy", metric) for metric in STUDY_METRICS}
+        row |= {f"{name}_sharpe": _study_number(run, books, name, "sharpe") for name in STUDY_BASELINES}
         rows.append(row | {"pbo": run.get("metrics.pbo"), "run_id": run["run_id"], "start_time": run["start_time"]})
     table = pd.DataFrame(rows, columns=list(STUDY_COLUMNS))
     return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _study_number(run: pd.Series, books: dict[str, tuple[str, str]], name: str, metric: str) -> float | None:
+    """One of a study run's numbers for the book ``name`` stands for in its kind (None: the kind has no such book)."""
+    return run.get(f"metrics.{study_metric(*books[name], metric)}") if name in books else None
 
 
 def to_markdown(table: pd.DataFrame) -> str:

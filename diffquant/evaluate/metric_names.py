@@ -1,4 +1,5 @@
-"""MLflow metric names of the evaluation, spelled once: evaluate logs under them, compare and the tests read them."""
+"""MLflow metric names of the evaluation, spelled once: evaluate and the study stage log under them, compare and the
+tests read them."""
 
 from __future__ import annotations
 
@@ -12,3 +13,9 @@ def metric_name(split: str, metric: str, book: str = "policy") -> str:
     ``tuned_val_buy_and_hold_sharpe``; ``metric`` may carry a suffix such as ``sharpe_seed_median``."""
     book_part = "" if book == "policy" else f"{book}_"
     return f"{PREFIX[split]}_{book_part}{metric}"
+
+
+def study_metric(track: str, book: str, metric: str) -> str:
+    """A walk-forward study's number on its parent run: ``universe/policy/sharpe`` (a single-asset study's universe
+    book, or ``BTCUSDT/...`` one asset's track), ``portfolio/equal_weight/dsr`` (a portfolio study's baseline)."""
+    return f"{track}/{book}/{metric}"

@@ -226,7 +226,7 @@ def judge_fold(cfg: Config, data: FoldData, out: Path, key: str) -> FoldResult:
         models = load_models(cfg, data, out / "models" / PORTFOLIO)["policy"]
         singles = {}
         for group in [g for g in groups if g != PORTFOLIO]:
-            by_seed = load_models(single_config(cfg), data, out / "models" / group)["policy"]
+            by_seed = load_models(group_config(cfg, group), data, out / "models" / group)["policy"]
             singles.update({symbol: by_seed for symbol in groups[group]})
         entry, table, weights = trade_book(cfg, data, models, singles)
         entries, returns = {PORTFOLIO: entry}, {PORTFOLIO: table}

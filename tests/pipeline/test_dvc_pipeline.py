@@ -24,7 +24,7 @@ import yaml
 from diffquant.data.contracts import sha256, to_ms
 from diffquant.data.splits import Series
 from diffquant.deploy.mlflow_model import as_model_input
-from diffquant.evaluate.metric_names import metric_name
+from diffquant.evaluate.metric_names import metric_name, study_metric
 from tests.repo_copy import REPO, deep_update, env, make_repo, run
 
 pytestmark = pytest.mark.slow
@@ -366,6 +366,9 @@ def test_single_scheme_walk_forward_reproduces_the_evaluate_stage_exactly(repo: 
         assert {k: v for k, v in entry.items() if k not in ("tuned", "trials")} == evaluated[split]
     report = (repo / "outputs/study/report.md").read_text()
     assert report.startswith("# ") and "universe book" in report and "PBO" in report
+    study = _role(_runs(repo), "study")[-1]  # what compare's studies table reads, under its names
+    for metric in ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "dsr"):
+        assert study_metric("universe", "policy", metric) in study.data.metrics, metric
 
 
 def test_appending_a_fold_runs_only_that_fold(repo: Path) -> None:
