@@ -4,10 +4,13 @@ books them, into a ledger that survives a kill.
     python -m stages.paper --model models:/diffquant-itransformer_hybrid@candidate --split backtest
     python -m stages.paper --model outputs/train/seed_42/best.pt --bars my_bars.csv --pace 2
     python -m stages.paper --model models:/diffquant-itransformer_hybrid@champion --feed binance
+    python -m stages.paper --model outputs/folds/2025-10-01 --symbol ETHUSDT --check outputs/folds/2025-10-01
 
 ``--split backtest --check outputs/evaluate/backtest_record.csv`` replays the backtest quarter of the shipped data
-and prints how far the ledger is from the evaluate stage's record (exit code 1 beyond ``--tolerance``). Run it again
-on the same ledger and it resumes where it stopped. See docs/paper_trading.md.
+and prints how far the ledger is from the evaluate stage's record (exit code 1 beyond ``--tolerance``). A
+walk-forward fold as the model replays its test window of the asset's universe bars; ``--check`` with the fold
+compares with what the fold booked. Run it again on the same ledger and it resumes where it stopped. See
+docs/paper_trading.md.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import pandas as pd
 
 from diffquant import tracking
 from diffquant.config import Config, parse_date
+from diffquant.deploy.fold_model import fold_record, fold_test_window, is_fold
 from diffquant.deploy.paper import PaperSettings
 from diffquant.deploy.paper_session import (
     MlflowSink,
@@ -38,27 +43,29 @@ log = logging.getLogger("diffquant.stages.paper")
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/RUN/NAME, models:/m-ID, or a .pt file")
+    p.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, runs:/RUN/NAME, models:/m-ID, a .pt file, or a fold folder"
+    )
     p.add_argument("--feed", choices=("replay", "binance"), default="replay")
-    p.add_argument("--bars", default="data_source/bars/bars.parquet", help="replay: bars file (parquet or CSV)")
-    p.add_argument("--funding", default="data_source/raw/funding.parquet", help="replay: funding events ('' none)")
+    p.add_argument("--bars", help="replay: bars file, parquet or CSV (default: the shipped data of the model)")
+    p.add_argument("--funding", help="replay: funding events ('' none; default: the shipped data of the model)")
     p.add_argument("--split", choices=("val", "test", "backtest"), help="replay: that quarter of params.yaml")
     p.add_argument("--start", help="replay: first bar the book may hold a position (UTC)")
     p.add_argument("--end", help="replay: stop before this bar (UTC)")
     p.add_argument("--pace", type=float, default=0.0, help="replay: bars per second (0: full speed)")
-    p.add_argument("--symbol", default=None, help="binance: symbol (default: data.symbol)")
+    p.add_argument("--symbol", default=None, help="a fold's asset; binance: symbol (default: data.symbol)")
     p.add_argument("--ws-url", default="wss://fstream.binance.com", help="binance: stream base URL")
     p.add_argument("--rest-url", default="https://fapi.binance.com", help="binance: REST base URL (warm-up)")
     p.add_argument("--grace", type=float, default=120.0, help="binance: seconds past a timeframe before 'stale'")
     p.add_argument("--ledger", default="outputs/paper/ledger.db", help="SQLite file or SQLAlchemy URL")
     p.add_argument("--on-gap", choices=("flatten", "pause"), default="flatten")
     p.add_argument("--no-mlflow", action="store_true", help="do not log live metrics to MLflow")
-    p.add_argument("--check", help="an evaluate record CSV to compare the ledger with")
+    p.add_argument("--check", help="an evaluate record CSV, or a fold folder, to compare the ledger with")
     p.add_argument("--tolerance", type=float, default=1e-6, help="--check: largest difference accepted")
     args = p.parse_args(argv)
     root, cfg = repo_root(), one_asset(load_params(args.params))
 
-    bundle = load_bundle(args.model, cfg, root)
+    bundle = load_bundle(args.model, cfg, root, args.symbol)
     settings = PaperSettings(bundle.sim, args.on_gap, annualization(bundle.timeframe_minutes, cfg.eval.days_per_year))
     if "://" not in args.ledger:
         (root / args.ledger).parent.mkdir(parents=True, exist_ok=True)
@@ -72,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     status = "FAILED"
     try:
         if args.feed == "replay":
-            start, end = _span(cfg, args)
-            source = read_replay(root / args.bars, root / args.funding if args.funding else None)
+            start, end = _span(cfg, args, root)
+            bars, funding = _replay_files(args, root)
+            source = read_replay(bars, funding)
             feed = replay_feed(source, bundle, lag, start, end, after, args.pace)
         else:
             symbol = args.symbol or cfg.data.symbol
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     book = trader.ledger.book()
     log.info("%d bars in %s; equity %.6f", len(book), ledger, book["equity"].iloc[-1] if len(book) else 1.0)
     if args.check:
-        worst = compare_with_record(book, pd.read_csv(root / args.check))
+        worst = compare_with_record(book, _record(root / args.check, args.symbol))
         for column, diff in worst.items():
             print(f"{column:>12}: largest difference {diff:.3e}")
         if max(worst.values()) > args.tolerance:
@@ -99,15 +107,34 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ledger equals {args.check} within {args.tolerance:g}")
 
 
-def _span(cfg: Config, args: argparse.Namespace) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
-    """Replay bounds: --split's quarter of params.yaml, or --start / --end."""
+def _span(cfg: Config, args: argparse.Namespace, root: Path) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """Replay bounds: --split's quarter of params.yaml, --start / --end, or a fold model's test window."""
     if args.split:
         start, end = cfg.split.boundaries()[args.split]
         return pd.Timestamp(start), pd.Timestamp(end)
+    if not (args.start or args.end) and is_fold(root / args.model):
+        return fold_test_window(root / args.model)
     return (
         pd.Timestamp(parse_date(args.start, "--start")) if args.start else None,
         pd.Timestamp(parse_date(args.end, "--end")) if args.end else None,
     )
+
+
+def _replay_files(args: argparse.Namespace, root: Path) -> tuple[Path, Path | None]:
+    """The bars and funding files to replay: as given, else a fold asset's universe data, else the one-asset data."""
+    if is_fold(root / args.model):
+        folder = Path("data_source/universe") / args.symbol
+        bars, funding = folder / "bars.parquet", folder / "funding.parquet"
+    else:
+        bars, funding = Path("data_source/bars/bars.parquet"), Path("data_source/raw/funding.parquet")
+    bars = Path(args.bars) if args.bars else bars
+    funding = funding if args.funding is None else (Path(args.funding) if args.funding else None)
+    return root / bars, None if funding is None else root / funding
+
+
+def _record(path: Path, symbol: str | None) -> pd.DataFrame:
+    """What ``--check`` names: a fold's record of ``symbol``, or an evaluate record CSV."""
+    return fold_record(path, symbol) if is_fold(path) and symbol else pd.read_csv(path)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ from diffquant.config import Config
 from diffquant.data.contracts import read_parquet, to_ms, validate_bars, validate_funding
 from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.deploy.feeds import Bar, Stale, backfill, binance, replay, replay_bars
+from diffquant.deploy.fold_model import fold_bundle, is_fold
 from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import MetricsSink, PaperSettings, PaperTrader
-from diffquant.errors import DataError
+from diffquant.errors import ConfigError, DataError
 from diffquant.train import checkpoint
 
 log = logging.getLogger("diffquant.paper")
@@ -31,10 +32,14 @@ log = logging.getLogger("diffquant.paper")
 RECORD_COLUMNS = ("position", "trade", "gross", "commission", "funding", "net", "equity")  # compared with evaluate's
 
 
-def load_bundle(model: str, cfg: Config, root: Path) -> PolicyBundle:
-    """The bundle behind an MLflow model URI (in the project's MLflow store, ``diffquant.tracking``), or a one-seed
-    bundle around a checkpoint file."""
-    path = Path(model)
+def load_bundle(model: str, cfg: Config, root: Path, symbol: str | None = None) -> PolicyBundle:
+    """The bundle behind an MLflow model URI (in the project's MLflow store, ``diffquant.tracking``), a walk-forward
+    fold folder (``symbol``'s policy in it), or a one-seed bundle around a checkpoint file."""
+    path = root / model
+    if is_fold(path):
+        if symbol is None:
+            raise ConfigError(f"{model} is a walk-forward fold: name the asset to trade (--symbol)")
+        return fold_bundle(cfg, path, symbol)[0]
     if path.suffix == ".pt":
         policy = checkpoint.load_policy(path)
         member = Member(path.parent.name or "policy", policy, cfg.eval.hysteresis)
@@ -133,13 +138,15 @@ def live_feed(
 
 
 def compare_with_record(book: pd.DataFrame, record: pd.DataFrame) -> dict[str, float]:
-    """Largest absolute difference per column between the ledger and an evaluate record on the record's bars."""
+    """Largest absolute difference per column between the ledger and a record on the record's bars: every column of
+    an evaluate record, or those a fold keeps (``fold_model.fold_record``: net, commission)."""
     times = to_ms(pd.to_datetime(record["time"], utc=True))
     rows = book.set_index("open_time").reindex(times)
     if rows["close"].isna().any():
         missing = int(rows["close"].isna().sum())
         raise DataError(f"the ledger lacks {missing} of the record's {len(times)} bars: replay the whole quarter")
-    return {c: float(np.max(np.abs(rows[c].to_numpy() - record[c].to_numpy()))) for c in RECORD_COLUMNS}
+    columns = [c for c in RECORD_COLUMNS if c in record.columns]
+    return {c: float(np.max(np.abs(rows[c].to_numpy() - record[c].to_numpy()))) for c in columns}
 
 
 def open_session(

@@ -394,3 +394,8 @@ def test_appending_a_fold_runs_only_that_fold(repo: Path) -> None:
     assert "fold 2025-03-01: up to date" in out
     assert (repo / "outputs/folds/2025-03-01/fold.json").read_bytes() == first
     assert "sharpe" in _fold(repo, "2025-04-01")["entries"]["BTCUSDT"]["policy"]["ensemble"]["metrics"]
+    # the newest fold's policy, paper-traded from the asset's universe bars over its test window, books what it booked
+    fold = "outputs/folds/2025-04-01"
+    ledger = ["--ledger", "outputs/paper/fold.db", "--no-mlflow"]
+    out = _run([*PAPER, "--model", fold, "--symbol", "BTCUSDT", "--check", fold, *ledger], repo)
+    assert f"ledger equals {fold} within 1e-06" in out, out[-3000:]

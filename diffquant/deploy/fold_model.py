@@ -1,0 +1,73 @@
+"""A walk-forward fold's policy as a bundle: what the study traded on one asset's test window, ready to paper-trade.
+
+A fold folder of the folds stage (``outputs/folds/<fold>``) holds each model group's seeds
+(``models/<group>/policy/seed_<s>``) and, in ``fold.json``, each asset's hysteresis chosen on the fold's val. The
+asset's bundle is its group's seeds at ``eval.checkpoint`` with those thresholds: replayed over the fold's test
+window, it books what the fold booked (``fold_record``). The newest fold's bundle is the model a study would trade
+next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from diffquant.config import Config
+from diffquant.deploy.bundle import Member, PolicyBundle
+from diffquant.errors import DataError
+from diffquant.evaluate.tuned import TunedModel
+from diffquant.study.book_run import PORTFOLIO
+from diffquant.study.fold_run import FOLD_JSON, load_fold
+from diffquant.train import checkpoint
+from diffquant.train.layout import checkpoint_path
+
+
+def is_fold(path: Path) -> bool:
+    return (Path(path) / FOLD_JSON).is_file()
+
+
+def fold_bundle(cfg: Config, fold_dir: Path, symbol: str) -> tuple[PolicyBundle, dict[str, Path]]:
+    """``symbol``'s bundle in the fold at ``fold_dir`` (its group's seeds, its val-chosen hysteresis) and the
+    members' checkpoint files; ``cfg``: the study's params (features, seeds, costs, ``eval.checkpoint``)."""
+    result = load_fold(fold_dir)
+    if PORTFOLIO in result.entries:
+        raise DataError(
+            f"{fold_dir}: a portfolio fold holds one book of {len(result.groups[PORTFOLIO])} assets; the paper trader "
+            "trades one asset's policy (a single-asset study's fold)"
+        )
+    if symbol not in result.entries:
+        raise DataError(f"{fold_dir}: no asset {symbol!r} in this fold; it traded {sorted(result.entries)}")
+    (group,) = [g for g, assets in result.groups.items() if symbol in assets]
+    tuned = result.entries[symbol]["tuned"]
+    if tuned["checkpoint"] != cfg.eval.checkpoint:
+        raise DataError(
+            f"{fold_dir}: thresholds tuned for {tuned['checkpoint']}.pt but eval.checkpoint is "
+            f"{cfg.eval.checkpoint!r}; give the params the study ran with (--params)"
+        )
+    members, paths = [], {}
+    for seed in (str(s) for s in cfg.train.seeds):
+        if seed not in tuned["policy"]:
+            have = sorted(tuned["policy"])
+            raise DataError(f"{fold_dir}: no seed {seed} for {symbol} (it has {have}); give the study's params")
+        name = f"seed_{seed}"
+        paths[name] = checkpoint_path(fold_dir / "models" / group / "policy", seed, cfg.eval.checkpoint)
+        hysteresis = TunedModel.from_dict(tuned["policy"][seed]).hysteresis
+        members.append(Member(name, checkpoint.load_policy(paths[name]), hysteresis))
+    return PolicyBundle(tuple(members), cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
+
+
+def fold_test_window(fold_dir: Path) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The fold's test window ``[start, end)``."""
+    fold = load_fold(fold_dir).fold
+    return pd.Timestamp(fold["test_start"], tz="UTC"), pd.Timestamp(fold["test_end"], tz="UTC")
+
+
+def fold_record(fold_dir: Path, symbol: str) -> pd.DataFrame:
+    """What the fold booked for ``symbol``'s policy ensemble, per test bar: ``time``, ``net``, ``commission`` (the
+    columns of an evaluate record a fold keeps)."""
+    returns = load_fold(fold_dir).returns
+    if symbol not in returns:
+        raise DataError(f"{fold_dir}: no asset {symbol!r} in this fold; it traded {sorted(returns)}")
+    table = returns[symbol]
+    return pd.DataFrame({"time": table["time"], "net": table["policy"], "commission": table["policy_cost"]})
