@@ -3,7 +3,9 @@
 Reads the folds stage's ``plan.json`` and each fold's result; writes ``<out>/report.md`` (the universe book against
 buy-and-hold first: Sharpe, interval, DSR, PBO; then each asset; then each fold), ``study.json``, ``folds.csv``
 (asset x fold), ``tracks/<name>.csv`` (the stitched per-bar returns), the stitched equity figure and the asset x fold
-heat map, and logs them to the folds stage's MLflow parent run. Run as ``python -m stages.study``.
+heat map, and logs them to the folds stage's MLflow parent run. With ``registry.register``, each asset's policy of
+the newest fold becomes a registered model, gated on its stitched track (``diffquant.deploy.study_registry``). Run as
+``python -m stages.study``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from diffquant import tracking
 from diffquant.config import Config
 from diffquant.data.contracts import atomic_path, read_json
+from diffquant.deploy.study_registry import judge_assets, publish_newest_fold, registry_markdown, registry_summary
 from diffquant.evaluate.metric_names import study_metric
 from diffquant.plots import plot_asset_contributions, plot_fold_heatmap, plot_stitched, plot_weight_heatmap
 from diffquant.study.book_report import render_book_report, summarize_book, verdict
@@ -33,6 +36,7 @@ log = logging.getLogger("diffquant.stages.study")
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--folds", default="outputs/folds", help="the folds stage's folder")
+    p.add_argument("--universe", default="data_source/universe", help="the universe stage's folder (model inputs)")
     p.add_argument("--out", default="outputs/study")
     p.add_argument("--metrics", default="outputs/metrics/study.json")
     args = p.parse_args(argv)
@@ -45,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         book_study(cfg, root / args.metrics, out, folds_dir, [folds_dir / f["name"] for f in plan["folds"]], results)
         return
     summary, tracks, table = summarize(cfg, results)
+    newest = results[-1]
+    verdicts = judge_assets(summary, list(newest.entries), cfg.registry)
+    summary["registry"] = registry_summary(verdicts, newest.name)
 
     write_csv(out / "folds.csv", table)
     for name, track in tracks.items():
@@ -52,10 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     plot_stitched(tracks, BOOKS, out / "equity.png")
     plot_fold_heatmap(table, "policy_minus_bh", out / "heatmap.png")
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(render_report(cfg.experiment, summary, table))
+        report = render_report(cfg.experiment, summary, table)
+        tmp.write_text(f"{report}\n{registry_markdown(cfg.experiment, verdicts, newest.name)}")
     write_json(root / args.metrics, summary)
 
     parent = tracking.open_run(root, tracking.read_run_id(folds_dir / "mlflow_run.json"))
+    if cfg.registry.register:
+        publish_newest_fold(cfg, root, parent, folds_dir / newest.name, root / args.universe, verdicts)
     for name, entry in summary["tracks"].items():
         for book in [b for b in BOOKS if b in entry]:
             log_book(parent, name, book, entry[book])

@@ -394,8 +394,27 @@ def test_appending_a_fold_runs_only_that_fold(repo: Path) -> None:
     assert "fold 2025-03-01: up to date" in out
     assert (repo / "outputs/folds/2025-03-01/fold.json").read_bytes() == first
     assert "sharpe" in _fold(repo, "2025-04-01")["entries"]["BTCUSDT"]["policy"]["ensemble"]["metrics"]
-    # the newest fold's policy, paper-traded from the asset's universe bars over its test window, books what it booked
-    fold = "outputs/folds/2025-04-01"
-    ledger = ["--ledger", "outputs/paper/fold.db", "--no-mlflow"]
-    out = _run([*PAPER, "--model", fold, "--symbol", "BTCUSDT", "--check", fold, *ledger], repo)
+
+    # the study registers the newest fold's policy, gated on the asset's stitched track
+    client, name = _client(repo), f"{_registered(repo)}-walkforward-BTCUSDT"
+    candidate = client.get_model_version_by_alias(name, "candidate")
+    assert candidate.run_id == _role(_runs(repo), "study")[-1].info.run_id
+    registry = json.loads((repo / "outputs/metrics/study.json").read_text())["registry"]
+    assert registry["fold"] == "2025-04-01" and list(registry["assets"]) == ["BTCUSDT"]
+    verdict = registry["assets"]["BTCUSDT"]
+    assert [g["key"] for g in verdict["gates"]] == ["psr", "dsr", "beats_buy_and_hold"]
+    assert verdict["champion"] == all(g["passed"] for g in verdict["gates"])
+    if not verdict["champion"]:
+        with pytest.raises(Exception, match="champion"):
+            client.get_model_version_by_alias(name, "champion")
+    assert "## Registry" in (repo / "outputs/study/report.md").read_text()
+
+    # that model, and the fold itself, paper-traded over the fold's test window book what the fold booked
+    fold, universe = "outputs/folds/2025-04-01", "data_source/universe/BTCUSDT"
+    check = ["--symbol", "BTCUSDT", "--check", fold, "--no-mlflow"]
+    out = _run([*PAPER, "--model", fold, *check, "--ledger", "outputs/paper/fold.db"], repo)
+    assert f"ledger equals {fold} within 1e-06" in out, out[-3000:]
+    replay = ["--bars", f"{universe}/bars.parquet", "--funding", f"{universe}/funding.parquet"]
+    span = ["--start", "2025-04-01", "--end", "2025-05-01", "--ledger", "outputs/paper/registered.db"]
+    out = _run([*PAPER, "--model", f"models:/{name}@candidate", *replay, *span, *check], repo)
     assert f"ledger equals {fold} within 1e-06" in out, out[-3000:]
