@@ -24,7 +24,7 @@ import pandas as pd
 
 from diffquant import tracking
 from diffquant.config import Config, parse_date
-from diffquant.deploy.fold_model import fold_record, fold_test_window, is_fold
+from diffquant.deploy.fold_model import fold_test_window, is_fold
 from diffquant.deploy.paper import PaperSettings
 from diffquant.deploy.paper_session import (
     MlflowSink,
@@ -32,8 +32,10 @@ from diffquant.deploy.paper_session import (
     live_feed,
     load_bundle,
     open_session,
+    read_record,
     read_replay,
     replay_feed,
+    replay_files,
 )
 from diffquant.evaluate.metrics import annualization
 from stages._cli import load_params, one_asset, parser, repo_root, run_stage
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.feed == "replay":
             start, end = _span(cfg, args, root)
-            bars, funding = _replay_files(args, root)
+            bars, funding = replay_files(root, args.model, args.symbol, args.bars, args.funding)
             source = read_replay(bars, funding)
             feed = replay_feed(source, bundle, lag, start, end, after, args.pace)
         else:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     book = trader.ledger.book()
     log.info("%d bars in %s; equity %.6f", len(book), ledger, book["equity"].iloc[-1] if len(book) else 1.0)
     if args.check:
-        worst = compare_with_record(book, _record(root / args.check, args.symbol))
+        worst = compare_with_record(book, read_record(root / args.check, args.symbol))
         for column, diff in worst.items():
             print(f"{column:>12}: largest difference {diff:.3e}")
         if max(worst.values()) > args.tolerance:
@@ -118,23 +120,6 @@ def _span(cfg: Config, args: argparse.Namespace, root: Path) -> tuple[pd.Timesta
         pd.Timestamp(parse_date(args.start, "--start")) if args.start else None,
         pd.Timestamp(parse_date(args.end, "--end")) if args.end else None,
     )
-
-
-def _replay_files(args: argparse.Namespace, root: Path) -> tuple[Path, Path | None]:
-    """The bars and funding files to replay: as given, else a fold asset's universe data, else the one-asset data."""
-    if is_fold(root / args.model):
-        folder = Path("data_source/universe") / args.symbol
-        bars, funding = folder / "bars.parquet", folder / "funding.parquet"
-    else:
-        bars, funding = Path("data_source/bars/bars.parquet"), Path("data_source/raw/funding.parquet")
-    bars = Path(args.bars) if args.bars else bars
-    funding = funding if args.funding is None else (Path(args.funding) if args.funding else None)
-    return root / bars, None if funding is None else root / funding
-
-
-def _record(path: Path, symbol: str | None) -> pd.DataFrame:
-    """What ``--check`` names: a fold's record of ``symbol``, or an evaluate record CSV."""
-    return fold_record(path, symbol) if is_fold(path) and symbol else pd.read_csv(path)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from diffquant.config import Config
 from diffquant.data.contracts import read_parquet, to_ms, validate_bars, validate_funding
 from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.deploy.feeds import Bar, Stale, backfill, binance, replay, replay_bars
-from diffquant.deploy.fold_model import fold_bundle, is_fold
+from diffquant.deploy.fold_model import fold_bundle, fold_record, is_fold
 from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import MetricsSink, PaperSettings, PaperTrader
 from diffquant.errors import ConfigError, DataError
@@ -101,6 +101,29 @@ def read_replay(bars_path: Path, funding_path: Path | None) -> ReplaySource:
     if funding_path is not None:
         funding = validate_funding(read_parquet(funding_path, "the download stage"), str(funding_path))
     return ReplaySource(bars, funding)
+
+
+def replay_files(
+    root: Path, model: str, symbol: str | None, bars: str | None, funding: str | None
+) -> tuple[Path, Path | None]:
+    """The bars and funding files to replay: as given (``funding`` '' = none), else a fold asset's universe data
+    (``data_source/universe/<symbol>``), else the one-asset chain's data."""
+    if is_fold(root / model):
+        folder = Path("data_source/universe") / str(symbol)
+        default_bars, default_funding = folder / "bars.parquet", folder / "funding.parquet"
+    else:
+        default_bars, default_funding = Path("data_source/bars/bars.parquet"), Path("data_source/raw/funding.parquet")
+    chosen = default_funding if funding is None else (Path(funding) if funding else None)
+    return root / (bars or default_bars), None if chosen is None else root / chosen
+
+
+def read_record(path: Path, symbol: str | None) -> pd.DataFrame:
+    """A record to check a ledger against: an evaluate record CSV, or what a fold booked for ``symbol``."""
+    if not is_fold(path):
+        return pd.read_csv(path)
+    if symbol is None:
+        raise ConfigError(f"{path} is a walk-forward fold: name the asset whose record to check (--symbol)")
+    return fold_record(path, symbol)
 
 
 def replay_feed(

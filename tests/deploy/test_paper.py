@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from diffquant.config import FeatureConfig, Hysteresis, ModelConfig, SimConfig, build_section
+from diffquant.config import Config, FeatureConfig, Hysteresis, ModelConfig, SimConfig, build_section
 from diffquant.data.contracts import to_ms
 from diffquant.data.features import build_features, feature_columns
 from diffquant.data.splits import Series
@@ -22,8 +22,8 @@ from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.deploy.feeds import Bar, Stale, replay_bars
 from diffquant.deploy.ledger import Ledger, LedgerError
 from diffquant.deploy.paper import PaperSettings, PaperTrader
-from diffquant.deploy.paper_session import ReplaySource, compare_with_record, replay_feed
-from diffquant.errors import DataError
+from diffquant.deploy.paper_session import ReplaySource, compare_with_record, load_bundle, read_record, replay_feed
+from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.model.policy import PolicyNetwork
@@ -209,3 +209,12 @@ def test_bundle_round_trips_through_its_folder(bundle, bars, tmp_path) -> None:
     loaded = PolicyBundle.load(bundle.save(tmp_path / "bundle", checkpoints))
     assert loaded.fingerprint() == bundle.fingerprint()
     assert loaded.decide(bars).equals(bundle.decide(bars))
+
+
+def test_a_fold_as_model_or_record_needs_its_asset(tmp_path) -> None:
+    """A walk-forward fold holds every asset's policy: the paper trader refuses to guess which one to trade or check."""
+    (tmp_path / "fold.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"is a walk-forward fold: name the asset to trade \(--symbol\)"):
+        load_bundle(str(tmp_path), Config(), tmp_path)
+    with pytest.raises(ConfigError, match=r"is a walk-forward fold: name the asset whose record to check"):
+        read_record(tmp_path, None)
