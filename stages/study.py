@@ -19,7 +19,13 @@ import pandas as pd
 from diffquant import tracking
 from diffquant.config import Config
 from diffquant.data.contracts import atomic_path, read_json
-from diffquant.deploy.study_registry import judge_assets, publish_newest_fold, registry_markdown, registry_summary
+from diffquant.deploy.study_registry import (
+    judge_assets,
+    judge_book,
+    publish_newest_fold,
+    registry_markdown,
+    registry_summary,
+)
 from diffquant.evaluate.metric_names import study_metric
 from diffquant.plots import plot_asset_contributions, plot_fold_heatmap, plot_stitched, plot_weight_heatmap
 from diffquant.study.book_report import render_book_report, summarize_book, verdict
@@ -46,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     plan = read_json(folds_dir / "plan.json", "the folds stage")
     results = [load_fold(folds_dir / fold["name"]) for fold in plan["folds"]]
     if cfg.model.kind == "portfolio":
-        book_study(cfg, root / args.metrics, out, folds_dir, [folds_dir / f["name"] for f in plan["folds"]], results)
+        folds = [folds_dir / f["name"] for f in plan["folds"]]
+        book_study(cfg, root / args.metrics, out, folds_dir, folds, results, root / args.universe)
         return
     summary, tracks, table = summarize(cfg, results)
     newest = results[-1]
@@ -99,11 +106,19 @@ def log_book(run: tracking.Run, track: str, book: str, entry: dict[str, Any]) ->
 
 
 def book_study(
-    cfg: Config, metrics: Path, out: Path, folds_dir: Path, folds: list[Path], results: list[FoldResult]
+    cfg: Config,
+    metrics: Path,
+    out: Path,
+    folds_dir: Path,
+    folds: list[Path],
+    results: list[FoldResult],
+    universe: Path,
 ) -> None:
     """The portfolio's study: its stitched book beside the baselines, the weights' heat map, each asset's part."""
     root = repo_root()
     summary, tracks, table = summarize_book(cfg, results)
+    verdicts = judge_book(summary, cfg.registry)
+    summary["registry"] = registry_summary(verdicts, results[-1].name)
     weights = stitched_weights(folds)
     write_csv(out / "folds.csv", table)
     write_csv(out / "tracks" / f"{PORTFOLIO}.csv", tracks[PORTFOLIO])
@@ -112,10 +127,13 @@ def book_study(
     plot_weight_heatmap(weights, out / "heatmap.png")
     plot_asset_contributions(pd.DataFrame(summary["assets"]), out / "assets.png")
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(render_book_report(cfg.experiment, summary, table))
+        report = render_book_report(cfg.experiment, summary, table)
+        tmp.write_text(f"{report}\n{registry_markdown(cfg.experiment, verdicts, results[-1].name)}")
     write_json(metrics, summary)
 
     parent = tracking.open_run(root, tracking.read_run_id(folds_dir / "mlflow_run.json"))
+    if cfg.registry.register:
+        publish_newest_fold(cfg, root, parent, folds[-1], universe, verdicts)
     entry = summary["tracks"][PORTFOLIO]
     for book in BOOK_NAMES:
         log_book(parent, PORTFOLIO, book, entry[book])

@@ -168,33 +168,12 @@ class PolicyBundle:
 
         Refuses, naming the row, what is not a table of canonical bars on the model's timeframe, oldest first.
         """
-        where = "policy input bars"
-        bars = validate_bars(bars.drop(columns=[FUNDING_COLUMN], errors="ignore"), where)
-        check_grid(to_ms(bars["open_time"]), self.timeframe_minutes, where, "send bars of the model's timeframe")
-        if len(bars) < self.min_bars:
-            raise DataError(
-                f"{where}: {len(bars)} bars given; this policy needs at least {self.min_bars}, oldest first "
-                f"({self.warmup} to warm the features up, then a context of {self.context})"
-            )
-        return self._feature_series(bars)
+        checked = checked_bars(bars, self.timeframe_minutes, self.warmup, self.context, "policy input bars")
+        return self._feature_series(checked)
 
     def _feature_series(self, bars: pd.DataFrame) -> Series:
         """``series`` of bars already validated (canonical columns, datetime open_time, on the grid)."""
-        where = "policy input bars"
-        table = build_features(bars, NO_FUNDING, self.features, self.timeframe_minutes).iloc[self.warmup - 1 :]
-        names = feature_columns(table)
-        expected = self.members[0].policy.n_features
-        if len(names) != expected:
-            raise DataError(f"{where}: the features give {len(names)} channels ({names}); the policy takes {expected}")
-        return Series(
-            features=table[[f"x_{n}" for n in names]].to_numpy(np.float32),
-            close=table["close"].to_numpy(np.float64),
-            funding=np.zeros(len(table)),
-            open_time=to_ms(table["open_time"]),
-            start=len(table) - 1,
-            timeframe_ms=self.timeframe_minutes * MINUTE_MS,
-            feature_names=names,
-        )
+        return feature_series(bars, self.features, self.timeframe_minutes, self.members[0].policy.n_features)
 
     def _positions(self, positions: Sequence[float] | None) -> list[float]:
         if positions is None:
@@ -243,6 +222,43 @@ class PolicyBundle:
             timeframe_minutes=int(manifest["timeframe_minutes"]),
             sim=build_section(SimConfig, manifest["sim"], "sim"),
         )
+
+
+def checked_bars(bars: pd.DataFrame, timeframe_minutes: int, warmup: int, context: int, where: str) -> pd.DataFrame:
+    """``bars`` as canonical bars on the timeframe's grid, oldest first, enough for one decision (``warmup`` +
+    ``context`` rows); a ``DataError`` naming the row or the shortfall otherwise."""
+    bars = validate_bars(bars.drop(columns=[FUNDING_COLUMN], errors="ignore"), where)
+    check_grid(to_ms(bars["open_time"]), timeframe_minutes, where, "send bars of the model's timeframe")
+    if len(bars) < warmup + context:
+        raise DataError(
+            f"{where}: {len(bars)} bars given; this policy needs at least {warmup + context}, oldest first "
+            f"({warmup} to warm the features up, then a context of {context})"
+        )
+    return bars
+
+
+def feature_series(
+    bars: pd.DataFrame,
+    features: FeatureConfig,
+    timeframe_minutes: int,
+    n_features: int,
+    where: str = "policy input bars",
+) -> Series:
+    """Checked bars -> the feature series a policy decides on, from the first bar past the features' warm-up
+    (funding zero: a decision never reads it)."""
+    table = build_features(bars, NO_FUNDING, features, timeframe_minutes).iloc[warmup_bars(features) - 1 :]
+    names = feature_columns(table)
+    if len(names) != n_features:
+        raise DataError(f"{where}: the features give {len(names)} channels ({names}); the policy takes {n_features}")
+    return Series(
+        features=table[[f"x_{n}" for n in names]].to_numpy(np.float32),
+        close=table["close"].to_numpy(np.float64),
+        funding=np.zeros(len(table)),
+        open_time=to_ms(table["open_time"]),
+        start=len(table) - 1,
+        timeframe_ms=timeframe_minutes * MINUTE_MS,
+        feature_names=names,
+    )
 
 
 def pipeline_bundle(

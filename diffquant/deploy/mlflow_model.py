@@ -5,8 +5,12 @@ num_trades, funding_rate), at least ``min_bars`` rows. Parameter ``positions``: 
 before the first decision (empty = flat), so a caller continues a book through the hysteresis. Output: one row per
 decision (``PolicyBundle.decide``), the last row being the decision at the latest close.
 
-Imports mlflow at module level: only the evaluate stage, serving and the paper trader use this module; the training
-path never does.
+A portfolio model (``BookBundle``) takes the same bars of every asset in one table with a ``symbol`` column and
+returns the book's weight per asset at every slot (``weight_<SYMBOL>``, ``raw_<SYMBOL>``); it decides from a flat
+book, so it has no ``positions`` parameter.
+
+Imports mlflow at module level: only the evaluate and study stages, serving and the paper trader use this module;
+the training path never does.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from mlflow.models import infer_signature
 from mlflow.types.schema import ParamSchema, ParamSpec
 
 from diffquant.data.contracts import to_ms
+from diffquant.deploy.book_bundle import MANIFEST as BOOK_MANIFEST
+from diffquant.deploy.book_bundle import BookBundle
 from diffquant.deploy.bundle import PolicyBundle
+from diffquant.errors import DataError
 
 PACKAGE = Path(__file__).resolve().parents[1]  # diffquant/: shipped inside every model (``code_paths``)
 REQUIREMENTS = PACKAGE.parent / "requirements.txt"
@@ -32,17 +39,26 @@ MODEL_PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "pyyaml", "mlflow")  # 
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
-    """``mlflow.pyfunc`` wrapper of a :class:`PolicyBundle` stored in the model's artifacts."""
+    """``mlflow.pyfunc`` wrapper of a bundle stored in the model's artifacts: one asset's :class:`PolicyBundle`, or
+    a portfolio's :class:`BookBundle` (its folder holds ``book.json``)."""
 
     def load_context(self, context: Any) -> None:
-        self.bundle = PolicyBundle.load(Path(context.artifacts["bundle"]))
+        folder = Path(context.artifacts["bundle"])
+        self.bundle = BookBundle.load(folder) if (folder / BOOK_MANIFEST).is_file() else PolicyBundle.load(folder)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return model_output(self.bundle, model_input, list((params or {}).get("positions") or []) or None)
 
 
-def model_output(bundle: PolicyBundle, bars: pd.DataFrame, positions: list[float] | None = None) -> pd.DataFrame:
-    """``bundle.decide`` with ``open_time`` in Unix ms, as the model's output schema has it."""
+def model_output(
+    bundle: PolicyBundle | BookBundle, bars: pd.DataFrame, positions: list[float] | None = None
+) -> pd.DataFrame:
+    """``bundle.decide`` with ``open_time`` in Unix ms, as the model's output schema has it (a portfolio decides
+    from a flat book: it takes no ``positions``)."""
+    if isinstance(bundle, BookBundle):
+        if positions:
+            raise DataError("a portfolio model decides from a flat book; it takes no 'positions' parameter")
+        return bundle.decide(bars)
     out = bundle.decide(bars, positions)
     out["open_time"] = to_ms(out["open_time"])
     return out
@@ -66,11 +82,14 @@ def as_model_input(bars: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def log_policy_model(bundle: PolicyBundle, checkpoints: dict[str, Path], name: str, example: pd.DataFrame) -> Any:
-    """Log ``bundle`` as a pyfunc model of the active run; ``example``: model-input bars (``min_bars`` rows or more)."""
-    params = ParamSchema([ParamSpec("positions", "double", [], shape=(-1,))])
+def log_policy_model(
+    bundle: PolicyBundle | BookBundle, checkpoints: dict[str, Path], name: str, example: pd.DataFrame
+) -> Any:
+    """Log ``bundle`` as a pyfunc model of the active run; ``example``: model-input bars (``min_bars`` rows or more
+    of each asset)."""
     signature = infer_signature(example, model_output(bundle, example))
-    signature.params = params
+    if isinstance(bundle, PolicyBundle):  # a single asset's book continues from given positions
+        signature.params = ParamSchema([ParamSpec("positions", "double", [], shape=(-1,))])
     with tempfile.TemporaryDirectory() as tmp:
         folder = bundle.save(Path(tmp) / "bundle", checkpoints)
         code = shutil.copytree(PACKAGE, Path(tmp) / "code" / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -1,26 +1,32 @@
 """Publishing a walk-forward study: each asset's policy of the newest fold (the model the procedure would trade
-next) as an MLflow model of the study run, registered as ``diffquant-<experiment>-walkforward-<SYMBOL>``.
+next) as an MLflow model of the study run, registered as ``diffquant-<experiment>-walkforward-<SYMBOL>``; for a
+portfolio study, the book (``diffquant-<experiment>-walkforward-portfolio``).
 
-The gates are the evaluate stage's (``registry`` in params), judged on the asset's stitched out-of-sample track: every
-fold's test window, each traded by the models trained before it. That track is the record of the procedure that made
-the newest model (retrain, choose on val, trade), which is what a promotion vouches for. ``candidate`` always moves
-to the new version, ``champion`` only when every gate passes. Version numbers stay in MLflow, out of DVC's outputs.
+The gates are the evaluate stage's (``registry`` in params), judged on the policy's stitched out-of-sample track:
+every fold's test window, each traded by the models trained before it. That track is the record of the procedure
+that made the newest model (retrain, choose on val, trade), which is what a promotion vouches for. ``candidate``
+always moves to the new version, ``champion`` only when every gate passes. Version numbers stay in MLflow, out of
+DVC's outputs.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 
 from diffquant import tracking
 from diffquant.config import Config, RegistryConfig
 from diffquant.data.contracts import read_parquet, sha256
+from diffquant.deploy.book_bundle import BookBundle, as_book_input, fold_book_bundle
+from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.fold_model import fold_bundle, fold_test_window
 from diffquant.deploy.mlflow_model import as_model_input, log_policy_model
 from diffquant.deploy.registry import Gate, judge_gates, log_datasets, register, registered_name
+from diffquant.study.book_run import PORTFOLIO
 
 Verdicts = dict[str, list[Gate]]  # asset -> its gates
 
@@ -33,6 +39,13 @@ def model_key(experiment: str, symbol: str) -> str:
 def judge_assets(summary: dict[str, Any], symbols: list[str], cfg: RegistryConfig) -> Verdicts:
     """Each asset's gates on its stitched track's policy ensemble (the study summary's numbers)."""
     return {s: judge_gates({"significance": summary["tracks"][s]["policy"]}, cfg) for s in symbols}
+
+
+def judge_book(summary: dict[str, Any], cfg: RegistryConfig) -> Verdicts:
+    """The portfolio's gates on its stitched book; its buy-and-hold is the book of every asset at 1/N."""
+    gates = judge_gates({"significance": summary["tracks"][PORTFOLIO][PORTFOLIO]}, cfg)
+    label = "Sharpe minus 1/N's, 95% interval low"
+    return {PORTFOLIO: [replace(g, label=label) if g.key == "beats_buy_and_hold" else g for g in gates]}
 
 
 def registry_summary(verdicts: Verdicts, fold: str) -> dict[str, Any]:
@@ -51,13 +64,13 @@ def registry_summary(verdicts: Verdicts, fold: str) -> dict[str, Any]:
 
 
 def registry_markdown(experiment: str, verdicts: Verdicts, fold: str) -> str:
-    """The report's registry section: per asset, which gate failed when one did."""
+    """The report's registry section: per policy, which gate failed when one did."""
     lines = [
         "## Registry",
         "",
-        f"Each asset's policy of the newest fold ({fold}) is registered as "
-        f"`{registered_name(model_key(experiment, '<SYMBOL>'))}` with the alias `candidate`; `champion` needs every "
-        "gate to pass on the asset's stitched out-of-sample track.",
+        f"The newest fold's ({fold}) policies are registered as `{registered_name(model_key(experiment, '<NAME>'))}` "
+        "(NAME: the asset, or `portfolio` for the book) with the alias `candidate`; `champion` needs every gate to "
+        "pass on its stitched out-of-sample track.",
         "",
     ]
     for symbol, gates in verdicts.items():
@@ -69,17 +82,28 @@ def registry_markdown(experiment: str, verdicts: Verdicts, fold: str) -> str:
 def publish_newest_fold(
     cfg: Config, root: Path, parent: tracking.Run, fold_dir: Path, universe: Path, verdicts: Verdicts
 ) -> dict[str, str]:
-    """Log each judged asset's bundle of ``fold_dir`` as the model ``policy_<SYMBOL>`` of ``parent`` (with the
-    asset's bars as a run input) and register it; returns asset -> registered version."""
+    """Log each judged policy of ``fold_dir`` (an asset's, or the portfolio's book) as the model ``policy_<NAME>`` of
+    ``parent``, with its assets' bars as run inputs, and register it; returns name -> registered version."""
     _, test_end = fold_test_window(fold_dir)
-    files = {f"{s}_bars": universe / s / "bars.parquet" for s in verdicts}
-    log_datasets(parent, files, "walk-forward", root, {name: sha256(path) for name, path in files.items()})
+
+    def before_test_end(symbol: str) -> pd.DataFrame:
+        bars = read_parquet(universe / symbol / "bars.parquet", "the universe stage")
+        return bars[bars["open_time"] < test_end]
+
     versions = {}
-    for symbol, gates in verdicts.items():
-        bundle, checkpoints = fold_bundle(cfg, fold_dir, symbol)
-        bars = read_parquet(files[f"{symbol}_bars"], "the universe stage")
-        example = as_model_input(bars[bars["open_time"] < test_end].tail(bundle.min_bars))
+    for name, gates in verdicts.items():
+        bundle: PolicyBundle | BookBundle
+        if name == PORTFOLIO:
+            bundle, checkpoints = fold_book_bundle(cfg, fold_dir)
+            symbols = bundle.symbols
+            example = as_book_input({s: before_test_end(s).tail(bundle.min_bars) for s in symbols})
+        else:
+            bundle, checkpoints = fold_bundle(cfg, fold_dir, name)
+            symbols = (name,)
+            example = as_model_input(before_test_end(name).tail(bundle.min_bars))
+        files = {f"{s}_bars": universe / s / "bars.parquet" for s in symbols}
+        log_datasets(parent, files, "walk-forward", root, {n: sha256(path) for n, path in files.items()})
         with mlflow.start_run(run_id=parent.run_id):
-            info = log_policy_model(bundle, checkpoints, f"policy_{symbol}", example)
-        versions[symbol] = register(parent, info.model_uri, model_key(cfg.experiment, symbol), gates)
+            info = log_policy_model(bundle, checkpoints, f"policy_{name}", example)
+        versions[name] = register(parent, info.model_uri, model_key(cfg.experiment, name), gates)
     return versions

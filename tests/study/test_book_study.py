@@ -8,11 +8,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
+from diffquant import tracking
 from diffquant.config import Config, PortfolioConfig
+from diffquant.data.contracts import to_ms, write_parquet
+from diffquant.deploy.book_bundle import as_book_input, fold_book_bundle
+from diffquant.deploy.fold_model import fold_test_window
+from diffquant.deploy.study_registry import judge_book, publish_newest_fold
 from diffquant.evaluate.book import BookSeries, book_decisions, book_metrics
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.scoring import Scorer
@@ -151,3 +157,42 @@ def test_the_book_s_thresholds_are_searched_on_its_val_book(raws, first_run):
     if first["feasible"]:
         assert found.metrics[cfg.thresholds.objective] >= configured[cfg.thresholds.objective]
     assert result.entries[PORTFOLIO]["tuned"][PORTFOLIO]["3"]["enter_long"] == found.best.enter_long
+
+
+def test_the_folds_book_as_a_model_gives_the_weights_it_held(raws, first_run, tmp_path, monkeypatch):
+    """The fold's book as a bundle, given each asset's raw bars from the features' warm-up before its test series,
+    decides the weights the fold held, bit for bit; published by the study (a pyfunc in a fresh MLflow store,
+    registered with its gates), the loaded candidate answers the same table."""
+    cfg, result, folder = first_run
+    bundle, _ = fold_book_bundle(cfg, folder)
+    data = fold_data(plan_folds(cfg.folds, cfg.split)[0], tables(cfg, raws), cfg)
+    _, test_end = fold_test_window(folder)
+    bars = {}
+    for symbol in bundle.symbols:
+        ms = to_ms(raws[symbol].bars["open_time"])
+        first = int(np.searchsorted(ms, data.assets[symbol].test.open_time[0])) - bundle.warmup
+        bars[symbol] = raws[symbol].bars.iloc[first : int(np.searchsorted(ms, test_end.value // 1_000_000))]
+    out = bundle.decide(as_book_input(bars))
+    held = stitched_weights([folder])
+    step = (1 + cfg.sim.execution_lag_bars) * cfg.data.timeframe_minutes * 60_000
+    decided = out.set_index("open_time").loc[to_ms(held["time"]) - step]  # the weight each test bar held
+    for symbol in bundle.symbols:
+        np.testing.assert_array_equal(decided[f"weight_{symbol}"].to_numpy(), held[f"w_{symbol}"].to_numpy())
+    assert (held[[f"w_{s}" for s in bundle.symbols]] != 0).any().all()  # both assets were traded
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the store: <tmp_path>/mlruns
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow sets it; put back after the test
+    for symbol, table in raws.items():
+        write_parquet(table.bars, tmp_path / "universe" / symbol / "bars.parquet")
+    summary, _, _ = summarize_book(cfg, [result])
+    verdicts = judge_book(summary, cfg.registry)
+    try:
+        parent = tracking.start_run(tmp_path, "study", {"role": "study"})
+        publish_newest_fold(cfg, tmp_path, parent, folder, tmp_path / "universe", verdicts)
+        name = f"diffquant-{cfg.experiment}-walkforward-{PORTFOLIO}"
+        loaded = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+    finally:
+        mlflow.set_tracking_uri(None)  # later tests in this process use their own stores
+    pd.testing.assert_frame_equal(loaded.predict(as_book_input(bars)), out, check_exact=True)
+    assert [g.key for g in verdicts[PORTFOLIO]] == ["psr", "dsr", "beats_buy_and_hold"]
+    assert "1/N" in verdicts[PORTFOLIO][2].label

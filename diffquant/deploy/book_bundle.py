@@ -1,0 +1,168 @@
+"""A portfolio bundle: the raw bars of every asset in, the book's weights out, as a portfolio fold trades them.
+
+Per asset its bars -> ``feature_series`` (the single-asset bundle's features); the assets on one clock
+(``BookSeries``); each member (a seed's ``PortfolioPolicy``) decides for every slot with the engine's batched path
+(``book_decisions``), its hysteresis per asset and the leverage cap (``executed_book``); the book holds the members'
+mean, as the fold's ensemble does. Bars of each asset from ``warmup`` before the first bar of a fold's test series
+give the fold's weights bit for bit.
+
+A portfolio decides every slot from the flat state at the first one: there is no bar-by-bar continuation here, so
+the paper trader does not take a portfolio (docs/paper_trading.md, limits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffquant.config import Config, FeatureConfig, Hysteresis, SimConfig, build_section
+from diffquant.data.contracts import read_json, to_ms, write_json
+from diffquant.data.features import warmup_bars
+from diffquant.deploy.bundle import checked_bars, feature_series
+from diffquant.errors import DataError
+from diffquant.evaluate.book import BookSeries, book_decisions, executed_book
+from diffquant.evaluate.tuned import TunedModel
+from diffquant.float_mode import denormals_flushed
+from diffquant.model.portfolio import PortfolioPolicy
+from diffquant.study.book_run import PORTFOLIO
+from diffquant.study.fold_run import load_fold
+from diffquant.train import checkpoint
+from diffquant.train.layout import checkpoint_path
+
+MANIFEST = "book.json"
+SYMBOL = "symbol"  # the input's column naming each row's asset
+
+
+@dataclass(frozen=True)
+class BookMember:
+    """One trained portfolio policy and the hysteresis tuned for it on the fold's val book."""
+
+    name: str
+    policy: PortfolioPolicy
+    hysteresis: Hysteresis
+
+
+@dataclass(frozen=True)
+class BookBundle:
+    members: tuple[BookMember, ...]
+    symbols: tuple[str, ...]  # the assets the book trades, in the policy's order
+    features: FeatureConfig
+    timeframe_minutes: int
+    sim: SimConfig
+
+    @property
+    def context(self) -> int:
+        return self.members[0].policy.context
+
+    @property
+    def warmup(self) -> int:
+        return warmup_bars(self.features)
+
+    @property
+    def min_bars(self) -> int:
+        """Bars an asset needs for its first decision: the features' warm-up, then one context."""
+        return self.warmup + self.context
+
+    def decide(self, bars: pd.DataFrame) -> pd.DataFrame:
+        """The book at the close of every slot from the first at which some asset has a full context: ``open_time``
+        (Unix ms), ``weight_<SYMBOL>`` (the members' mean executed weight, 0 where the asset is absent) and
+        ``raw_<SYMBOL>`` (their mean raw weight, NaN where absent). ``bars``: each asset's canonical bars, oldest
+        first, one ``symbol`` column naming them; every asset of the book, at least ``min_bars`` rows each."""
+        book = self.book_series(bars)
+        leverage = self.members[0].policy.leverage
+        raw, executed = [], []
+        for member in self.members:
+            with denormals_flushed():  # the mode the fold judged in
+                decisions = book_decisions(member.policy, book)
+            raw.append(decisions.raw)
+            executed.append(executed_book(decisions, member.hysteresis, leverage))
+        first = int(np.flatnonzero(np.isfinite(raw[0]).any(axis=1))[0])
+        mean_raw, weights = np.mean(raw, axis=0)[first:], np.mean(executed, axis=0)[first:]
+        out = {"open_time": book.open_time[first:]}
+        out |= {f"weight_{s}": weights[:, a] for a, s in enumerate(self.symbols)}
+        out |= {f"raw_{s}": mean_raw[:, a] for a, s in enumerate(self.symbols)}
+        return pd.DataFrame(out)
+
+    def book_series(self, bars: pd.DataFrame) -> BookSeries:
+        """Each asset's feature series on one clock; refuses a table without a ``symbol`` column or an asset."""
+        if SYMBOL not in bars.columns:
+            raise DataError(f"portfolio input bars: no {SYMBOL!r} column; give every asset's bars, one per row")
+        missing = sorted(set(self.symbols) - set(bars[SYMBOL]))
+        if missing:
+            raise DataError(f"portfolio input bars: no bars of {missing}; this book trades {list(self.symbols)}")
+        n_features = self.members[0].policy.n_features
+        series = []
+        for symbol in self.symbols:
+            where = f"portfolio input bars of {symbol}"
+            own = bars[bars[SYMBOL] == symbol].drop(columns=[SYMBOL]).reset_index(drop=True)
+            checked = checked_bars(own, self.timeframe_minutes, self.warmup, self.context, where)
+            series.append(feature_series(checked, self.features, self.timeframe_minutes, n_features, where))
+        return BookSeries.of(series, self.symbols)
+
+    def manifest(self) -> dict[str, object]:
+        return {
+            "members": [{"name": m.name, "hysteresis": dataclasses.asdict(m.hysteresis)} for m in self.members],
+            "symbols": list(self.symbols),
+            "features": dataclasses.asdict(self.features),
+            "timeframe_minutes": self.timeframe_minutes,
+            "sim": dataclasses.asdict(self.sim),
+        }
+
+    def save(self, folder: Path, checkpoints: dict[str, Path]) -> Path:
+        """The members' checkpoint files and the manifest into ``folder`` (an MLflow model's artifacts)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for m in self.members:
+            shutil.copyfile(checkpoints[m.name], folder / f"{m.name}.pt")
+        write_json(folder / MANIFEST, self.manifest())
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> BookBundle:
+        folder = Path(folder)
+        manifest = read_json(folder / MANIFEST, "an MLflow portfolio model (study stage)")
+        members = tuple(
+            BookMember(m["name"], checkpoint.load_policy(folder / f"{m['name']}.pt"), Hysteresis(**m["hysteresis"]))
+            for m in manifest["members"]
+        )
+        return cls(
+            members=members,
+            symbols=tuple(manifest["symbols"]),
+            features=build_section(FeatureConfig, manifest["features"], "features"),
+            timeframe_minutes=int(manifest["timeframe_minutes"]),
+            sim=build_section(SimConfig, manifest["sim"], "sim"),
+        )
+
+
+def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str, Path]]:
+    """A portfolio fold's book (its seeds at ``eval.checkpoint``, each with its val-book hysteresis) and the
+    members' checkpoint files; ``cfg``: the study's params."""
+    result = load_fold(fold_dir)
+    if PORTFOLIO not in result.entries:
+        raise DataError(f"{fold_dir}: not a portfolio fold (it traded {sorted(result.entries)} one by one)")
+    tuned = result.entries[PORTFOLIO]["tuned"][PORTFOLIO]
+    members, paths = [], {}
+    for seed in (str(s) for s in cfg.train.seeds):
+        if seed not in tuned:
+            raise DataError(f"{fold_dir}: no portfolio seed {seed} (it has {sorted(tuned)}); give the study's params")
+        name = f"seed_{seed}"
+        paths[name] = checkpoint_path(fold_dir / "models" / PORTFOLIO / "policy", seed, cfg.eval.checkpoint)
+        policy = checkpoint.load_policy(paths[name])
+        if not isinstance(policy, PortfolioPolicy):
+            raise DataError(f"{paths[name]}: not a portfolio policy; give the study's params (model.kind)")
+        members.append(BookMember(name, policy, TunedModel.from_dict(tuned[seed]).hysteresis))
+    symbols = tuple(result.groups[PORTFOLIO])
+    bundle = BookBundle(tuple(members), symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim)
+    return bundle, paths
+
+
+def as_book_input(bars: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each asset's canonical bars -> the portfolio model's input: one table, ``symbol`` first, open_time in ms."""
+    parts = [b.assign(**{SYMBOL: s}) for s, b in bars.items()]
+    table = pd.concat(parts, ignore_index=True)
+    table["open_time"] = to_ms(table["open_time"])
+    return table[[SYMBOL, *[c for c in table.columns if c != SYMBOL]]]
