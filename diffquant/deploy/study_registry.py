@@ -28,24 +28,25 @@ from diffquant.deploy.mlflow_model import as_model_input, log_policy_model
 from diffquant.deploy.registry import Gate, judge_gates, log_datasets, register, registered_name
 from diffquant.study.book_run import PORTFOLIO
 
-Verdicts = dict[str, list[Gate]]  # asset -> its gates
+Verdicts = dict[str, list[Gate]]  # policy name (an asset, or "portfolio" for the book) -> its gates
 
 
-def model_key(experiment: str, symbol: str) -> str:
-    """What ``registered_name`` turns into ``diffquant-<experiment>-walkforward-<SYMBOL>``."""
-    return f"{experiment}-walkforward-{symbol}"
+def model_key(experiment: str, name: str) -> str:
+    """What ``registered_name`` turns into ``diffquant-<experiment>-walkforward-<NAME>``."""
+    return f"{experiment}-walkforward-{name}"
 
 
-def judge_assets(summary: dict[str, Any], symbols: list[str], cfg: RegistryConfig) -> Verdicts:
-    """Each asset's gates on its stitched track's policy ensemble (the study summary's numbers)."""
-    return {s: judge_gates({"significance": summary["tracks"][s]["policy"]}, cfg) for s in symbols}
-
-
-def judge_book(summary: dict[str, Any], cfg: RegistryConfig) -> Verdicts:
-    """The portfolio's gates on its stitched book; its buy-and-hold is the book of every asset at 1/N."""
-    gates = judge_gates({"significance": summary["tracks"][PORTFOLIO][PORTFOLIO]}, cfg)
-    label = "Sharpe minus 1/N's, 95% interval low"
-    return {PORTFOLIO: [replace(g, label=label) if g.key == "beats_buy_and_hold" else g for g in gates]}
+def judge_tracks(gated: dict[str, dict[str, Any]], cfg: RegistryConfig, benchmark: str | None = None) -> Verdicts:
+    """Each policy's gates on its stitched entry (significance numbers); ``benchmark`` names what the interval of
+    the Sharpe difference is taken against when it is not buy-and-hold (a portfolio's: 1/N)."""
+    verdicts = {}
+    for name, entry in gated.items():
+        gates = judge_gates({"significance": entry}, cfg)
+        if benchmark is not None:
+            label = f"Sharpe minus {benchmark}'s, 95% interval low"
+            gates = [replace(g, label=label) if g.key == "beats_buy_and_hold" else g for g in gates]
+        verdicts[name] = gates
+    return verdicts
 
 
 def registry_summary(verdicts: Verdicts, fold: str) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def registry_summary(verdicts: Verdicts, fold: str) -> dict[str, Any]:
     return {
         "fold": fold,
         "judged_on": "stitched out-of-sample track",
-        "assets": {
+        "policies": {
             s: {
                 "champion": all(g.passed for g in gates),
                 "gates": [asdict(g) for g in gates],

@@ -400,8 +400,8 @@ def test_appending_a_fold_runs_only_that_fold(repo: Path) -> None:
     candidate = client.get_model_version_by_alias(name, "candidate")
     assert candidate.run_id == _role(_runs(repo), "study")[-1].info.run_id
     registry = json.loads((repo / "outputs/metrics/study.json").read_text())["registry"]
-    assert registry["fold"] == "2025-04-01" and list(registry["assets"]) == ["BTCUSDT"]
-    verdict = registry["assets"]["BTCUSDT"]
+    assert registry["fold"] == "2025-04-01" and list(registry["policies"]) == ["BTCUSDT"]
+    verdict = registry["policies"]["BTCUSDT"]
     assert [g["key"] for g in verdict["gates"]] == ["psr", "dsr", "beats_buy_and_hold"]
     assert verdict["champion"] == all(g["passed"] for g in verdict["gates"])
     if not verdict["champion"]:

@@ -6,21 +6,24 @@ whether it beats them."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from diffquant import tracking
 from diffquant.config import Config, PortfolioConfig
-from diffquant.data.contracts import to_ms, write_parquet
+from diffquant.data.contracts import to_ms, write_json, write_parquet
 from diffquant.deploy.book_bundle import as_book_input, fold_book_bundle
 from diffquant.deploy.fold_model import fold_test_window
-from diffquant.deploy.study_registry import judge_book, publish_newest_fold
 from diffquant.evaluate.book import BookSeries, book_decisions, book_metrics
 from diffquant.evaluate.hysteresis import apply_hysteresis
+from diffquant.evaluate.metric_names import study_metric
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_book, search_config
 from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
@@ -31,6 +34,7 @@ from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FOLD_JSON, load_fold, load_models, run_folds
 from diffquant.train.layout import checkpoint_path
 from diffquant.train.policy_training import TrainingData, resume_spec
+from stages import study
 from tests.study.test_fold_run import assert_same_weights, quiet, raw_until, tables, tiny
 
 
@@ -180,19 +184,27 @@ def test_the_folds_book_as_a_model_gives_the_weights_it_held(raws, first_run, tm
         np.testing.assert_array_equal(decided[f"weight_{symbol}"].to_numpy(), held[f"w_{symbol}"].to_numpy())
     assert (held[[f"w_{s}" for s in bundle.symbols]] != 0).any().all()  # both assets were traded
 
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the store: <tmp_path>/mlruns
+    # the study stage on that fold: report, study.json and the registry (a fresh MLflow store under tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow sets it; put back after the test
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     for symbol, table in raws.items():
         write_parquet(table.bars, tmp_path / "universe" / symbol / "bars.parquet")
-    summary, _, _ = summarize_book(cfg, [result])
-    verdicts = judge_book(summary, cfg.registry)
+    folds = tmp_path / "folds"
+    shutil.copytree(folder, folds / folder.name)
+    write_json(folds / "plan.json", {"folds": [result.fold]})
     try:
-        parent = tracking.start_run(tmp_path, "study", {"role": "study"})
-        publish_newest_fold(cfg, tmp_path, parent, folder, tmp_path / "universe", verdicts)
+        parent = tracking.start_run(tmp_path, "folds", {"role": "study"})
+        write_json(folds / "mlflow_run.json", {"run_id": parent.run_id})
+        study.main(["--folds", "folds", "--universe", "universe", "--out", "study", "--metrics", "study.json"])
         name = f"diffquant-{cfg.experiment}-walkforward-{PORTFOLIO}"
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+        logged = parent.client.get_run(parent.run_id).data.metrics
     finally:
         mlflow.set_tracking_uri(None)  # later tests in this process use their own stores
     pd.testing.assert_frame_equal(loaded.predict(as_book_input(bars)), out, check_exact=True)
-    assert [g.key for g in verdicts[PORTFOLIO]] == ["psr", "dsr", "beats_buy_and_hold"]
-    assert "1/N" in verdicts[PORTFOLIO][2].label
+    verdict = json.loads((tmp_path / "study.json").read_text())["registry"]["policies"][PORTFOLIO]
+    assert [g["key"] for g in verdict["gates"]] == ["psr", "dsr", "beats_buy_and_hold"]
+    assert verdict["gates"][2]["label"] == "Sharpe minus 1/N's, 95% interval low"
+    assert "## Registry" in (tmp_path / "study" / "report.md").read_text()
+    assert study_metric(PORTFOLIO, PORTFOLIO, "sharpe") in logged and "pbo" in logged
