@@ -16,7 +16,7 @@ from diffquant import tracking
 from diffquant.data.contracts import atomic_path, read_json
 from diffquant.deploy.study_registry import judge_tracks, publish_newest_fold, registry_markdown, registry_summary
 from diffquant.study.fold_run import load_fold
-from diffquant.study.study_outputs import judge_study
+from diffquant.study.study_outputs import write_study
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.study")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = read_json(folds_dir / "plan.json", "the folds stage")
     folds = [folds_dir / fold["name"] for fold in plan["folds"]]
     results = [load_fold(folder) for folder in folds]
-    study = judge_study(cfg, results, folds, out)
+    study = write_study(cfg, results, folds, out)
     verdicts = judge_tracks(study.gated, cfg.registry, study.benchmark)
     summary = {**study.summary, "registry": registry_summary(verdicts, results[-1].name)}
     with atomic_path(out / "report.md") as tmp:

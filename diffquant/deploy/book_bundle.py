@@ -20,19 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffquant.config import Config, FeatureConfig, Hysteresis, SimConfig, build_section
+from diffquant.config import FeatureConfig, Hysteresis, SimConfig, build_section
 from diffquant.data.contracts import read_json, to_ms, write_json
 from diffquant.data.features import warmup_bars
 from diffquant.deploy.bundle import checked_bars, feature_series
 from diffquant.errors import DataError
 from diffquant.evaluate.book import BookSeries, book_decisions, executed_book
-from diffquant.evaluate.tuned import TunedModel
 from diffquant.float_mode import denormals_flushed
 from diffquant.model.portfolio import PortfolioPolicy
-from diffquant.study.book_run import PORTFOLIO
-from diffquant.study.fold_run import load_fold
 from diffquant.train import checkpoint
-from diffquant.train.layout import checkpoint_path
 
 MANIFEST = "book.json"
 SYMBOL = "symbol"  # the input's column naming each row's asset
@@ -136,28 +132,6 @@ class BookBundle:
             timeframe_minutes=int(manifest["timeframe_minutes"]),
             sim=build_section(SimConfig, manifest["sim"], "sim"),
         )
-
-
-def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str, Path]]:
-    """A portfolio fold's book (its seeds at ``eval.checkpoint``, each with its val-book hysteresis) and the
-    members' checkpoint files; ``cfg``: the study's params."""
-    result = load_fold(fold_dir)
-    if PORTFOLIO not in result.entries:
-        raise DataError(f"{fold_dir}: not a portfolio fold (it traded {sorted(result.entries)} one by one)")
-    tuned = result.entries[PORTFOLIO]["tuned"][PORTFOLIO]
-    members, paths = [], {}
-    for seed in (str(s) for s in cfg.train.seeds):
-        if seed not in tuned:
-            raise DataError(f"{fold_dir}: no portfolio seed {seed} (it has {sorted(tuned)}); give the study's params")
-        name = f"seed_{seed}"
-        paths[name] = checkpoint_path(fold_dir / "models" / PORTFOLIO / "policy", seed, cfg.eval.checkpoint)
-        policy = checkpoint.load_policy(paths[name])
-        if not isinstance(policy, PortfolioPolicy):
-            raise DataError(f"{paths[name]}: not a portfolio policy; give the study's params (model.kind)")
-        members.append(BookMember(name, policy, TunedModel.from_dict(tuned[seed]).hysteresis))
-    symbols = tuple(result.groups[PORTFOLIO])
-    bundle = BookBundle(tuple(members), symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim)
-    return bundle, paths
 
 
 def as_book_input(bars: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""A walk-forward fold's policy as a bundle: what the study traded on one asset's test window, ready to paper-trade.
+"""A walk-forward fold's policy as a bundle: what the study traded on one asset's test window, ready to paper-trade;
+or a portfolio fold's book (``fold_book_bundle``).
 
 A fold folder of the folds stage (``outputs/folds/<fold>``) holds each model group's seeds
 (``models/<group>/policy/seed_<s>``) and, in ``fold.json``, each asset's hysteresis chosen on the fold's val. The
@@ -14,9 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from diffquant.config import Config
+from diffquant.deploy.book_bundle import BookBundle, BookMember
 from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.errors import DataError
 from diffquant.evaluate.tuned import TunedModel
+from diffquant.model.portfolio import PortfolioPolicy
 from diffquant.study.book_run import PORTFOLIO
 from diffquant.study.fold_run import FOLD_JSON, load_fold
 from diffquant.train import checkpoint
@@ -71,3 +74,25 @@ def fold_record(fold_dir: Path, symbol: str) -> pd.DataFrame:
         raise DataError(f"{fold_dir}: no asset {symbol!r} in this fold; it traded {sorted(returns)}")
     table = returns[symbol]
     return pd.DataFrame({"time": table["time"], "net": table["policy"], "commission": table["policy_cost"]})
+
+
+def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str, Path]]:
+    """A portfolio fold's book (its seeds at ``eval.checkpoint``, each with its val-book hysteresis) and the
+    members' checkpoint files; ``cfg``: the study's params."""
+    result = load_fold(fold_dir)
+    if PORTFOLIO not in result.entries:
+        raise DataError(f"{fold_dir}: not a portfolio fold (it traded {sorted(result.entries)} one by one)")
+    tuned = result.entries[PORTFOLIO]["tuned"][PORTFOLIO]
+    members, paths = [], {}
+    for seed in (str(s) for s in cfg.train.seeds):
+        if seed not in tuned:
+            raise DataError(f"{fold_dir}: no portfolio seed {seed} (it has {sorted(tuned)}); give the study's params")
+        name = f"seed_{seed}"
+        paths[name] = checkpoint_path(fold_dir / "models" / PORTFOLIO / "policy", seed, cfg.eval.checkpoint)
+        policy = checkpoint.load_policy(paths[name])
+        if not isinstance(policy, PortfolioPolicy):
+            raise DataError(f"{paths[name]}: not a portfolio policy; give the study's params (model.kind)")
+        members.append(BookMember(name, policy, TunedModel.from_dict(tuned[seed]).hysteresis))
+    symbols = tuple(result.groups[PORTFOLIO])
+    bundle = BookBundle(tuple(members), symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim)
+    return bundle, paths

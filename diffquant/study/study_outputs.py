@@ -45,7 +45,7 @@ def headline_metrics(track: str, entry: dict[str, Any], books: tuple[str, ...]) 
     return {study_metric(track, b, k): entry[b][k] for b in books if b in entry for k in HEADLINE_KEYS}
 
 
-def judge_study(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
+def write_study(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
     """The study of ``results`` (the folds in test order, from the fold folders ``folds``), its files in ``out``."""
     if cfg.model.kind == "portfolio":
         return _judge_book(cfg, results, folds, out)

@@ -15,19 +15,27 @@ are what the study stage would report for it. Across the study:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from diffquant.config import SERIES_BACKBONES, BackboneName, Config
+from diffquant.data.contracts import write_json
+from diffquant.evaluate.compare import to_markdown
 from diffquant.evaluate.metrics import sharpe
 from diffquant.evaluate.stats import null_max_sharpe, probabilistic_sharpe_ratio
-from diffquant.study.fold_run import FoldResult
+from diffquant.folds import plan_folds
+from diffquant.study.fold_data import fold_data
+from diffquant.study.fold_run import FoldResult, run_folds
 from diffquant.study.pooled import UNIVERSE, pbo
+from diffquant.study.report import summarize
 from diffquant.train.units import QuietHooks
 
 LOSSES: dict[str, dict[str, Any]] = {  # a loss configuration: the dotted keys it sets
@@ -155,6 +163,62 @@ def judge_study(configurations: list[Configuration], cfg: Config) -> tuple[pd.Da
         "bars": first["bars"],
     }
     return pd.DataFrame(rows), study
+
+
+def run_configuration(
+    entry: Entry, phase: str, cfg: Config, tables: dict[str, Any], out: Path, workers: int
+) -> Configuration:
+    """One configuration's folds (trained where not cached), pooled as the study stage pools them."""
+    folds = [(fold_data(fold, tables, cfg), out / fold.name) for fold in plan_folds(cfg.folds, cfg.split)]
+    clocks: dict[str, EpochClock] = {}
+
+    def hooks_for(fold: str, group: str, kind: str) -> EpochClock:
+        return clocks.setdefault(kind, EpochClock())
+
+    if workers:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, workers=workers))
+    results = run_folds(cfg, folds, hooks_for)
+    policy = clocks.get("policy")
+    if policy is not None and policy.epochs:
+        write_json(out / "timing.json", {"seconds": policy.seconds, "epochs": policy.epochs})
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else None
+    summary, tracks, _ = summarize(cfg, results)
+    return Configuration(
+        entry,
+        phase,
+        summary,
+        tracks["universe"],
+        val_score(results),
+        turnover(results),
+        timing["seconds"] / timing["epochs"] if timing else None,
+    )
+
+
+def describe(cfg: Config, size: str, n_configurations: int) -> str:
+    """The study's size in one sentence, for the table's header."""
+    plan = plan_folds(cfg.folds, cfg.split)
+    t = cfg.train
+    return (
+        f"Size `{size}`: {n_configurations} configurations; {len(cfg.data.universe)} assets "
+        f"({', '.join(cfg.data.universe)}) at {cfg.data.timeframe_minutes}-minute bars; {len(plan)} fold(s) "
+        f"({cfg.folds.scheme}), tests {plan[0].describe()['test_start']} .. {plan[-1].describe()['test_end']}; "
+        f"window {cfg.window.context} + {cfg.window.horizon} bars; {len(t.seeds)} seeds x {t.epochs} epochs per "
+        f"configuration and fold, {cfg.thresholds.trials} threshold trials per seed and asset; training "
+        f"{t.universe}, {t.threads or 'default'} thread(s)."
+    )
+
+
+def zoo_markdown(header: str, study: dict[str, Any], best: list[Entry], table: pd.DataFrame) -> str:
+    """``zoo.md``: the study's size, how its numbers are deflated, and the table."""
+    pbo_ = study["pbo"]
+    return (
+        f"# Backbone and loss benchmark\n\n{header}\n\n"
+        f"Universe book (equal weight), policy seed ensemble, stitched out of sample; buy-and-hold "
+        f"{study['buy_and_hold_sharpe']:+.2f} on the same {study['bars']} bars. `dsr_study` deflates by all "
+        f"{study['n_trials']} trials of the study's {study['configurations']} configurations (`dsr_own`: the "
+        f"configuration's own); PBO over the configurations {pbo_['pbo']:.2f} ({pbo_['n_blocks']} blocks). "
+        f"Phase two ran on: {', '.join(e.name for e in best)} (best val score).\n\n{to_markdown(table)}"
+    )
 
 
 def _dsr(net: np.ndarray, null: float) -> float | None:

@@ -19,8 +19,8 @@ import yaml
 from diffquant import tracking
 from diffquant.config import Config, PortfolioConfig
 from diffquant.data.contracts import to_ms, write_json, write_parquet
-from diffquant.deploy.book_bundle import as_book_input, fold_book_bundle
-from diffquant.deploy.fold_model import fold_test_window
+from diffquant.deploy.book_bundle import as_book_input
+from diffquant.deploy.fold_model import fold_book_bundle, fold_test_window
 from diffquant.evaluate.book import BookSeries, book_decisions, book_metrics
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.metric_names import study_metric

@@ -1,6 +1,9 @@
-"""The benchmark study's plan and judgement: configurations, overrides, the ranking on val, study-wide DSR and PBO."""
+"""The benchmark study's plan and judgement: configurations, overrides, the ranking on val, study-wide DSR and PBO,
+and one configuration run (cached folds, its epoch time) and written up."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -9,7 +12,17 @@ import pytest
 from diffquant.config import Config, from_dict, with_overrides
 from diffquant.errors import ConfigError
 from diffquant.evaluate.stats import expected_max_sharpe
-from diffquant.study.zoo import Configuration, Entry, backbone_entries, best_entries, judge_study, loss_entries
+from diffquant.study.zoo import (
+    Configuration,
+    Entry,
+    backbone_entries,
+    best_entries,
+    describe,
+    judge_study,
+    loss_entries,
+    run_configuration,
+    zoo_markdown,
+)
 
 
 def test_phase_one_is_every_backbone_and_each_series_path_with_the_hybrid():
@@ -87,3 +100,29 @@ def test_judge_study_refuses_books_on_other_bars():
     b = _configuration("b", np.full(401, 0.001) + np.sin(np.arange(401)) * 0.01, 0.0, 1)
     with pytest.raises(ValueError, match="other bars"):
         judge_study([a, b], Config())
+
+
+@pytest.mark.slow  # trains a tiny policy on one fold
+def test_a_configuration_runs_its_folds_once_and_keeps_its_epoch_time(tmp_path):
+    """A configuration's folds train once; run again, every fold comes from its cache and the epoch time from the
+    first run's timing file, so the table's speed column survives a rerun that trains nothing."""
+    from tests.study.test_fold_run import raw_until, tables, tiny
+
+    cfg = tiny(**{"folds.last_test_end": "2024-05-01"})
+    raws = {s: raw_until(s, "2024-05-02") for s in ("BTCUSDT", "ETHUSDT")}
+    entry = Entry("itransformer", False, "hybrid")
+    first = run_configuration(entry, "backbones", cfg, tables(cfg, raws), tmp_path, workers=0)
+    stamp = (tmp_path / "2024-04-01" / "fold.json").stat().st_mtime_ns
+    again = run_configuration(entry, "backbones", cfg, tables(cfg, raws), tmp_path, workers=0)
+    assert (tmp_path / "2024-04-01" / "fold.json").stat().st_mtime_ns == stamp  # nothing trained again
+    assert first.seconds_per_epoch is not None and again.seconds_per_epoch == first.seconds_per_epoch
+    pd.testing.assert_frame_equal(again.universe, first.universe)
+    assert again.summary["tracks"] == first.summary["tracks"]
+
+    header = describe(cfg, "tiny", 1)
+    assert header.startswith("Size `tiny`: 1 configurations; 2 assets (BTCUSDT, ETHUSDT) at 60-minute bars; 1 fold(s)")
+    twin = dataclasses.replace(again, entry=Entry("lstm", False, "hybrid"))  # PBO needs two configurations
+    table, study = judge_study([first, twin], cfg)
+    text = zoo_markdown(header, study, [entry], table)
+    assert text.startswith("# Backbone and loss benchmark\n\n" + header)
+    assert "Phase two ran on: itransformer_hybrid" in text and "| itransformer_hybrid |" in text
