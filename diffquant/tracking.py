@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -145,25 +145,22 @@ class Run:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float | int | None], step: int = 0, prefix: str = "") -> None:
-        entities = _mlflow().entities
-        now = int(time.time() * 1000)
-        items = [
-            entities.Metric(f"{prefix}{k}", float(v), now, step)
-            for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and v == v
-        ]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+        self.log_steps([(step, {f"{prefix}{k}": v for k, v in metrics.items()})])
 
     def log_history(self, history: list[dict[str, Any]], skip: set[str] = frozenset({"epoch"})) -> None:
-        """Per-epoch curves: every numeric field of every record, at step = epoch, in one batch per chunk."""
+        """Per-epoch curves: every numeric field of every record, at step = epoch."""
+        self.log_steps([(int(rec["epoch"]), {k: v for k, v in rec.items() if k not in skip}) for rec in history])
+
+    def log_steps(self, steps: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+        """The metrics of many steps in few sqlite transactions (batches of 500); what is not a number (None, NaN,
+        a bool, text) is left out, so callers pass their records as they are."""
         entities = _mlflow().entities
         now = int(time.time() * 1000)
         items = [
-            entities.Metric(k, float(v), now, int(rec["epoch"]))
-            for rec in history
-            for k, v in rec.items()
-            if k not in skip and isinstance(v, int | float) and not isinstance(v, bool) and v == v
+            entities.Metric(k, float(v), now, step)
+            for step, metrics in steps
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v
         ]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
