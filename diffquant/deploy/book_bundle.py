@@ -12,23 +12,19 @@ the paper trader does not take a portfolio (docs/paper_trading.md, limits).
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from diffquant.config import FeatureConfig, Hysteresis, SimConfig, build_section
-from diffquant.data.contracts import read_json, to_ms, write_json
-from diffquant.data.features import warmup_bars
-from diffquant.deploy.bundle import checked_bars, feature_series
+from diffquant.config import FeatureConfig, Hysteresis, SimConfig
+from diffquant.data.contracts import to_ms
+from diffquant.deploy.bundle import BundleParts, checked_bars, feature_series, read_bundle
 from diffquant.errors import DataError
 from diffquant.evaluate.book import BookSeries, book_decisions, executed_book
 from diffquant.float_mode import denormals_flushed
 from diffquant.model.portfolio import PortfolioPolicy
-from diffquant.train import checkpoint
 
 MANIFEST = "book.json"
 SYMBOL = "symbol"  # the input's column naming each row's asset
@@ -44,25 +40,13 @@ class BookMember:
 
 
 @dataclass(frozen=True)
-class BookBundle:
+class BookBundle(BundleParts):
     members: tuple[BookMember, ...]
     symbols: tuple[str, ...]  # the assets the book trades, in the policy's order
     features: FeatureConfig
     timeframe_minutes: int
     sim: SimConfig
-
-    @property
-    def context(self) -> int:
-        return self.members[0].policy.context
-
-    @property
-    def warmup(self) -> int:
-        return warmup_bars(self.features)
-
-    @property
-    def min_bars(self) -> int:
-        """Bars an asset needs for its first decision: the features' warm-up, then one context."""
-        return self.warmup + self.context
+    manifest_file = MANIFEST
 
     def decide(self, bars: pd.DataFrame) -> pd.DataFrame:
         """The book at the close of every slot from the first at which some asset has a full context: ``open_time``
@@ -101,37 +85,12 @@ class BookBundle:
         return BookSeries.of(series, self.symbols)
 
     def manifest(self) -> dict[str, object]:
-        return {
-            "members": [{"name": m.name, "hysteresis": dataclasses.asdict(m.hysteresis)} for m in self.members],
-            "symbols": list(self.symbols),
-            "features": dataclasses.asdict(self.features),
-            "timeframe_minutes": self.timeframe_minutes,
-            "sim": dataclasses.asdict(self.sim),
-        }
-
-    def save(self, folder: Path, checkpoints: dict[str, Path]) -> Path:
-        """The members' checkpoint files and the manifest into ``folder`` (an MLflow model's artifacts)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        for m in self.members:
-            shutil.copyfile(checkpoints[m.name], folder / f"{m.name}.pt")
-        write_json(folder / MANIFEST, self.manifest())
-        return folder
+        return {**super().manifest(), "symbols": list(self.symbols)}
 
     @classmethod
     def load(cls, folder: Path) -> BookBundle:
-        folder = Path(folder)
-        manifest = read_json(folder / MANIFEST, "an MLflow portfolio model (study stage)")
-        members = tuple(
-            BookMember(m["name"], checkpoint.load_policy(folder / f"{m['name']}.pt"), Hysteresis(**m["hysteresis"]))
-            for m in manifest["members"]
-        )
-        return cls(
-            members=members,
-            symbols=tuple(manifest["symbols"]),
-            features=build_section(FeatureConfig, manifest["features"], "features"),
-            timeframe_minutes=int(manifest["timeframe_minutes"]),
-            sim=build_section(SimConfig, manifest["sim"], "sim"),
-        )
+        manifest, members, settings = read_bundle(folder, MANIFEST, "an MLflow portfolio model (study stage)")
+        return cls(members=tuple(BookMember(*m) for m in members), symbols=tuple(manifest["symbols"]), **settings)
 
 
 def as_book_input(bars: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -82,14 +83,15 @@ class Step:
     states: tuple[MemberState, ...]
 
 
-@dataclass(frozen=True)
-class PolicyBundle:
-    """The members of a book with the feature pipeline and costs they were trained and judged with."""
+class BundleParts:
+    """What every bundle (one asset's, a portfolio's) derives from its members and feature pipeline, and how it is
+    written: the members' checkpoints beside a JSON manifest. Mixed into the frozen dataclasses below."""
 
-    members: tuple[Member, ...]
+    members: tuple[Any, ...]  # each with .name, .policy, .hysteresis
     features: FeatureConfig
     timeframe_minutes: int
     sim: SimConfig
+    manifest_file = MANIFEST
 
     @property
     def context(self) -> int:
@@ -101,8 +103,52 @@ class PolicyBundle:
 
     @property
     def min_bars(self) -> int:
-        """Bars needed for one decision: the rolling windows' warm-up, then one full context."""
+        """Bars needed for one decision (of each asset): the rolling windows' warm-up, then one full context."""
         return self.warmup + self.context
+
+    def manifest(self) -> dict[str, object]:
+        """Everything but the weights, as JSON: members with their hysteresis, features, timeframe, costs."""
+        return {
+            "members": [{"name": m.name, "hysteresis": dataclasses.asdict(m.hysteresis)} for m in self.members],
+            "features": dataclasses.asdict(self.features),
+            "timeframe_minutes": self.timeframe_minutes,
+            "sim": dataclasses.asdict(self.sim),
+        }
+
+    def save(self, folder: Path, checkpoints: dict[str, Path]) -> Path:
+        """Write the members' checkpoint files and the manifest into ``folder`` (an MLflow model's artifacts)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for m in self.members:
+            shutil.copyfile(checkpoints[m.name], folder / f"{m.name}.pt")
+        write_json(folder / self.manifest_file, self.manifest())
+        return folder
+
+
+def read_bundle(folder: Path, manifest_file: str, producer: str) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    """A saved bundle's manifest, its members as (name, policy, hysteresis) and the settings every bundle takes
+    (features, timeframe_minutes, sim) as keyword arguments."""
+    folder = Path(folder)
+    manifest = read_json(folder / manifest_file, producer)
+    members = [
+        (m["name"], checkpoint.load_policy(folder / f"{m['name']}.pt"), Hysteresis(**m["hysteresis"]))
+        for m in manifest["members"]
+    ]
+    settings = {
+        "features": build_section(FeatureConfig, manifest["features"], "features"),
+        "timeframe_minutes": int(manifest["timeframe_minutes"]),
+        "sim": build_section(SimConfig, manifest["sim"], "sim"),
+    }
+    return manifest, members, settings
+
+
+@dataclass(frozen=True)
+class PolicyBundle(BundleParts):
+    """The members of a book with the feature pipeline and costs they were trained and judged with."""
+
+    members: tuple[Member, ...]
+    features: FeatureConfig
+    timeframe_minutes: int
+    sim: SimConfig
 
     @property
     def member_names(self) -> list[str]:
@@ -183,15 +229,6 @@ class PolicyBundle:
             raise DataError(f"positions {values}: give one executed position in [-1, 1] per member {self.member_names}")
         return values
 
-    def manifest(self) -> dict[str, object]:
-        """Everything but the weights, as JSON: members with their hysteresis, features, timeframe, costs."""
-        return {
-            "members": [{"name": m.name, "hysteresis": dataclasses.asdict(m.hysteresis)} for m in self.members],
-            "features": dataclasses.asdict(self.features),
-            "timeframe_minutes": self.timeframe_minutes,
-            "sim": dataclasses.asdict(self.sim),
-        }
-
     def fingerprint(self) -> str:
         """sha256 of the manifest and every weight: what a paper ledger is bound to, whatever URI named the model."""
         digest = hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode())
@@ -201,27 +238,10 @@ class PolicyBundle:
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
-    def save(self, folder: Path, checkpoints: dict[str, Path]) -> Path:
-        """Write the members' checkpoint files and the manifest into ``folder`` (an MLflow model's artifacts)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        for m in self.members:
-            shutil.copyfile(checkpoints[m.name], folder / f"{m.name}.pt")
-        write_json(folder / MANIFEST, self.manifest())
-        return folder
-
     @classmethod
     def load(cls, folder: Path) -> PolicyBundle:
-        manifest = read_json(Path(folder) / MANIFEST, "an MLflow policy model (evaluate stage)")
-        members = tuple(
-            Member(m["name"], checkpoint.load_policy(Path(folder) / f"{m['name']}.pt"), Hysteresis(**m["hysteresis"]))
-            for m in manifest["members"]
-        )
-        return cls(
-            members=members,
-            features=build_section(FeatureConfig, manifest["features"], "features"),
-            timeframe_minutes=int(manifest["timeframe_minutes"]),
-            sim=build_section(SimConfig, manifest["sim"], "sim"),
-        )
+        _, members, settings = read_bundle(folder, MANIFEST, "an MLflow policy model (evaluate stage)")
+        return cls(members=tuple(Member(*m) for m in members), **settings)
 
 
 def checked_bars(bars: pd.DataFrame, timeframe_minutes: int, warmup: int, context: int, where: str) -> pd.DataFrame:

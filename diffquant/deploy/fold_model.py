@@ -11,10 +11,11 @@ next.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from diffquant.config import Config
+from diffquant.config import Config, Hysteresis
 from diffquant.deploy.book_bundle import BookBundle, BookMember
 from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.errors import DataError
@@ -48,16 +49,8 @@ def fold_bundle(cfg: Config, fold_dir: Path, symbol: str) -> tuple[PolicyBundle,
             f"{fold_dir}: thresholds tuned for {tuned['checkpoint']}.pt but eval.checkpoint is "
             f"{cfg.eval.checkpoint!r}; give the params the study ran with (--params)"
         )
-    members, paths = [], {}
-    for seed in (str(s) for s in cfg.train.seeds):
-        if seed not in tuned["policy"]:
-            have = sorted(tuned["policy"])
-            raise DataError(f"{fold_dir}: no seed {seed} for {symbol} (it has {have}); give the study's params")
-        name = f"seed_{seed}"
-        paths[name] = checkpoint_path(fold_dir / "models" / group / "policy", seed, cfg.eval.checkpoint)
-        hysteresis = TunedModel.from_dict(tuned["policy"][seed]).hysteresis
-        members.append(Member(name, checkpoint.load_policy(paths[name]), hysteresis))
-    return PolicyBundle(tuple(members), cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
+    members, paths = _seeds(cfg, fold_dir, group, tuned["policy"], symbol)
+    return PolicyBundle(tuple(Member(*m) for m in members), cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
 
 
 def fold_test_window(fold_dir: Path) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -82,17 +75,25 @@ def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str,
     result = load_fold(fold_dir)
     if PORTFOLIO not in result.entries:
         raise DataError(f"{fold_dir}: not a portfolio fold (it traded {sorted(result.entries)} one by one)")
-    tuned = result.entries[PORTFOLIO]["tuned"][PORTFOLIO]
+    members, paths = _seeds(cfg, fold_dir, PORTFOLIO, result.entries[PORTFOLIO]["tuned"][PORTFOLIO], PORTFOLIO)
+    for name, policy, _ in members:
+        if not isinstance(policy, PortfolioPolicy):
+            raise DataError(f"{paths[name]}: not a portfolio policy; give the study's params (model.kind)")
+    book = tuple(BookMember(*m) for m in members)
+    symbols = tuple(result.groups[PORTFOLIO])
+    return BookBundle(book, symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
+
+
+def _seeds(
+    cfg: Config, fold_dir: Path, group: str, tuned: dict[str, dict[str, Any]], owner: str
+) -> tuple[list[tuple[str, Any, Hysteresis]], dict[str, Path]]:
+    """The fold's seeds of ``group`` at ``eval.checkpoint`` as (name, policy, hysteresis ``owner`` chose on val),
+    and their checkpoint files; a seed of the params the fold did not tune is refused."""
     members, paths = [], {}
     for seed in (str(s) for s in cfg.train.seeds):
         if seed not in tuned:
-            raise DataError(f"{fold_dir}: no portfolio seed {seed} (it has {sorted(tuned)}); give the study's params")
+            raise DataError(f"{fold_dir}: no seed {seed} for {owner} (it has {sorted(tuned)}); give the study's params")
         name = f"seed_{seed}"
-        paths[name] = checkpoint_path(fold_dir / "models" / PORTFOLIO / "policy", seed, cfg.eval.checkpoint)
-        policy = checkpoint.load_policy(paths[name])
-        if not isinstance(policy, PortfolioPolicy):
-            raise DataError(f"{paths[name]}: not a portfolio policy; give the study's params (model.kind)")
-        members.append(BookMember(name, policy, TunedModel.from_dict(tuned[seed]).hysteresis))
-    symbols = tuple(result.groups[PORTFOLIO])
-    bundle = BookBundle(tuple(members), symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim)
-    return bundle, paths
+        paths[name] = checkpoint_path(fold_dir / "models" / group / "policy", seed, cfg.eval.checkpoint)
+        members.append((name, checkpoint.load_policy(paths[name]), TunedModel.from_dict(tuned[seed]).hysteresis))
+    return members, paths
