@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from diffquant.data.contracts import atomic_path
 from diffquant.evaluate.metrics import underwater
+from diffquant.io import atomic_path
 
 
 def _figure(rows: int, height: float) -> Any:

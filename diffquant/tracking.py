@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from diffquant.data.contracts import sha256
 from diffquant.errors import DiffQuantError
+from diffquant.io import sha256
 
 EXPERIMENT = "diffquant"
 # MLflow 3 opens an experiment without this tag in its GenAI view; this one opens on the model-training runs table

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from diffquant.config import Config, load
-from diffquant.data.contracts import write_csv, write_json
 from diffquant.errors import ConfigError, DiffQuantError
+from diffquant.io import write_csv, write_json
 
 __all__ = ["load_params", "parser", "repo_root", "run_stage", "write_csv", "write_json"]
 

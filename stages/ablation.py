@@ -15,9 +15,9 @@ import subprocess
 import sys
 
 from diffquant import tracking
-from diffquant.data.contracts import atomic_path
 from diffquant.errors import DiffQuantError
 from diffquant.evaluate.compare import ABLATION_PREFIX, LAMBDAS, ablation_table, comparison_table, to_markdown
+from diffquant.io import atomic_path
 from stages._cli import repo_root, run_stage, write_csv
 
 log = logging.getLogger("diffquant.stages.ablation")

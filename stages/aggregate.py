@@ -11,8 +11,9 @@ import dataclasses
 import logging
 
 from diffquant.data.aggregate import aggregate
-from diffquant.data.contracts import read_json, read_parquet, validate_bars, write_parquet
+from diffquant.data.contracts import validate_bars
 from diffquant.errors import DataError
+from diffquant.io import read_json, read_parquet, write_parquet
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.aggregate")

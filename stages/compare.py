@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from diffquant import tracking
-from diffquant.data.contracts import atomic_path
 from diffquant.evaluate.compare import comparison_table, study_table, to_markdown
+from diffquant.io import atomic_path
 from stages._cli import parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.compare")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from diffquant.data.contracts import write_parquet
 from diffquant.data.quality import quality_report
 from diffquant.data.sources import load_source
+from diffquant.io import write_parquet
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.download")

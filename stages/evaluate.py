@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 
 from diffquant import tracking
-from diffquant.data.contracts import atomic_path, read_parquet, sha256
 from diffquant.data.splits import Series
 from diffquant.deploy.bundle import pipeline_bundle
 from diffquant.deploy.mlflow_model import as_model_input
@@ -32,6 +31,7 @@ from diffquant.evaluate.report import Judge, books_table, render_report, score_q
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF
+from diffquant.io import atomic_path, read_parquet, sha256
 from diffquant.plots import plot_walk_forward
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path

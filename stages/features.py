@@ -10,9 +10,10 @@ import logging
 
 import numpy as np
 
-from diffquant.data.contracts import read_json, read_parquet, validate_bars, validate_funding, write_parquet
+from diffquant.data.contracts import validate_bars, validate_funding
 from diffquant.data.features import build_features, feature_columns
 from diffquant.errors import ConfigError
+from diffquant.io import read_json, read_parquet, write_parquet
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.features")

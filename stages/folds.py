@@ -14,8 +14,8 @@ import logging
 
 from diffquant import tracking
 from diffquant.config import flatten
-from diffquant.data.contracts import read_parquet
 from diffquant.folds import plan_folds
+from diffquant.io import read_parquet
 from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import headline, run_folds
 from stages._cli import load_params, parser, repo_root, run_stage, write_json

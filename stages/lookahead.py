@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 from diffquant.config import Config, Hysteresis
-from diffquant.data.contracts import read_json, read_parquet, validate_bars, validate_funding
+from diffquant.data.contracts import validate_bars, validate_funding
 from diffquant.data.features import feature_names
 from diffquant.errors import DataError
 from diffquant.evaluate.lookahead import DEFAULT_CUTS, PolicyUnderTest, check_lookahead, parse_cuts
 from diffquant.evaluate.tuned import TunedThresholds
+from diffquant.io import read_json, read_parquet
 from diffquant.train import checkpoint, layout
 from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 

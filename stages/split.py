@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from diffquant.data.contracts import read_parquet
 from diffquant.data.splits import EVAL_SPLITS, make_splits
+from diffquant.io import read_parquet
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.split")

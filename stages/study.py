@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 
 from diffquant import tracking
-from diffquant.data.contracts import atomic_path, read_json
 from diffquant.deploy.study_registry import judge_tracks, publish_newest_fold, registry_markdown, registry_summary
+from diffquant.io import atomic_path, read_json
 from diffquant.study.fold_run import load_fold
 from diffquant.study.study_outputs import write_study
 from stages._cli import load_params, parser, repo_root, run_stage, write_json

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from diffquant import tracking
 from diffquant.config import Config
-from diffquant.data.contracts import sha256
 from diffquant.data.splits import Series
 from diffquant.evaluate.baselines import choose_momentum
 from diffquant.evaluate.scoring import Scorer
@@ -22,6 +21,7 @@ from diffquant.evaluate.stats import distribution
 from diffquant.evaluate.threshold_search import SearchResult, search_config
 from diffquant.evaluate.tuned import TunedModel, TunedThresholds
 from diffquant.evaluate.walk_forward import Decisions, forecast_decisions, policy_decisions
+from diffquant.io import sha256
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
 from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_csv, write_json

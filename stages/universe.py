@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from diffquant.data.contracts import write_parquet
 from diffquant.data.sources import load_universe
 from diffquant.data.universe import asset_features
+from diffquant.io import write_parquet
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.universe")

@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 
 from diffquant.config import from_dict, read_yaml, with_overrides
-from diffquant.data.contracts import atomic_path
 from diffquant.data.sources import load_universe
 from diffquant.data.universe import asset_features
 from diffquant.errors import ConfigError
+from diffquant.io import atomic_path
 from diffquant.study.zoo import (
     Configuration,
     Entry,

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from diffquant.data.contracts import from_ms, write_csv
+from diffquant.data.contracts import from_ms
+from diffquant.io import write_csv
 from tests.repo_copy import REPO, dvc
 
 # What each library's minified UMD build assigns to the page's global object (vega-embed calls vegaEmbed).

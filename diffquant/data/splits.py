@@ -24,9 +24,10 @@ import pandas as pd
 
 from diffquant.config import SplitConfig, WindowConfig
 from diffquant.data.aggregate import check_grid
-from diffquant.data.contracts import MINUTE_MS, atomic_path, from_ms, to_ms
+from diffquant.data.contracts import MINUTE_MS, from_ms, to_ms
 from diffquant.data.features import FEATURE_PREFIX, feature_columns
 from diffquant.errors import ConfigError, DataError
+from diffquant.io import atomic_path
 
 EVAL_SPLITS = ("val", "test", "backtest")
 # the params keys that bound each split, for error messages

@@ -26,7 +26,7 @@ import pandas as pd
 
 from diffquant.config import Config, FeatureConfig, Hysteresis, SimConfig, build_section
 from diffquant.data.aggregate import check_grid
-from diffquant.data.contracts import MINUTE_MS, read_json, to_ms, validate_bars, write_json
+from diffquant.data.contracts import MINUTE_MS, to_ms, validate_bars
 from diffquant.data.features import build_features, feature_columns, warmup_bars
 from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DataError
@@ -34,6 +34,7 @@ from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import encode_windows, policy_decisions
 from diffquant.float_mode import denormals_flushed
+from diffquant.io import read_json, write_json
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path

@@ -17,13 +17,14 @@ import pandas as pd
 
 from diffquant import tracking
 from diffquant.config import Config
-from diffquant.data.contracts import read_parquet, to_ms, validate_bars, validate_funding
+from diffquant.data.contracts import to_ms, validate_bars, validate_funding
 from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.deploy.feeds import Bar, Stale, backfill, binance, replay, replay_bars
 from diffquant.deploy.fold_model import fold_bundle, fold_record, is_fold
 from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import MetricsSink, PaperSettings, PaperTrader
 from diffquant.errors import ConfigError, DataError
+from diffquant.io import read_parquet
 from diffquant.train import checkpoint
 
 log = logging.getLogger("diffquant.paper")

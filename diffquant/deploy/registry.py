@@ -21,9 +21,9 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 
 from diffquant import tracking
 from diffquant.config import RegistryConfig
-from diffquant.data.contracts import sha256
 from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.mlflow_model import log_policy_model
+from diffquant.io import sha256
 
 log = logging.getLogger("diffquant.registry")
 

@@ -20,12 +20,12 @@ import pandas as pd
 
 from diffquant import tracking
 from diffquant.config import Config, RegistryConfig
-from diffquant.data.contracts import read_parquet, sha256
 from diffquant.deploy.book_bundle import BookBundle, as_book_input
 from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.fold_model import fold_book_bundle, fold_bundle, fold_test_window
 from diffquant.deploy.mlflow_model import as_model_input, log_policy_model
 from diffquant.deploy.registry import Gate, judge_gates, log_datasets, register, registered_name
+from diffquant.io import read_parquet, sha256
 from diffquant.study.book_run import PORTFOLIO
 
 Verdicts = dict[str, list[Gate]]  # policy name (an asset, or "portfolio" for the book) -> its gates

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from diffquant.config import Hysteresis
-from diffquant.data.contracts import read_json
 from diffquant.errors import DataError
+from diffquant.io import read_json
 
 PRODUCER = "threshold-opt"
 MODEL_KINDS = ("policy", "proxy")

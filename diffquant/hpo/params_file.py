@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from diffquant.config import flatten, from_dict
-from diffquant.data.contracts import atomic_path
 from diffquant.errors import ConfigError
+from diffquant.io import atomic_path
 
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<gap> *)(?P<value>[^#\s][^#]*?)?(?P<rest> *#.*)?$")
 

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import Config
-from diffquant.data.contracts import read_parquet, write_parquet
 from diffquant.evaluate.book import BookResult, BookSeries, book_decisions, executed_book, walk_forward_book
 from diffquant.evaluate.book_baselines import cross_sectional_momentum, equal_weight, inverse_volatility
 from diffquant.evaluate.hysteresis import apply_hysteresis
@@ -35,6 +34,7 @@ from diffquant.evaluate.metrics import compute_metrics
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_book, search_config
 from diffquant.evaluate.walk_forward import policy_decisions
+from diffquant.io import read_parquet, write_parquet
 from diffquant.model.policy import PolicyNetwork
 from diffquant.model.portfolio import PortfolioPolicy
 from diffquant.study.fold_data import FoldData

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import Config
-from diffquant.data.contracts import read_json, read_parquet, write_json, write_parquet
 from diffquant.data.splits import Samples
 from diffquant.errors import DataError
 from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
@@ -40,6 +39,7 @@ from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_config
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
+from diffquant.io import read_json, read_parquet, write_json, write_parquet
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
 from diffquant.study.book_run import BASELINES, PORTFOLIO, single_config, trade_book, write_weights

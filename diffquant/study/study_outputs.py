@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from diffquant.config import Config
-from diffquant.data.contracts import write_csv
 from diffquant.evaluate.metric_names import study_metric
+from diffquant.io import write_csv
 from diffquant.plots import plot_asset_contributions, plot_fold_heatmap, plot_stitched, plot_weight_heatmap
 from diffquant.study.book_report import render_book_report, summarize_book, verdict
 from diffquant.study.book_run import BOOKS as BOOK_NAMES

@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import SERIES_BACKBONES, BackboneName, Config
-from diffquant.data.contracts import write_json
 from diffquant.evaluate.compare import to_markdown
 from diffquant.evaluate.metrics import sharpe
 from diffquant.evaluate.stats import null_max_sharpe, probabilistic_sharpe_ratio
 from diffquant.folds import plan_folds
+from diffquant.io import write_json
 from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FoldResult, run_folds
 from diffquant.study.pooled import UNIVERSE, pbo

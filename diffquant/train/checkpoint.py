@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from diffquant.config import ModelConfig, build_section
-from diffquant.data.contracts import atomic_path
 from diffquant.errors import DiffQuantError
+from diffquant.io import atomic_path
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
 from diffquant.model.portfolio import PortfolioPolicy, make_policy

@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 
 from diffquant.config import Config, Hysteresis
-from diffquant.data.contracts import write_csv, write_json
 from diffquant.data.features import mirror_spec
 from diffquant.data.splits import Samples, Series
 from diffquant.evaluate.book import BookSeries, book_metrics
 from diffquant.evaluate.scoring import Scorer
+from diffquant.io import write_csv, write_json
 from diffquant.model.policy import PolicyNetwork
 from diffquant.model.portfolio import PortfolioPolicy, make_policy
 from diffquant.sim.losses import Objective

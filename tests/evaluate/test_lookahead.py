@@ -16,10 +16,10 @@ import yaml
 from torch import Tensor
 
 from diffquant.config import Config, FeatureConfig, Hysteresis, ModelConfig, load
-from diffquant.data.contracts import write_parquet
 from diffquant.errors import ConfigError
 from diffquant.evaluate import lookahead
 from diffquant.evaluate.lookahead import PolicyUnderTest, check_lookahead, parse_cuts, pipeline_builder
+from diffquant.io import write_parquet
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
 from stages import lookahead as stage

@@ -18,7 +18,7 @@ import yaml
 
 from diffquant import tracking
 from diffquant.config import Config, PortfolioConfig
-from diffquant.data.contracts import to_ms, write_json, write_parquet
+from diffquant.data.contracts import to_ms
 from diffquant.deploy.book_bundle import as_book_input
 from diffquant.deploy.fold_model import fold_book_bundle, fold_test_window
 from diffquant.evaluate.book import BookSeries, book_decisions, book_metrics
@@ -28,6 +28,7 @@ from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_book, search_config
 from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.folds import plan_folds
+from diffquant.io import write_json, write_parquet
 from diffquant.study.book_report import render_book_report, summarize_book
 from diffquant.study.book_run import BASELINES, PORTFOLIO, SINGLE_AVERAGE, single_config, stitched_weights
 from diffquant.study.fold_data import fold_data

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffquant.data.contracts import MINUTE_MS, from_ms, to_ms, validate_funding, verify_sha256
+from diffquant.data.contracts import MINUTE_MS, from_ms, to_ms, validate_funding
 from diffquant.errors import DataError
+from diffquant.io import verify_sha256
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffquant.config import DataConfig
-from diffquant.data.contracts import sha256, validate_bars, validate_funding
+from diffquant.data.contracts import validate_bars, validate_funding
 from diffquant.data.sources._common import (
     RawData,
     apply_stamp,
@@ -21,6 +21,7 @@ from diffquant.data.sources._common import (
     read_table,
 )
 from diffquant.errors import ConfigError
+from diffquant.io import sha256
 
 PLACEHOLDER = "{symbol}"
 

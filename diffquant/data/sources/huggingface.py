@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import HuggingFaceConfig
-from diffquant.data.contracts import sha256, validate_bars, verify_sha256
+from diffquant.data.contracts import validate_bars
 from diffquant.data.sources._common import RawData, apply_stamp, check_resolution, empty_funding, make_meta
 from diffquant.errors import DataError
+from diffquant.io import sha256, verify_sha256
 
 MINUTES = 1
 NPZ_COLUMNS = ("open", "high", "low", "close", "volume", "num_trades")
