@@ -350,8 +350,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """What the evaluate stage publishes (``diffquant.deploy.registry``): the ensemble is registered and aliased
-    ``candidate``; ``champion`` only when every gate passes on ``gate_split``, an out-of-sample quarter."""
+    """What the evaluate stage publishes (``tracking.registry``; gates: ``deploy.gates``): the ensemble is registered
+    and aliased ``candidate``; ``champion`` only when every gate passes on ``gate_split``, an out-of-sample quarter."""
 
     register: bool = True
     gate_split: Literal["test", "backtest"] = "test"

@@ -24,8 +24,7 @@ import pandas as pd
 from diffquant import tracking
 from diffquant.data.splits import Series
 from diffquant.deploy.bundle import pipeline_bundle
-from diffquant.deploy.mlflow_model import as_model_input
-from diffquant.deploy.registry import Judged, gates_markdown, gates_summary, judge_gates, publish
+from diffquant.deploy.gates import gates_markdown, gates_summary, judge_gates
 from diffquant.evaluate.metric_names import SPLITS, metric_name
 from diffquant.evaluate.report import Judge, books_table, render_report, score_quarter, trials_tried
 from diffquant.evaluate.scoring import Scorer
@@ -33,6 +32,8 @@ from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF
 from diffquant.io import atomic_path, read_parquet, sha256
 from diffquant.plots import plot_walk_forward
+from diffquant.tracking.models import as_model_input
+from diffquant.tracking.registry import Judged, publish
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
 from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_csv, write_json

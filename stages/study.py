@@ -5,7 +5,7 @@ universe book against buy-and-hold first, then each asset, then each fold; a por
 baselines), ``study.json``, ``folds.csv``, ``tracks/<name>.csv`` (the stitched per-bar returns) and the figures, and
 logs them to the folds stage's MLflow parent run. With ``registry.register``, the newest fold's policies (each
 asset's, or the portfolio's book) become registered models, gated on their stitched tracks
-(``diffquant.deploy.study_registry``). Run as ``python -m stages.study``.
+(``diffquant.deploy.gates``, ``diffquant.tracking.study_registry``). Run as ``python -m stages.study``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 
 from diffquant import tracking
-from diffquant.deploy.study_registry import judge_tracks, publish_newest_fold, registry_markdown, registry_summary
+from diffquant.deploy.gates import judge_tracks, registry_markdown, registry_summary
 from diffquant.io import atomic_path, read_json
 from diffquant.study.fold_run import load_fold
 from diffquant.study.study_outputs import write_study
+from diffquant.tracking.study_registry import publish_newest_fold
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.study")

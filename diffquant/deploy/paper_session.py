@@ -44,14 +44,9 @@ def load_bundle(model: str, cfg: Config, root: Path, symbol: str | None = None) 
         policy = checkpoint.load_policy(path)
         member = Member(path.parent.name or "policy", policy, cfg.eval.hysteresis)
         return PolicyBundle((member,), cfg.features, cfg.data.timeframe_minutes, cfg.sim)
-    import mlflow
+    from diffquant.tracking.models import load_bundle as load_model_bundle  # mlflow only when a URI is given
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(root))
-    try:
-        loaded = mlflow.pyfunc.load_model(model)
-    except Exception as exc:  # MLflow raises its own exception types for every kind of bad URI
-        raise DataError(f"model {model}: cannot load it ({exc}); give a models:/ or runs:/ URI or a .pt file") from None
-    return loaded.unwrap_python_model().bundle
+    return load_model_bundle(model, root)
 
 
 class MlflowSink:

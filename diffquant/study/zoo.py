@@ -1,4 +1,4 @@
-"""The backbone and loss benchmark (issue 16): configurations studied on the same folds and judged together.
+"""The backbone and loss benchmark: configurations studied on the same folds and judged together.
 
 Phase one runs every backbone (and the series path of those that have one) with the hybrid loss; phase two runs the
 best two of them with every other loss. "Best" is ranked on validation only: the median over asset-folds and seeds

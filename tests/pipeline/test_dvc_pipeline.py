@@ -23,9 +23,9 @@ import yaml
 
 from diffquant.data.contracts import to_ms
 from diffquant.data.splits import Series
-from diffquant.deploy.mlflow_model import as_model_input
 from diffquant.evaluate.metric_names import metric_name, study_metric
 from diffquant.io import sha256
+from diffquant.tracking.models import as_model_input
 from tests.repo_copy import REPO, deep_update, env, make_repo, run
 
 pytestmark = pytest.mark.slow

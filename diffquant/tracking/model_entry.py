@@ -2,6 +2,6 @@
 
 import mlflow
 
-from diffquant.deploy.mlflow_model import PolicyModel
+from diffquant.tracking.models import PolicyModel
 
 mlflow.models.set_model(PolicyModel())

@@ -1,4 +1,4 @@
-"""The one module that talks to MLflow (DESIGN section 5).
+"""MLflow runs: the store, tags, the seed and study runs (DESIGN section 5).
 
 Store: ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under ``<repo>/mlruns/artifacts`` (absolute paths: DVC
 runs stages from temp copies), or whatever ``MLFLOW_TRACKING_URI`` names (a team server). One experiment

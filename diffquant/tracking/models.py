@@ -9,8 +9,8 @@ A portfolio model (``BookBundle``) takes the same bars of every asset in one tab
 returns the book's weight per asset at every slot (``weight_<SYMBOL>``, ``raw_<SYMBOL>``); it decides from a flat
 book, so it has no ``positions`` parameter.
 
-Imports mlflow at module level: only the evaluate and study stages, serving and the paper trader use this module;
-the training path never does.
+Imports mlflow at module level: only the publishing stages (evaluate, study), serving and the paper trader import
+this module; the training path never does.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from diffquant.deploy.book_bundle import MANIFEST as BOOK_MANIFEST
 from diffquant.deploy.book_bundle import BookBundle
 from diffquant.deploy.bundle import PolicyBundle
 from diffquant.errors import DataError
+from diffquant.tracking.runs import tracking_uri
 
 PACKAGE = Path(__file__).resolve().parents[1]  # diffquant/: shipped inside every model (``code_paths``)
 REQUIREMENTS = PACKAGE.parent / "requirements.txt"
@@ -102,3 +103,13 @@ def log_policy_model(
             input_example=example,
             pip_requirements=pip_requirements(),
         )
+
+
+def load_bundle(model: str, root: Path) -> PolicyBundle | BookBundle:
+    """The bundle behind an MLflow model URI (``models:/...`` or ``runs:/...``) of the project's store."""
+    mlflow.set_tracking_uri(tracking_uri(root))
+    try:
+        loaded = mlflow.pyfunc.load_model(model)
+    except Exception as exc:  # MLflow raises its own exception types for every kind of bad URI
+        raise DataError(f"model {model}: cannot load it ({exc}); give a models:/ or runs:/ URI or a .pt file") from None
+    return loaded.unwrap_python_model().bundle

@@ -1,0 +1,129 @@
+"""The champion's gates: what a model must show out of sample before the registry calls it ``champion``.
+
+The evaluate stage judges the seed ensemble on its gate quarter; a walk-forward study judges each policy (an asset's,
+or the portfolio's book) on its stitched out-of-sample track: every fold's test window, each traded by the models
+trained before it, the record of the procedure that made the newest model. Pure functions: publishing them is
+``diffquant.tracking.registry``'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from diffquant.config import RegistryConfig
+
+
+@dataclass(frozen=True)
+class Gate:
+    key: str  # psr, dsr, beats_buy_and_hold: the model version's tag is gate.<key>
+    label: str
+    value: float | None
+    threshold: float
+    passed: bool
+
+    def describe(self) -> str:
+        shown = "n/a" if self.value is None else f"{self.value:.3f}"
+        return f"{self.label} {shown} {'>' if self.passed else 'is not >'} {self.threshold:g}"
+
+
+def registered_name(experiment: str) -> str:
+    return f"diffquant-{experiment}"
+
+
+def judge_gates(ensemble: dict[str, Any], cfg: RegistryConfig) -> list[Gate]:
+    """The champion's gates on the ensemble's entry of the gate quarter (``evaluate.json``'s numbers)."""
+    sig = ensemble["significance"]
+
+    def gate(key: str, label: str, value: float | None, threshold: float) -> Gate:
+        return Gate(key, label, value, threshold, value is not None and value > threshold)
+
+    gates = [gate("psr", "PSR", sig["psr"], cfg.min_psr), gate("dsr", "DSR", sig["dsr"], cfg.min_dsr)]
+    if cfg.beat_buy_and_hold:
+        low = sig["sharpe_minus_benchmark_ci_low"]
+        gates.append(gate("beats_buy_and_hold", "Sharpe minus buy-and-hold, 95% interval low", low, 0.0))
+    return gates
+
+
+def gates_summary(gates: list[Gate], cfg: RegistryConfig) -> dict[str, Any]:
+    """The gates as ``evaluate.json`` keeps them."""
+    return {
+        "split": cfg.gate_split,
+        "champion": all(g.passed for g in gates),
+        "gates": [
+            {"key": g.key, "label": g.label, "value": g.value, "threshold": g.threshold, "passed": g.passed}
+            for g in gates
+        ],
+    }
+
+
+def gates_markdown(experiment: str, gates: list[Gate], cfg: RegistryConfig) -> str:
+    """The report's registry section: which gate failed, when one did."""
+    name = registered_name(experiment)
+    lines = [
+        "## Registry",
+        "",
+        f"The seed ensemble is registered as `{name}` with the alias `candidate`. Gates for `champion`, on the "
+        f"{cfg.gate_split} quarter:",
+        "",
+    ]
+    lines += [f"- {'passed' if g.passed else 'FAILED'}: {g.describe()}" for g in gates]
+    failed = [g.label for g in gates if not g.passed]
+    verdict = (
+        f"All gates pass: `{name}@champion` is this version."
+        if not failed
+        else f"Not promoted to `champion` (failed: {', '.join(failed)}); `champion` stays where it was, if anywhere."
+    )
+    return "\n".join([*lines, "", verdict, ""])
+
+
+Verdicts = dict[str, list[Gate]]  # policy name (an asset, or "portfolio" for the book) -> its gates
+
+
+def model_key(experiment: str, name: str) -> str:
+    """What ``registered_name`` turns into ``diffquant-<experiment>-walkforward-<NAME>``."""
+    return f"{experiment}-walkforward-{name}"
+
+
+def judge_tracks(gated: dict[str, dict[str, Any]], cfg: RegistryConfig, benchmark: str | None = None) -> Verdicts:
+    """Each policy's gates on its stitched entry (significance numbers); ``benchmark`` names what the interval of
+    the Sharpe difference is taken against when it is not buy-and-hold (a portfolio's: 1/N)."""
+    verdicts = {}
+    for name, entry in gated.items():
+        gates = judge_gates({"significance": entry}, cfg)
+        if benchmark is not None:
+            label = f"Sharpe minus {benchmark}'s, 95% interval low"
+            gates = [replace(g, label=label) if g.key == "beats_buy_and_hold" else g for g in gates]
+        verdicts[name] = gates
+    return verdicts
+
+
+def registry_summary(verdicts: Verdicts, fold: str) -> dict[str, Any]:
+    """The verdicts as ``study.json`` keeps them."""
+    return {
+        "fold": fold,
+        "judged_on": "stitched out-of-sample track",
+        "policies": {
+            s: {
+                "champion": all(g.passed for g in gates),
+                "gates": [asdict(g) for g in gates],
+            }
+            for s, gates in verdicts.items()
+        },
+    }
+
+
+def registry_markdown(experiment: str, verdicts: Verdicts, fold: str) -> str:
+    """The report's registry section: per policy, which gate failed when one did."""
+    lines = [
+        "## Registry",
+        "",
+        f"The newest fold's ({fold}) policies are registered as `{registered_name(model_key(experiment, '<NAME>'))}` "
+        "(NAME: the asset, or `portfolio` for the book) with the alias `candidate`; `champion` needs every gate to "
+        "pass on its stitched out-of-sample track.",
+        "",
+    ]
+    for symbol, gates in verdicts.items():
+        failed = [g.describe() for g in gates if not g.passed]
+        lines.append(f"- {symbol}: " + (f"not champion (failed: {'; '.join(failed)})" if failed else "champion"))
+    return "\n".join([*lines, ""])
