@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from diffquant.evaluate.metrics import max_drawdown, sharpe
-from diffquant.evaluate.pbo import probability_of_backtest_overfitting
-from diffquant.evaluate.pooled_stats import pooled_sharpe_difference
 from diffquant.evaluate.stats import null_max_sharpe, significance
 from diffquant.study.fold_run import FoldResult
+from diffquant.study.pbo import probability_of_backtest_overfitting
+from diffquant.study.pooled_stats import pooled_sharpe_difference
 
 BOOKS = ("policy", "proxy", "momentum", "buy_and_hold")  # the books every report line shows, when present
 UNIVERSE = "universe"

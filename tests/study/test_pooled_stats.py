@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffquant.evaluate.metrics import sharpe
-from diffquant.evaluate.pooled_stats import _sharpe_ignoring_nan, pooled_sharpe_difference
+from diffquant.study.pooled_stats import _sharpe_ignoring_nan, pooled_sharpe_difference
 
 BARS_PER_YEAR = 365.0
 

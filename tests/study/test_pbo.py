@@ -8,7 +8,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from diffquant.evaluate.pbo import probability_of_backtest_overfitting
+from diffquant.study.pbo import probability_of_backtest_overfitting
 
 
 def test_hand_worked_two_blocks_three_configurations():
