@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from benchmarks.bench_train import LENGTH, NAMES, SAMPLES, synthetic_market
+from diffquant.compute.grid import available_cores, run_grid
+from diffquant.compute.units import QuietHooks
 from diffquant.config import Config
 from diffquant.data.splits import Samples, Series
 from diffquant.train import checkpoint
-from diffquant.train.grid import available_cores, run_grid
 from diffquant.train.policy_training import PolicyWork, TrainingData, policy_works
-from diffquant.train.units import QuietHooks
 
 FOLDS, SEEDS, VAL_BARS, TF_MS = 2, (1, 2, 3), 700, 3_600_000
 

@@ -313,7 +313,7 @@ class TrainConfig:
     mirror_prob: float = _f(0.5, **PROBABILITY)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = _f(0, **_range(0))  # per training process; 0: torch's default (one worker), else cores/workers
-    workers: int = _f(1, **_range(1))  # processes the training grid runs on (diffquant.train.grid)
+    workers: int = _f(1, **_range(1))  # processes the training grid runs on (diffquant.compute.grid)
     grid_storage: str = ""  # "": this machine; an SQL URL: the grid as Optuna trials for workers on many machines
     grid_jobs: str = "outputs/grid"  # the units' work and outcomes, in a folder every machine sees (grid_storage)
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44, 45, 46])  # one model per seed

@@ -20,11 +20,11 @@ import numpy as np
 import optuna
 
 from diffquant import tracking
+from diffquant.compute.grid import run_grid
+from diffquant.compute.units import QuietHooks, Unit
 from diffquant.config import Config, from_dict
 from diffquant.errors import ConfigError
-from diffquant.train.grid import run_grid
 from diffquant.train.policy_training import PolicyWork, TrainingData
-from diffquant.train.units import QuietHooks, Unit
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diffquant.compute.grid import HooksOf, run_grid
+from diffquant.compute.units import SeedHooks, Unit, Work
 from diffquant.config import Config
 from diffquant.data.contracts import read_json, read_parquet, write_json, write_parquet
 from diffquant.data.splits import Samples
@@ -45,12 +47,10 @@ from diffquant.model.policy import PolicyNetwork
 from diffquant.study.book_run import BASELINES, PORTFOLIO, single_config, trade_book, write_weights
 from diffquant.study.fold_data import AssetFold, FoldData
 from diffquant.train import checkpoint
-from diffquant.train.grid import HooksOf, run_grid
 from diffquant.train.layout import checkpoint_path
 from diffquant.train.policy_training import TrainingData, policy_works, prepare_policies
 from diffquant.train.proxy_training import prepare_proxies, proxy_works
 from diffquant.train.resume import code_hash
-from diffquant.train.units import SeedHooks, Unit, Work
 
 log = logging.getLogger(__name__)
 

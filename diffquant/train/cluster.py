@@ -34,11 +34,11 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from diffquant.compute.grid import Event, GridError, HooksOf, execute, threads_per_worker
+from diffquant.compute.units import Outcome, Unit, Work
 from diffquant.data.contracts import atomic_path
 from diffquant.errors import ConfigError
-from diffquant.train.grid import Event, GridError, HooksOf, execute, threads_per_worker
 from diffquant.train.resume import code_hash
-from diffquant.train.units import Outcome, Unit, Work
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :func:`train_policy` builds one seed's network, objective, validation and mirror map and trains it;
 :func:`train_policies` trains every seed of ``train.seeds`` into the seed layout, resuming an interrupted seed, and
-reports through :class:`~diffquant.train.units.SeedHooks` (the stage connects them to MLflow; nothing here imports
+reports through :class:`~diffquant.compute.units.SeedHooks` (the stage connects them to MLflow; nothing here imports
 tracking). Each seed is a unit of the grid runner (:class:`PolicyWork`), so ``train.workers`` trains seeds side by
 side.
 """
@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from diffquant.compute.grid import run_grid
+from diffquant.compute.units import SeedHooks, Unit
 from diffquant.config import Config, Hysteresis
 from diffquant.data.contracts import write_csv, write_json
 from diffquant.data.features import mirror_spec
@@ -33,7 +35,6 @@ from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint, layout
 from diffquant.train.book_episodes import book_episodes
 from diffquant.train.episodes import EpisodeBatch, episodes_from_arrays
-from diffquant.train.grid import run_grid
 from diffquant.train.resume import ResumeSpec, code_hash, content_hash
 from diffquant.train.trainer import (
     TrainResult,
@@ -44,7 +45,6 @@ from diffquant.train.trainer import (
     resolve_device,
     seed_everything,
 )
-from diffquant.train.units import SeedHooks, Unit
 
 log = logging.getLogger(__name__)
 

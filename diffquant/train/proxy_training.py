@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from diffquant.compute.grid import run_grid
+from diffquant.compute.units import SeedHooks, Unit
 from diffquant.config import Config
 from diffquant.data.splits import Series
 from diffquant.model.forecaster import Forecaster
 from diffquant.train import checkpoint, layout
-from diffquant.train.grid import run_grid
 from diffquant.train.proxy import (
     ForecastSet,
     ForecastTask,
@@ -39,7 +40,6 @@ from diffquant.train.trainer import (
     resolve_device,
     seed_everything,
 )
-from diffquant.train.units import SeedHooks, Unit
 
 
 @dataclass(frozen=True)

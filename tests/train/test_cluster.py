@@ -18,10 +18,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from diffquant.compute.grid import GridError, run_grid
 from diffquant.errors import ConfigError
 from diffquant.train import checkpoint
 from diffquant.train.cluster import Cluster, grid_name, run_on_cluster, submit
-from diffquant.train.grid import GridError, run_grid
 from tests.postgres import postgres
 from tests.repo_copy import REPO
 from tests.train.grid_units import tiny_works

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import torch
 
+from diffquant.compute.grid import GridError, run_grid
+from diffquant.compute.units import Unit
 from diffquant.config import Config, TrainConfig
 from diffquant.folds import plan_folds
 from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FOLD_JSON, run_folds
-from diffquant.train.grid import GridError, run_grid
-from diffquant.train.units import Unit
 from tests.repo_copy import REPO
 from tests.study.test_fold_run import assert_same_weights, raw_until, tables, tiny
 
@@ -181,9 +181,9 @@ TRAIN_WITHOUT_THEM = (
     + """
 import tempfile
 from pathlib import Path
-from diffquant.train.grid import run_grid
+from diffquant.compute.grid import run_grid
 from diffquant.train.proxy_training import proxy_works
-from diffquant.train.units import QuietHooks
+from diffquant.compute.units import QuietHooks
 from tests.train.grid_units import synthetic_data, tiny_config, tiny_works
 with tempfile.TemporaryDirectory() as tmp:
     _, series = synthetic_data()

@@ -1,7 +1,7 @@
 """One unit of training work: a policy or an MSE proxy, of one seed, in one model group.
 
 A group is what a set of seeds trains on: the one-asset chain's train split (group ``""``), or one fold's pooled or
-per-asset samples in a walk-forward study (``"<fold>/<group>"``). The grid runner (:mod:`diffquant.train.grid`)
+per-asset samples in a walk-forward study (``"<fold>/<group>"``). The grid runner (:mod:`diffquant.compute.grid`)
 schedules units on processes, GPUs or machines and routes what they report to :class:`SeedHooks`; a unit knows
 nothing of workers and the runner nothing of losses or models. A unit's work is picklable (it travels to a worker
 process, or through a shared folder to another machine) and its result depends on the work alone (config, data,

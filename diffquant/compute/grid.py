@@ -8,7 +8,7 @@ worker that trains it: with the same threads per unit, a 2-worker grid gives the
 1 and 2 threads differ in the last bits of a float, and those differences grow over epochs.
 
 Workers send what their unit reports (started, every epoch, finished or failed) back over a queue and this process
-hands it to the unit's :class:`~diffquant.train.units.SeedHooks`, so MLflow is only ever written from here. A failed
+hands it to the unit's :class:`~diffquant.compute.units.SeedHooks`, so MLflow is only ever written from here. A failed
 unit cancels the units not yet started, lets the running ones finish (their checkpoints are kept), then raises.
 """
 
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
+from diffquant.compute.units import Outcome, SeedHooks, Unit, Work
 from diffquant.config import TrainConfig
 from diffquant.errors import DiffQuantError
 from diffquant.float_mode import denormals_flushed
 from diffquant.train.trainer import resolve_device
-from diffquant.train.units import Outcome, SeedHooks, Unit, Work
 
 log = logging.getLogger(__name__)
 
