@@ -4,8 +4,8 @@ A group is what a set of seeds trains on: the one-asset chain's train split (gro
 per-asset samples in a walk-forward study (``"<fold>/<group>"``). The grid runner (:mod:`diffquant.compute.grid`)
 schedules units on processes, GPUs or machines and routes what they report to :class:`SeedHooks`; a unit knows
 nothing of workers and the runner nothing of losses or models. A unit's work is picklable (it travels to a worker
-process, or through a shared folder to another machine) and its result depends on the work alone (config, data,
-seed), never on which worker ran it or when.
+process or another machine) and its result depends on the work alone (config with its thread count, data, seed),
+never on which worker ran it or when.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from diffquant.config import Config
-from diffquant.train.trainer import TrainResult
+
+if TYPE_CHECKING:  # the runner never touches a result; the protocol only names its type
+    from diffquant.train.trainer import TrainResult
 
 Kind = Literal["policy", "proxy"]
 
@@ -50,7 +52,12 @@ class Outcome(Protocol):
 
 
 class Work(Protocol):
-    """Everything one unit needs to train: config, data and the folder its checkpoints go to."""
+    """Everything one unit needs to train: config, data and the folder its checkpoints go to.
+
+    A work is a frozen dataclass: an engine that trains it away from its folder (Ray) runs a copy with ``folder``
+    replaced by a local one (``dataclasses.replace``) and brings the files back. ``cfg.train.threads`` is the
+    unit's thread count (never 0 here: the driver resolves it, :func:`diffquant.compute.grid.with_unit_threads`).
+    """
 
     unit: Unit
     cfg: Config

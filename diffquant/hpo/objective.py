@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 
 from diffquant import tracking
-from diffquant.compute.grid import run_grid
+from diffquant.compute.grid import run_grid, with_unit_threads
 from diffquant.compute.units import QuietHooks, Unit
 from diffquant.config import Config, from_dict
 from diffquant.errors import ConfigError
@@ -97,6 +97,7 @@ def train_trial(
     ``on_check(epoch, value)`` gets, at every val check, the value the trial would have if training stopped there;
     it may raise (``optuna.TrialPruned``) to stop the trial.
     """
+    cfg = with_unit_threads(cfg)
     with tempfile.TemporaryDirectory(prefix="diffquant-trial-") as tmp:
         work = PolicyWork(Unit("policy", seed), cfg, data, Path(tmp), on_check)
         outcome = run_grid([work], lambda _: _TrialHooks(on_epoch), cfg.train, workers=1, progress=False)[work.unit]

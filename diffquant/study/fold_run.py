@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffquant.compute.grid import HooksOf, run_grid
+from diffquant.compute.grid import run_grid, with_unit_threads
+from diffquant.compute.reporting import HooksOf
 from diffquant.compute.units import SeedHooks, Unit, Work
 from diffquant.config import Config
 from diffquant.data.contracts import read_json, read_parquet, write_json, write_parquet
@@ -191,7 +192,9 @@ def judge_test(
 def run_folds(cfg: Config, folds: list[tuple[FoldData, Path]], hooks_for: HooksFor) -> list[FoldResult]:
     """Each fold's result (``(data, folder)`` in, in that order): read from its ``fold.json`` when the key still
     matches; the others' units trained as one grid (every fold's seeds side by side on ``train.workers``), then
-    each of those folds chosen on val, traded on test and written."""
+    each of those folds chosen on val, traded on test and written. ``train.threads`` is resolved here, the driver,
+    before any key or unit exists."""
+    cfg = with_unit_threads(cfg)
     results: dict[str, FoldResult] = {}
     todo = []
     for data, out in folds:

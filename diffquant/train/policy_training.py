@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffquant.compute.grid import run_grid
+from diffquant.compute.grid import run_grid, with_unit_threads
 from diffquant.compute.units import SeedHooks, Unit
 from diffquant.config import Config, Hysteresis
 from diffquant.data.contracts import write_csv, write_json
@@ -229,7 +229,9 @@ def prepare_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHook
 
 
 def train_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks) -> dict[int, SeedOutcome]:
-    """Every seed of ``train.seeds`` into ``<out>/seed_<s>/``, on ``train.workers`` processes (the grid runner)."""
+    """Every seed of ``train.seeds`` into ``<out>/seed_<s>/``, through the grid runner (``train.workers``
+    processes, or Ray); ``train.threads`` resolved here, the driver, before the units exist."""
+    cfg = with_unit_threads(cfg)
     prepare_policies(cfg, data, out, hooks)
     outcomes = run_grid(policy_works(cfg, data, out), lambda unit: hooks, cfg.train)
     return {unit.seed: outcome for unit, outcome in sorted(outcomes.items())}
