@@ -20,7 +20,7 @@ from diffquant.config import Config, check_grid_address, load
 from diffquant.data.contracts import write_csv, write_json
 from diffquant.errors import ConfigError, DiffQuantError
 
-__all__ = ["load_params", "parser", "repo_root", "run_stage", "write_csv", "write_json"]
+__all__ = ["add_grid_address", "load_params", "parser", "repo_root", "run_stage", "write_csv", "write_json"]
 
 log = logging.getLogger("diffquant.stages")
 
@@ -47,13 +47,18 @@ def parser(description: str | None, training: bool = False) -> argparse.Argument
         p.add_argument(
             "--workers", type=int, default=0, help="training processes (default: train.workers); same models for any"
         )
-        p.add_argument(
-            "--grid-address",
-            default=None,
-            help="where the units train (default: train.grid_address): '' worker processes here, local (Ray here), "
-            "auto or host:port (a Ray cluster); same models for any",
-        )
+        add_grid_address(p)
     return p
+
+
+def add_grid_address(p: argparse.ArgumentParser) -> None:
+    """``--grid-address``: where the training units run (``load_params`` applies it)."""
+    p.add_argument(
+        "--grid-address",
+        default=None,
+        help="where the units train (default: train.grid_address): '' worker processes here, local (Ray here), "
+        "auto or host:port (a Ray cluster); same models for any",
+    )
 
 
 def load_params(path: str | Path = "params.yaml", workers: int = 0, grid_address: str | None = None) -> Config:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from diffquant.compute.reporting import Event, Reporter, WorkerDied, execute
-from diffquant.compute.units import Unit, Work
+from diffquant.compute.units import StopUnit, Unit, Work
 from diffquant.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # the longest the parent waits for an event before it looks for dead workers
 
 
-def _serve(inbox: Any, events: Any, gpu: int | None) -> None:
-    """A worker: train the units the parent sends until it sends None."""
+def _serve(inbox: Any, events: Any, stop: Any, gpu: int | None) -> None:
+    """A worker: train the units the parent sends until it sends None; ``stop`` set: end the unit at its next
+    epoch (a hook asked for it)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA is first touched in this process
 
@@ -45,6 +46,8 @@ def _serve(inbox: Any, events: Any, gpu: int | None) -> None:
             except Exception:  # an exception that does not pickle still reaches the parent, as its text
                 payload = RuntimeError(f"{type(payload).__name__}: {payload}")
         events.put((kind, unit, payload))
+        if kind == "epoch" and stop.is_set():
+            raise StopUnit(unit.name)
 
     while (work := inbox.get()) is not None:
         with contextlib.suppress(Exception):  # reported to the parent as "failed"; the worker takes the next unit
@@ -55,6 +58,7 @@ def _serve(inbox: Any, events: Any, gpu: int | None) -> None:
 class _Worker:
     process: Any  # multiprocessing.Process
     inbox: Any  # its own queue of works
+    stop: Any  # multiprocessing.Event: end the current unit at its next epoch
     gpu: int | None
     unit: Unit | None = None  # the unit it trains now
 
@@ -71,14 +75,15 @@ class _Pool:
         """Start workers up to the pool's size (at first, and in place of dead ones)."""
         while len(self.workers) < self.size:
             gpu = self.started % self.gpus if self.gpus else None
-            inbox = self.ctx.Queue()
-            process = self.ctx.Process(target=_serve, args=(inbox, self.events, gpu), daemon=True)
+            inbox, stop = self.ctx.Queue(), self.ctx.Event()
+            process = self.ctx.Process(target=_serve, args=(inbox, self.events, stop, gpu), daemon=True)
             process.start()
-            self.workers.append(_Worker(process, inbox, gpu))
+            self.workers.append(_Worker(process, inbox, stop, gpu))
             self.started += 1
 
     def assign(self, worker: _Worker, work: Work) -> None:
         worker.unit = work.unit
+        worker.stop.clear()
         worker.inbox.put(work)
 
     def close(self, force: bool) -> None:
@@ -120,11 +125,14 @@ def run_on_pool(works: Sequence[Work], reporter: Reporter, cfg: TrainConfig, wor
 
 def _take(pool: _Pool, reporter: Reporter, event: Event) -> None:
     kind, unit, _ = event
-    reporter.handle(event)
-    if kind in ("finished", "failed"):
-        for worker in pool.workers:
-            if worker.unit == unit:
-                worker.unit = None
+    holder = next((w for w in pool.workers if w.unit == unit), None)
+    try:
+        reporter.handle(event)
+    except StopUnit:
+        if holder is not None:
+            holder.stop.set()
+    if kind in ("finished", "failed", "stopped") and holder is not None:
+        holder.unit = None
 
 
 def _bury(pool: _Pool, reporter: Reporter) -> None:

@@ -35,7 +35,7 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from diffquant.compute.reporting import GridError, Reporter, WorkerDied
-from diffquant.compute.units import Outcome, Unit, Work
+from diffquant.compute.units import Outcome, StopUnit, Unit, Work
 from diffquant.config import TrainConfig
 from diffquant.data.contracts import atomic_path
 from diffquant.errors import ConfigError
@@ -115,6 +115,7 @@ class Hub:
         self.files: dict[str, Files] = {}
         self.events: list[tuple[str, str, Any]] = []
         self.closed = False
+        self.stopping: set[str] = set()
 
     def claim(self, name: str, where: str) -> tuple[int, Files] | None:
         """A new attempt of unit ``name``: its number and the files to resume from; None once the grid is closed."""
@@ -126,13 +127,17 @@ class Hub:
         self.events.append(("started", name, {"attempt": self.attempt[name], "where": where}))
         return self.attempt[name], self.files[name]
 
-    def report(self, name: str, attempt: int, record: dict[str, Any], files: Files) -> bool:
-        """A finished epoch and the files it changed; False for a superseded attempt (it should stop)."""
+    def report(self, name: str, attempt: int, record: dict[str, Any], files: Files) -> str:
+        """A finished epoch and the files it changed; what the attempt does next: ``go`` on, ``stop`` (a hook asked
+        for it) or step aside (``superseded``: a newer attempt of the unit runs)."""
         if attempt != self.attempt.get(name):
-            return False
+            return "superseded"
         self.files[name] = {**self.files[name], **files}
         self.events.append(("epoch", name, (record, files)))
-        return True
+        return "stop" if name in self.stopping else "go"
+
+    def stop(self, name: str) -> None:
+        self.stopping.add(name)
 
     def close(self) -> None:
         """A unit raised: no unit starts after this."""
@@ -149,7 +154,7 @@ class Hub:
 @ray.remote
 def train_unit(works: Sequence[Work], index: int, hub: Any, code: str) -> tuple[Outcome, Files] | None:
     """One attempt of unit ``works[index]`` in a temp folder of this worker; its outcome (paths moved to the unit's
-    folder) and its last changed files, or None when the grid closed before it could start."""
+    folder) and its last changed files, or None when the grid closed before it could start or a hook stopped it."""
     work = copy.deepcopy(works[index])  # the object store's arrays are read-only; training gets its own copy
     name = work.unit.name
     where = f"{socket.gethostname()}:{os.getpid()}"
@@ -170,12 +175,15 @@ def train_unit(works: Sequence[Work], index: int, hub: Any, code: str) -> tuple[
         _changed(folder, sent)
 
         def on_epoch(record: dict[str, Any]) -> None:
-            if not ray.get(hub.report.remote(name, attempt, record, _changed(folder, sent))):
-                raise GridError(f"unit {name}: a newer attempt took it over; this one stops")
+            answer = ray.get(hub.report.remote(name, attempt, record, _changed(folder, sent)))
+            if answer != "go":  # a hook stopped the unit, or a newer attempt took it over (Ray ignores this one)
+                raise StopUnit(f"{name}: {answer}")
 
         try:
             with denormals_flushed():
                 outcome = dataclasses.replace(work, folder=folder).run(on_epoch, False)
+        except StopUnit:
+            return None
         except BaseException as exc:
             ray.get(hub.close.remote())  # at once: the units not yet started never start
             exc.add_note(f"raised while training unit {name} on {where}")
@@ -254,9 +262,12 @@ def _collect(hub: Any, by_name: dict[str, Work], reporter: Reporter) -> None:
             reporter.started(work.unit, work.finished_epochs())
         else:
             record, files = payload
-            if int(record["epoch"]) > reporter.last_epoch[work.unit]:
+            if work.unit not in reporter.stopped and int(record["epoch"]) > reporter.last_epoch[work.unit]:
                 write_files(Path(work.folder), files)
-            reporter.epoch(work.unit, record)
+            try:
+                reporter.epoch(work.unit, record)
+            except StopUnit:
+                hub.stop.remote(name)
 
 
 def _end(ref: Any, work: Work, hub: Any, reporter: Reporter) -> None:
@@ -273,7 +284,10 @@ def _end(ref: Any, work: Work, hub: Any, reporter: Reporter) -> None:
         return
     finally:
         hub.forget.remote(unit.name)
-    if result is not None:
-        outcome, files = result
+    if result is None:  # stopped by a hook, or never started
+        reporter.handle(("stopped", unit, None))
+        return
+    outcome, files = result
+    if unit not in reporter.stopped:
         write_files(Path(work.folder), files)
-        reporter.finished(unit, outcome)
+    reporter.finished(unit, outcome)

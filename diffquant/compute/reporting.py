@@ -1,8 +1,10 @@
 """What every engine shares: how a unit is trained where it lands, and how its events reach its hooks in the driver.
 
 A unit reports ``started`` (with the epochs an interrupted run already finished), each ``epoch``, then ``finished``
-(its outcome) or ``failed`` (its exception). Engines carry those events to the driver, whose :class:`Reporter` hands
-them to the unit's hooks: in order, once each, and remembering how the grid must end.
+(its outcome), ``failed`` (its exception) or ``stopped`` (a hook asked it to stop, :class:`StopUnit`). Engines carry
+those events to the driver, whose :class:`Reporter` hands them to the unit's hooks: in order, once each, and
+remembering how the grid must end. A stop request is the engine's to deliver: in-process it is raised through the
+unit's own epoch callback; a remote unit learns of it when it reports its next epoch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import torch
 
-from diffquant.compute.units import Outcome, SeedHooks, Unit, Work
+from diffquant.compute.units import Outcome, SeedHooks, StopUnit, Unit, Work
 from diffquant.errors import DiffQuantError
 from diffquant.float_mode import denormals_flushed
 
@@ -42,6 +44,9 @@ def execute(work: Work, emit: Emit, progress: bool) -> None:
     try:
         with denormals_flushed():  # as the stages do: every unit trains alike, wherever it runs
             outcome = work.run(lambda record: emit(("epoch", unit, record)), progress)
+    except StopUnit:
+        emit(("stopped", unit, None))
+        return
     except BaseException as exc:
         exc.add_note(f"raised while training unit {unit.name}")
         emit(("failed", unit, exc))
@@ -61,6 +66,7 @@ class Reporter:
         self.last_epoch: dict[Unit, int] = {}  # a unit is in here once started
         self.errors: list[tuple[Unit, BaseException]] = []  # raised by a unit: the grid starts no more units
         self.lost: list[tuple[Unit, WorkerDied]] = []  # whose worker died: that unit alone fails
+        self.stopped: set[Unit] = set()  # a hook asked them to stop: what they report after that is dropped
         self.ended: set[Unit] = set()
 
     @property
@@ -80,6 +86,8 @@ class Reporter:
             self.epoch(unit, payload)
         elif kind == "finished":
             self.finished(unit, payload)
+        elif kind == "stopped":
+            self.ended.add(unit)
         else:
             self.failed(unit, payload)
 
@@ -90,15 +98,25 @@ class Reporter:
         self.hooks_of(unit).started(unit.seed, finished)
 
     def epoch(self, unit: Unit, record: dict[str, Any]) -> bool:
-        """Hand the record on unless that epoch already was (a retried attempt repeating it); whether it was new."""
+        """Hand the record on unless that epoch already was (a retried attempt repeating it) or the unit was asked
+        to stop; whether it was new. Re-raises the hook's :class:`StopUnit` for the engine to deliver."""
+        if unit in self.stopped:
+            return False
         if int(record["epoch"]) <= self.last_epoch[unit]:
             log.info("%s: epoch %s was already reported; dropped", unit.name, record["epoch"])
             return False
         self.last_epoch[unit] = int(record["epoch"])
-        self.hooks_of(unit).epoch(unit.seed, record)
+        try:
+            self.hooks_of(unit).epoch(unit.seed, record)
+        except StopUnit:
+            self.stopped.add(unit)
+            raise
         return True
 
     def finished(self, unit: Unit, outcome: Outcome) -> None:
+        if unit in self.stopped:  # it ended before the request reached it: stopped all the same
+            self.ended.add(unit)
+            return
         self.outcomes[unit] = outcome
         self.ended.add(unit)
         self.hooks_of(unit).finished(unit.seed, outcome)

@@ -72,6 +72,11 @@ class Work(Protocol):
         ...
 
 
+class StopUnit(Exception):
+    """Raised by a hook's ``epoch`` to stop its unit early (a pruner does): the unit ends after at most one more
+    epoch, without an outcome, and that is not a failure of the grid."""
+
+
 class SeedHooks(Protocol):
     """How the units of one group report (``diffquant.tracking.SeedRuns`` logs them to MLflow)."""
 
@@ -82,7 +87,8 @@ class SeedHooks(Protocol):
         """Before training; ``finished`` are the epoch records an interrupted run already completed."""
 
     def epoch(self, seed: int, record: dict[str, Any]) -> None:
-        """Every finished epoch; it may raise to stop the unit (a pruner does), when the unit runs in-process."""
+        """Every new finished epoch (in the driver, whatever engine trains the unit); raise :class:`StopUnit` to
+        stop the unit."""
 
     def finished(self, seed: int, outcome: Outcome) -> None: ...
 

@@ -119,11 +119,10 @@ def train_policy(
     seed: int,
     out_dir: Path,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    on_check: Callable[[int, float], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """One seed's policy trained into ``out_dir`` (resumed from its ``last.pt`` when that matches), validated by
-    walk-forward on ``data.val`` (:func:`validation_metrics`) with ``eval.hysteresis``; callbacks as
+    walk-forward on ``data.val`` (:func:`validation_metrics`) with ``eval.hysteresis``; ``on_epoch`` as
     :func:`~diffquant.train.trainer.fit_task`."""
     names = data.samples.feature_names
     seed_everything(seed)
@@ -143,7 +142,6 @@ def train_policy(
         resume_spec(cfg, data, seed),
         mirror,
         on_epoch=on_epoch,
-        on_check=on_check,
         progress=progress,
     )
 
@@ -186,14 +184,13 @@ class PolicyWork:
     cfg: Config
     data: TrainingData
     folder: Path
-    on_check: Callable[[int, float], None] | None = None  # a pruner's feed (see ``fit_task``); in-process units only
 
     def finished_epochs(self) -> list[dict[str, Any]]:
         return finished_history(self.folder, resume_spec(self.cfg, self.data, self.unit.seed))
 
     def run(self, on_epoch: Callable[[dict[str, Any]], None], progress: bool) -> SeedOutcome:
         t0 = time.perf_counter()
-        result = train_policy(self.cfg, self.data, self.unit.seed, self.folder, on_epoch, self.on_check, progress)
+        result = train_policy(self.cfg, self.data, self.unit.seed, self.folder, on_epoch, progress)
         checked = [r for r in result.history if "val_sharpe" in r]
         files = {"history": self.folder / layout.HISTORY_JSON, "val_history": self.folder / layout.VAL_HISTORY_CSV}
         write_csv(files["val_history"], pd.DataFrame(checked)[list(VAL_HISTORY_COLUMNS)])

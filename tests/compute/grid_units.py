@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from diffquant.compute.units import Unit
+from diffquant.compute.units import StopUnit, Unit
 from diffquant.config import Config, from_dict
 from diffquant.data.splits import Samples, Series
 from diffquant.train.policy_training import PolicyWork, TrainingData, policy_works
@@ -82,6 +82,19 @@ class Recorder:
 
     def failed(self, seed: int, exc: BaseException) -> None:
         self.log.append(("failed", f"{self.group}/{seed}", type(exc).__name__))
+
+
+class Stopper(Recorder):
+    """Records every call, and asks unit ``seed`` to stop when it reports epoch ``at`` (as a pruner would)."""
+
+    def __init__(self, log: list[tuple[str, str, Any]], group: str, seed: int, at: int) -> None:
+        super().__init__(log, group)
+        self.stop_seed, self.at = seed, at
+
+    def epoch(self, seed: int, record: dict) -> None:
+        super().epoch(seed, record)
+        if seed == self.stop_seed and record["epoch"] == self.at:
+            raise StopUnit(f"seed {seed}: stop at epoch {self.at}")
 
 
 class Tee:

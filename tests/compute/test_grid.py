@@ -22,7 +22,8 @@ from diffquant.config import Config, TrainConfig
 from diffquant.folds import plan_folds
 from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FOLD_JSON, run_folds
-from tests.compute.grid_units import Recorder, scripted, tiny_config, tiny_works
+from diffquant.train import checkpoint
+from tests.compute.grid_units import Recorder, Stopper, scripted, tiny_config, tiny_works
 from tests.repo_copy import REPO
 from tests.study.test_fold_run import raw_until, tables, tiny
 
@@ -103,6 +104,20 @@ def test_units_run_side_by_side_in_separate_processes_with_their_own_threads(tmp
     pids = {o.pid for o in outcomes.values()}
     assert len(pids) == 2 and os.getpid() not in pids
     assert [outcomes[w.unit].threads for w in works] == [1, 1, 1, 1, 2]  # the unit's count, not the worker's
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hook_stops_its_unit_without_failing_the_grid(tmp_path: Path, workers: int) -> None:
+    log: list[tuple[str, str, Any]] = []
+    works = tiny_works(tmp_path, [1, 2], epochs=3)
+    hooks = Stopper(log, "g", seed=1, at=1)
+    outcomes = run_grid(works, lambda unit: hooks, dataclasses.replace(works[0].cfg.train, workers=workers))
+    assert sorted(u.seed for u in outcomes) == [2]
+    assert [(kind, value) for kind, name, value in log if name == "g/1"] == [("started", 0), ("epoch", 1)]
+    assert [kind for kind, name, _ in log if name == "g/2"] == ["started", "epoch", "epoch", "epoch", "finished"]
+    stopped = checkpoint.load(works[0].folder / "last.pt")["epoch"]
+    assert stopped == 1 if workers == 1 else stopped <= 2  # in-process at once; a worker at its next epoch
+    assert not (works[0].folder / "final.pt").exists()
 
 
 def test_the_driver_resolves_the_thread_count_and_the_runner_refuses_a_unit_without_one(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 mid-unit gives every unit exactly one outcome, resumes the killed one from its last finished epoch, writes the
 checkpoints and ``fold.json`` of a one-worker run byte for byte and logs each epoch to MLflow once; a unit that
 raises is not retried and the units not yet started never start; a node running other code refuses a unit before
-claiming it; each unit trains with its own thread count; CUDA units ask for a share of a GPU."""
+claiming it; each unit trains with its own thread count; a hook stops a unit at its next epoch; CUDA units ask for a
+share of a GPU."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from diffquant.compute.reporting import GridError
 from diffquant.config import TrainConfig
 from diffquant.errors import ConfigError
 from diffquant.study import fold_run
-from tests.compute.grid_units import Gated, Recorder, Tee, scripted
+from diffquant.train import checkpoint
+from tests.compute.grid_units import Gated, Recorder, Stopper, Tee, scripted, tiny_works
 from tests.compute.test_grid import assert_same_files, study
 from tests.study.test_fold_run import tiny
 
@@ -114,6 +116,16 @@ def test_each_unit_trains_with_its_own_thread_count_and_asks_for_that_many_cpus(
     assert [outcomes[w.unit].threads for w in works] == [1, 1, 2]
     with pytest.raises(ConfigError, match=r"train\.threads is 3 but the largest node of the Ray cluster has 2 CPUs"):
         run_grid(scripted([4], threads=3), lambda unit: Recorder([], "g"), ON_RAY)
+
+
+def test_a_hook_stops_a_unit_at_its_next_epoch_without_failing_the_grid(tmp_path: Path) -> None:
+    log: list[tuple[str, str, Any]] = []
+    works = tiny_works(tmp_path, [1, 2], epochs=4)
+    outcomes = run_grid(works, lambda unit: Stopper(log, "g", seed=1, at=1), ON_RAY)
+    assert sorted(u.seed for u in outcomes) == [2]
+    assert [(kind, value) for kind, name, value in log if name == "g/1"] == [("started", 0), ("epoch", 1)]
+    assert checkpoint.load(works[0].folder / "last.pt")["epoch"] == 1  # what came after the request is dropped
+    assert not (works[0].folder / "final.pt").exists()
 
 
 def test_cuda_on_a_cluster_without_a_gpu_is_refused_and_a_gpu_share_is_asked_for_when_there_is_one() -> None:
