@@ -1,17 +1,19 @@
-"""The training grid's throughput: a fixed small grid one unit after another, and on worker processes.
+"""The training grid's throughput: a fixed small grid one unit after another, on the local pool and on Ray.
 
 The grid: 2 folds x 3 seeds of the primary policy (iTransformer, context 96, horizon 24, hybrid loss) for 5 epochs,
 each fold its own synthetic market (``bench_train``'s samples, a 700-bar val series), validated every epoch. It runs
 
 - ``sequential``: one unit after another in this process, torch's default threads (what the train stage did
   before the grid runner: the reference);
-- ``N workers x T threads``: the grid runner's spawned processes, for each setting asked.
+- ``pool:NxT``: the local pool, N spawned worker processes, T threads per unit (no Ray);
+- ``ray:T``: a ``local`` Ray runtime on this machine (``train.grid_address: local``), T threads (= CPUs) per unit;
+  its wall time includes starting Ray, printed apart,
 
-and prints, per setting, the wall time (worker start-up included), units per minute and the speed-up over the
-reference. Settings with the same threads per unit must train the same models: the benchmark says whether they
-did. Runs without mlflow, dvc or optuna (a GPU machine may lack them).
+and prints, per setting, the wall time (worker or Ray start-up included), units per minute and the speed-up over
+the reference. Settings with the same threads per unit must train the same models: the benchmark says whether they
+did. The sequential and pool settings run without mlflow, dvc or optuna (a GPU machine may lack them).
 
-    python -m benchmarks.bench_grid [--epochs 5] [--settings 1x1,2x1] [--device cpu]
+    python -m benchmarks.bench_grid [--epochs 5] [--settings pool:2x1,ray:1] [--device cpu] [--gpus-per-unit 1]
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ import numpy as np
 import torch
 
 from benchmarks.bench_train import LENGTH, NAMES, SAMPLES, synthetic_market
+from diffquant.compute.grid import available_cores, run_grid, with_unit_threads
+from diffquant.compute.units import QuietHooks
 from diffquant.config import Config
 from diffquant.data.splits import Samples, Series
 from diffquant.train import checkpoint
-from diffquant.train.grid import available_cores, run_grid
 from diffquant.train.policy_training import PolicyWork, TrainingData, policy_works
-from diffquant.train.units import QuietHooks
 
 FOLDS, SEEDS, VAL_BARS, TF_MS = 2, (1, 2, 3), 700, 3_600_000
 
@@ -58,16 +60,34 @@ def grid(cfg: Config, out: Path) -> list[PolicyWork]:
     return [w for fold in range(FOLDS) for w in policy_works(cfg, market(fold), out / f"fold_{fold}", f"fold_{fold}")]
 
 
-def run(cfg: Config, workers: int, threads: int, out: Path) -> float:
-    """Wall seconds of the whole grid on ``workers`` processes of ``threads`` threads (0: torch's default)."""
-    train = dataclasses.replace(cfg.train, workers=workers, threads=threads)
+def run(cfg: Config, setting: str, out: Path) -> tuple[float, float, int]:
+    """``setting`` (sequential, pool:NxT, ray:T) on the grid: wall seconds, of which Ray's start, threads per unit."""
+    kind, _, shape = setting.partition(":")
+    if kind == "sequential":
+        train = dataclasses.replace(cfg.train, workers=1, threads=0)
+    elif kind == "pool":
+        workers, threads = (int(x) for x in shape.split("x"))
+        train = dataclasses.replace(cfg.train, workers=workers, threads=threads)
+    elif kind == "ray":
+        train = dataclasses.replace(cfg.train, grid_address="local", threads=int(shape))
+    else:
+        raise SystemExit(f"--settings: {setting!r} is not sequential, pool:NxT or ray:T")
+    train = with_unit_threads(dataclasses.replace(cfg, train=train)).train
     works = grid(dataclasses.replace(cfg, train=train), out)
-    default_threads = torch.get_num_threads()
     t0 = time.perf_counter()
+    start = 0.0
+    if kind == "ray":
+        from diffquant.compute.ray_engine import connect  # ray: only for this setting
+
+        connect("local")
+        start = time.perf_counter() - t0
     run_grid(works, lambda unit: QuietHooks(), train, progress=False)
     seconds = time.perf_counter() - t0
-    torch.set_num_threads(default_threads)
-    return seconds
+    if kind == "ray":
+        import ray
+
+        ray.shutdown()
+    return seconds, start, train.threads
 
 
 def same_models(a: Path, b: Path) -> bool:
@@ -82,32 +102,38 @@ def same_models(a: Path, b: Path) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--settings", default="1x1,2x1", help="comma-separated WORKERSxTHREADS to time")
+    p.add_argument("--settings", default="pool:2x1,ray:1", help="comma-separated pool:WORKERSxTHREADS or ray:THREADS")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--gpus-per-unit", type=float, default=1.0, help="on Ray with a GPU: a GPU's share per unit")
     args = p.parse_args()
     base = Config()
-    cfg = dataclasses.replace(
-        base,
-        train=dataclasses.replace(base.train, epochs=args.epochs, val_freq=1, seeds=list(SEEDS), device=args.device),
+    train = dataclasses.replace(
+        base.train,
+        epochs=args.epochs,
+        val_freq=1,
+        seeds=list(SEEDS),
+        device=args.device,
+        gpus_per_unit=args.gpus_per_unit,
     )
+    cfg = dataclasses.replace(base, train=train)
     units = FOLDS * len(SEEDS)
     print(f"grid: {FOLDS} folds x {len(SEEDS)} seeds x {args.epochs} epochs = {units} policy units, primary config")
     print(f"machine: {available_cores()} cores, torch {torch.__version__}, default threads {torch.get_num_threads()}")
+    print(f"{'setting':<34} {'wall':>8}  {'units/min':>9}  {'ratio':>6}")
     with tempfile.TemporaryDirectory(prefix="bench-grid-") as tmp:
-        reference = run(cfg, 1, 0, Path(tmp) / "sequential")
-        print(f"{'sequential (reference)':<24} {reference:8.1f} s  {60 * units / reference:6.2f} units/min   1.00x")
         done: dict[int, Path] = {}
-        for setting in args.settings.split(","):
-            workers, threads = (int(x) for x in setting.split("x"))
-            out = Path(tmp) / setting
-            seconds = run(cfg, workers, threads, out)
-            same = (
-                f"  same models as {done[threads].name}: {same_models(done[threads], out)}" if threads in done else ""
-            )
+        reference = 0.0
+        for setting in ["sequential", *args.settings.split(",")]:
+            out = Path(tmp) / setting.replace(":", "_")
+            seconds, start, threads = run(cfg, setting, out)
+            reference = reference or seconds
+            twin = done.get(threads)
+            same = f"  same models as {twin.name}: {same_models(twin, out)}" if twin else ""
             done.setdefault(threads, out)
-            label = f"{workers} worker(s) x {threads} thread(s)"
+            label = f"{setting} ({threads} thread(s) per unit)" + (" (reference)" if setting == "sequential" else "")
+            started = f"  (Ray start {start:.1f} s)" if start else ""
             rate, speedup = 60 * units / seconds, reference / seconds
-            print(f"{label:<24} {seconds:8.1f} s  {rate:6.2f} units/min  {speedup:5.2f}x{same}")
+            print(f"{label:<34} {seconds:7.1f} s  {rate:9.2f}  {speedup:5.2f}x{same}{started}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -294,6 +295,19 @@ class LossConfig:
     eps: float = _f(1e-8, **POSITIVE)
 
 
+WHERE_UNITS_RUN = ("workers", "grid_address", "gpus_per_unit")  # train keys that never change a trained model
+GRID_ADDRESS = re.compile(r"(local|auto|[A-Za-z0-9.-]+:[0-9]{1,5})")
+
+
+def check_grid_address(address: str, key: str = "train.grid_address") -> None:
+    """``""``, ``local``, ``auto`` or ``host:port`` (a Ray cluster's head, as ``ray start --head`` prints it)."""
+    if address and not GRID_ADDRESS.fullmatch(address):
+        raise ConfigError(
+            f"{key}: got {address!r}; use '' (worker processes here, no Ray), 'local' (a Ray runtime on this "
+            "machine), 'auto' (the Ray cluster this machine joined) or the head's host:port, e.g. 10.0.0.5:6379"
+        )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _f(30, **_range(1))
@@ -312,17 +326,18 @@ class TrainConfig:
     mirror: bool = True
     mirror_prob: float = _f(0.5, **PROBABILITY)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = _f(0, **_range(0))  # per training process; 0: torch's default (one worker), else cores/workers
-    workers: int = _f(1, **_range(1))  # processes the training grid runs on (diffquant.train.grid)
-    grid_storage: str = ""  # "": this machine; an SQL URL: the grid as Optuna trials for workers on many machines
-    grid_jobs: str = "outputs/grid"  # the units' work and outcomes, in a folder every machine sees (grid_storage)
+    threads: int = _f(0, **_range(0))  # per unit; 0: the driver resolves it (compute.grid.with_unit_threads)
+    workers: int = _f(1, **_range(1))  # local worker processes the grid runs on (diffquant.compute.grid)
+    grid_address: str = ""  # "": this machine, no Ray; local: a Ray runtime here; auto or host:port: a Ray cluster
+    gpus_per_unit: float = _f(1.0, **_range(0.0, 1.0, lo_open=True))  # on Ray: a GPU's share one unit asks for
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44, 45, 46])  # one model per seed
     universe: Literal["pooled", "per_asset"] = "pooled"  # one policy for all assets, or one per asset
 
     def identity(self) -> dict[str, Any]:
         """The settings that shape trained weights: all but where the grid runs (it gives the same models on any
-        number of processes or machines, so a checkpoint or a fold trained elsewhere is still current)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("workers", "grid_storage", "grid_jobs")}
+        number of processes or machines, so a checkpoint or a fold trained elsewhere is still current). The thread
+        count stays: it changes the last bits of a result."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in WHERE_UNITS_RUN}
 
 
 @dataclass(frozen=True)
@@ -422,6 +437,7 @@ class Config:
         self._validate_backbone()
         if not self.model.head.dense or min(self.model.head.dense) < 1:
             raise ConfigError("model.head.dense must list at least one positive layer width, e.g. [64, 32]")
+        check_grid_address(self.train.grid_address)
         seeds = self.train.seeds
         if not seeds or len(set(seeds)) != len(seeds):
             raise ConfigError(f"train.seeds must list one or more distinct integers, got {seeds}")

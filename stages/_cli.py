@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from diffquant.config import Config, load
+from diffquant.config import Config, check_grid_address, load
 from diffquant.errors import ConfigError, DiffQuantError
 from diffquant.io import write_csv, write_json
 
-__all__ = ["load_params", "parser", "repo_root", "run_stage", "write_csv", "write_json"]
+__all__ = ["add_grid_address", "load_params", "parser", "repo_root", "run_stage", "write_csv", "write_json"]
 
 log = logging.getLogger("diffquant.stages")
 
@@ -39,22 +39,41 @@ def repo_root() -> Path:
 
 
 def parser(description: str | None, training: bool = False) -> argparse.ArgumentParser:
-    """An argument parser with ``--params`` (and ``--workers`` for a stage that trains); a stage adds its own."""
+    """An argument parser with ``--params`` (and ``--workers``, ``--grid-address`` for a stage that trains); a stage
+    adds its own."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (relative paths start at the repo root)")
     if training:
         p.add_argument(
             "--workers", type=int, default=0, help="training processes (default: train.workers); same models for any"
         )
+        add_grid_address(p)
     return p
 
 
-def load_params(path: str | Path = "params.yaml", workers: int = 0) -> Config:
-    """The params file's config; ``workers`` > 0 overrides ``train.workers`` (it never changes a trained model)."""
+def add_grid_address(p: argparse.ArgumentParser) -> None:
+    """``--grid-address``: where the training units run (``load_params`` applies it)."""
+    p.add_argument(
+        "--grid-address",
+        default=None,
+        help="where the units train (default: train.grid_address): '' worker processes here, local (Ray here), "
+        "auto or host:port (a Ray cluster); same models for any",
+    )
+
+
+def load_params(path: str | Path = "params.yaml", workers: int = 0, grid_address: str | None = None) -> Config:
+    """The params file's config; ``workers`` > 0 overrides ``train.workers`` and ``grid_address`` (not None)
+    ``train.grid_address``: where units train never changes a trained model."""
     cfg = load(repo_root() / path)
     if workers < 0:
         raise ConfigError(f"--workers {workers}: give a positive number of training processes, or 0 for train.workers")
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, workers=workers)) if workers else cfg
+    train = cfg.train
+    if workers:
+        train = dataclasses.replace(train, workers=workers)
+    if grid_address is not None:
+        check_grid_address(grid_address, "--grid-address")
+        train = dataclasses.replace(train, grid_address=grid_address)
+    return dataclasses.replace(cfg, train=train)
 
 
 def one_asset(cfg: Config) -> Config:

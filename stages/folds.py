@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", default="outputs/metrics/folds.json", help="metrics JSON for dvc metrics")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = load_params(args.params, args.workers)
+    cfg = load_params(args.params, args.workers, args.grid_address)
     tracking.check_reachable(tracking.tracking_uri(root))
     tables = {s: read_parquet(root / args.universe / s / "features.parquet", "universe") for s in cfg.data.universe}
     plan = plan_folds(cfg.folds, cfg.split)

@@ -1,9 +1,11 @@
-"""Optimize: Optuna search over training hyper-parameters on a shared storage, trained by worker processes.
+"""Optimize: Optuna search over training hyper-parameters on a shared storage, its trials trained by the grid runner.
 
 Not part of ``dvc repro``. This command creates the study (or finds it), opens or reopens the study's MLflow run,
-starts ``--workers`` worker processes (this command with ``--worker I``), waits, and writes the study summary. Run
-the same command on other machines with the same ``--storage`` and ``MLFLOW_TRACKING_URI`` to add workers; create
-the study once first (``--create-only``) when several machines start together on a fresh database.
+then runs rounds of ``--workers`` trials through the grid runner (one after another here, ``--workers`` local
+processes, or a Ray cluster with ``--grid-address``) until the study holds ``--trials``, and writes the study
+summary. Another command with the same ``--storage`` and ``MLFLOW_TRACKING_URI`` (on this machine or another)
+adds its trials to the same study; create the study once first (``--create-only``) when several start together on a
+fresh database.
 """
 
 from __future__ import annotations
@@ -12,19 +14,16 @@ import argparse
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
-import torch
 
 from diffquant import hpo, tracking
 from diffquant.config import Config, flatten
 from diffquant.errors import DiffQuantError
 from diffquant.train.policy_training import TrainingData
-from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
+from stages._cli import add_grid_address, load_params, one_asset, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.optimize")
 
@@ -40,7 +39,7 @@ def _positive(text: str) -> int:
 
 
 def _parent_run(root: Path, study: optuna.Study, storage: str, cfg: Config) -> tracking.Run:
-    """The study's MLflow run, created with the study and found again by every later command and worker."""
+    """The study's MLflow run, created with the study and found again by every later command."""
     run_id = study.user_attrs.get(hpo.PARENT_RUN_ATTR)
     if run_id is None:
         tags = {"optuna_study": study.study_name, "optuna_storage": hpo.storage_kind(storage), "stage": "optimize"}
@@ -57,109 +56,74 @@ def _parent_run(root: Path, study: optuna.Study, storage: str, cfg: Config) -> t
         ) from None
 
 
-def _setup(args: argparse.Namespace, cfg: Config, root: Path) -> dict:
-    return hpo.setup(cfg, args.epochs, [root / args.split / "train.npz", root / args.split / "val.npz"])
-
-
-def _worker(args: argparse.Namespace, cfg: Config, root: Path, storage: optuna.storages.BaseStorage) -> None:
-    torch.set_num_threads(1)  # workers share the machine's cores; more threads per worker only contend
-    sampler = hpo.make_sampler(cfg.seed, args.worker)
-    study = hpo.load_study(storage, args.study_name, sampler, hpo.make_pruner(cfg.optimize.pruner_warmup_epochs))
-    hpo.check_setup(study, _setup(args, cfg, root))
-    parent = _parent_run(root, study, args.storage, cfg)
-    data = TrainingData.load(root / args.split)
-    label = f"{socket.gethostname()}/{args.worker}/{os.getpid()}"
-    ran = hpo.run_worker(study, args.trials, hpo.TrialObjective(cfg, data, args.epochs, parent, label))
-    log.info("worker %s ran %d trial(s)", label, ran)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--split", default="data_source/split", help="train.npz and val.npz from the split stage")
     p.add_argument("--out", default="outputs/optimize", help="summary.json goes here")
-    p.add_argument("--trials", type=_positive, help="finished trials the study aims at (default optimize.trials)")
-    p.add_argument("--workers", type=_positive, help="worker processes to start here (default optimize.workers)")
+    p.add_argument("--trials", type=_positive, help="trials the study aims at (default optimize.trials)")
+    p.add_argument("--workers", type=_positive, help="trials trained at once (default optimize.workers)")
+    add_grid_address(p)
     p.add_argument("--storage", help="journal file path or SQLAlchemy URL (default optimize.storage)")
     p.add_argument("--study-name", help="default optimize.study_name, else the experiment name")
     p.add_argument("--epochs", type=_positive, help="training epochs per trial (default optimize.epochs)")
     p.add_argument("--write-params", action="store_true", help="write the best trial's params into --params")
     p.add_argument("--create-only", action="store_true", help="create the study and its MLflow run, then exit")
-    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set on the processes this command starts
     args = p.parse_args(argv)
     root = repo_root()
-    cfg = one_asset(load_params(args.params))
+    cfg = one_asset(load_params(args.params, grid_address=args.grid_address))
     o = cfg.optimize
-    args.trials = args.trials or o.trials
-    args.storage = args.storage or o.storage
-    args.study_name = args.study_name or o.study_name or cfg.experiment
-    args.epochs = args.epochs or o.epochs or cfg.train.epochs
-    storage = hpo.open_storage(args.storage, root)
-    if args.worker is not None:
-        _worker(args, cfg, root, storage)
-        return
+    trials = args.trials or o.trials
+    storage_url = args.storage or o.storage
+    name = args.study_name or o.study_name or cfg.experiment
+    epochs = args.epochs or o.epochs or cfg.train.epochs
+    storage = hpo.open_storage(storage_url, root)
 
     tracking.check_reachable(tracking.tracking_uri(root))
-    TrainingData.load(root / args.split)  # a missing split fails here, not once per worker
-    study = hpo.create_study(storage, args.study_name)
-    hpo.check_setup(study, _setup(args, cfg, root))
-    parent = _parent_run(root, study, args.storage, cfg)
+    data = TrainingData.load(root / args.split)
+    study = hpo.create_study(storage, name)
+    hpo.check_setup(study, hpo.setup(cfg, epochs, [root / args.split / "train.npz", root / args.split / "val.npz"]))
+    parent = _parent_run(root, study, storage_url, cfg)
     if args.create_only:
-        log.info("study '%s' ready in %s; MLflow run %s", args.study_name, args.storage, parent.run_id)
+        log.info("study '%s' ready in %s; MLflow run %s", name, storage_url, parent.run_id)
         return
 
     workers = args.workers or o.workers
-    command = [
-        sys.executable,
-        "-m",
-        "stages.optimize",
-        "--params",
-        args.params,
-        "--split",
-        args.split,
-        "--trials",
-        str(args.trials),
-        "--storage",
-        args.storage,
-        "--study-name",
-        args.study_name,
-        "--epochs",
-        str(args.epochs),
-    ]
+    study = hpo.load_study(storage, name, hpo.make_sampler(cfg.seed), hpo.make_pruner(o.pruner_warmup_epochs))
+    label = f"{socket.gethostname()}/{os.getpid()}"
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([*command, "--worker", str(i)]) for i in range(workers)]  # same cwd and env
-    codes = [proc.wait() for proc in procs]
-    seconds = time.perf_counter() - t0
-
-    summary = {
-        **hpo.summarize(study),
-        "storage_kind": hpo.storage_kind(args.storage),
-        "objective": "val Sharpe of the checkpoint the trainer selects (train.select_min_rebalances rule)",
-        "epochs_per_trial": args.epochs,
-        "search_space": {d.key: [d.low, d.high, "log" if d.log else "uniform"] for d in hpo.search_space(cfg)},
-        "workers_here": workers,
-        "wall_seconds_here": round(seconds, 2),
-        "mlflow_run_id": parent.run_id,
-    }
-    write_json(root / args.out / "summary.json", summary)
-    counts = ("n_trials", "n_complete", "n_pruned", "n_failed", "best_value")
-    parent.log_metrics({k: summary[k] for k in counts}, step=summary["n_trials"])
-    parent.log_metrics(summary["best_params"], step=summary["n_trials"], prefix="best.")
-    parent.log_artifact(root / args.out / "summary.json", "optimize")
-    parent.finish()
+    try:
+        ran = hpo.run_search(study, cfg, data, trials, epochs, parent, label, workers)
+    finally:
+        seconds = time.perf_counter() - t0
+        summary = {
+            **hpo.summarize(study),
+            "storage_kind": hpo.storage_kind(storage_url),
+            "objective": "val Sharpe of the checkpoint the trainer selects (train.select_min_rebalances rule)",
+            "epochs_per_trial": epochs,
+            "search_space": {d.key: [d.low, d.high, "log" if d.log else "uniform"] for d in hpo.search_space(cfg)},
+            "trials_at_once_here": workers,
+            "wall_seconds_here": round(seconds, 2),
+            "mlflow_run_id": parent.run_id,
+        }
+        write_json(root / args.out / "summary.json", summary)
+        counts = ("n_trials", "n_complete", "n_pruned", "n_failed", "best_value")
+        parent.log_metrics({k: summary[k] for k in counts}, step=summary["n_trials"])
+        parent.log_metrics(summary["best_params"], step=summary["n_trials"], prefix="best.")
+        parent.log_artifact(root / args.out / "summary.json", "optimize")
+        parent.finish()
     log.info(
-        "study '%s': %d trials (%d complete, %d pruned, %d failed) in %.1f s here; best val Sharpe %s (trial %s)",
-        args.study_name,
+        "study '%s': %d trials (%d complete, %d pruned, %d failed), %d run here in %.1f s; best val Sharpe %s "
+        "(trial %s)",
+        name,
         summary["n_trials"],
         summary["n_complete"],
         summary["n_pruned"],
         summary["n_failed"],
+        ran,
         seconds,
         summary["best_value"],
         summary["best_trial"],
     )
-    failed = [f"worker {i}: exit {c}" for i, c in enumerate(codes) if c]
-    if failed:
-        raise DiffQuantError(f"{', '.join(failed)}; the log lines above say why (summary.json is written)")
     if args.write_params:
         if not summary["best_params"]:
             raise DiffQuantError("--write-params: the study has no complete trial yet; nothing written")

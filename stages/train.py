@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where later stages find the MLflow runs")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = one_asset(load_params(args.params, args.workers))
+    cfg = one_asset(load_params(args.params, args.workers, args.grid_address))
     tracking.check_reachable(tracking.tracking_uri(root))  # fail before hours of training, not after
     data = TrainingData.load(root / args.split)
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", default="outputs/metrics/proxy.json")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = one_asset(load_params(args.params, args.workers))
+    cfg = one_asset(load_params(args.params, args.workers, args.grid_address))
     if not cfg.baselines.proxy:
         out.mkdir(parents=True, exist_ok=True)
         write_json(root / args.metrics, {"trained": False})

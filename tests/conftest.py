@@ -19,7 +19,7 @@ START_MS = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 def one_torch_thread():
     """One torch thread: the test models are tiny, and on a 2-core machine two OpenMP threads stall behind any other
     busy process (a 12 s module took minutes). The count is part of a result: 1 and 2 threads differ in the last
-    bits of a float (diffquant.train.grid), so tests that compare runs run them with the same count."""
+    bits of a float (diffquant.compute.grid), so tests that compare runs run them with the same count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -43,6 +43,7 @@ TINY = {
         "val_freq": 1,
         "select_min_rebalances": 1,
         "device": "cpu",
+        "threads": 1,  # two commands on one small machine: one thread per trial, as the old worker processes had
     },
     "optimize": {"pruner_warmup_epochs": 0},
     "baselines": {"momentum_lookbacks": [4, 8]},
@@ -101,8 +102,9 @@ def _finish(proc: subprocess.Popen) -> str:
     return out
 
 
-def _check_study(project: Path, storage: str, name: str, n_trials: int, n_processes: int) -> list:
-    """Every trial finished once, numbered 0..n-1, one nested MLflow run each; returns the trials."""
+def _check_study(project: Path, storage: str, name: str, n_trials: int, n_processes: int) -> tuple[list, list]:
+    """Every trial finished once, numbered 0..n-1, one nested MLflow run each; returns the trials and the (start, end)
+    times of their runs (a trial's run starts when its unit starts training)."""
     study = optuna.load_study(study_name=name, storage=hpo.open_storage(storage, project))
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # none lost, none duplicated
@@ -127,7 +129,7 @@ def _check_study(project: Path, storage: str, name: str, n_trials: int, n_proces
     summary = json.loads((project / "out" / "summary.json").read_text())
     assert summary["n_trials"] == len(trials)
     assert client.get_run(parent_id).data.metrics["n_trials"] == len(trials)
-    return trials
+    return trials, [(r.info.start_time, r.info.end_time) for r in children]
 
 
 def _assert_reproducible(project: Path, trials: list) -> None:
@@ -141,7 +143,8 @@ def _assert_reproducible(project: Path, trials: list) -> None:
         for t in reversed(done[-3:]):
             seed = hpo.trial_seed(cfg.seed, t.number)
             assert t.user_attrs["seed"] == seed
-            assert hpo.train_trial(hpo.with_params(cfg, t.params), data, seed).value == t.value, t.number
+            trial_cfg = hpo.with_params(cfg, {**t.params, "train.threads": t.user_attrs["threads"]})
+            assert hpo.train_trial(trial_cfg, data, seed).value == t.value, t.number
     finally:
         torch.set_flush_denormal(False)  # torch's default
 
@@ -165,9 +168,11 @@ def test_two_workers_on_a_journal_file(project: Path) -> None:
         )
     )
     seconds = time.perf_counter() - t0
-    trials = _check_study(project, "journal/j.log", "journal", 8, 2)
-    workers = {t.user_attrs["worker"] for t in trials}
-    assert len(workers) == 2, f"one worker ran every trial: {workers}\n{out[-3000:]}"
+    trials, runs = _check_study(project, "journal/j.log", "journal", 8, 1)
+    assert len({t.user_attrs["worker"] for t in trials}) == 1  # one command drove them all
+    overlapping = [(a, b) for a in runs for b in runs if a < b and b[0] < a[1]]
+    assert overlapping, f"no two trials trained at the same time: {runs}\n{out[-3000:]}"  # the local pool's two
+    assert {t.user_attrs["threads"] for t in trials} == {1}
     _assert_reproducible(project, trials)
     print(f"journal: 2 workers x {len(trials)} trials in {seconds:.1f} s")
 
@@ -183,25 +188,26 @@ def test_two_machines_on_postgresql(project: Path) -> None:
         for proc in procs:
             _finish(proc)
         seconds = time.perf_counter() - t0
-        trials = _check_study(project, url, "pg", 6, 2)
+        trials, _ = _check_study(project, url, "pg", 6, 2)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     print(f"postgresql: 2 workers x {len(trials)} trials in {seconds:.1f} s")
 
 
-@pytest.mark.slow  # trains two trials of three epochs
-def test_objective_is_the_selected_checkpoint_and_reports_feed_the_pruner(project: Path) -> None:
+@pytest.mark.slow  # trains trials of three epochs, here and on two worker processes
+def test_objective_is_the_selected_checkpoint_and_reports_feed_the_pruner_which_stops_the_unit(project: Path) -> None:
     cfg = load(project / "params.yaml")
     data = TrainingData.load(project / "split")
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(hpo.TrialObjective(cfg, data, 3, None, "here"), n_trials=2)
+    assert hpo.run_search(study, cfg, data, 2, 3, None, "here") == 2
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert sorted(t.intermediate_values) == [1, 2, 3]  # one report per val check
         assert t.intermediate_values[3] == t.value  # the last report is the objective
-    pruning = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9))
-    pruning.optimize(hpo.TrialObjective(cfg, data, 3, None, "here"), n_trials=1)
-    assert pruning.trials[0].state == optuna.trial.TrialState.PRUNED
-    assert list(pruning.trials[0].intermediate_values) == [1]
+    for parallel in (1, 2):  # in this process, then the local pool: the pruned unit is stopped, not just ignored
+        pruning = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9))
+        hpo.run_search(pruning, cfg, data, parallel, 3, None, "here", parallel)
+        assert [t.state for t in pruning.trials] == [optuna.trial.TrialState.PRUNED] * parallel
+        assert all(list(t.intermediate_values) == [1] for t in pruning.trials)
 
 
 def test_trial_seed_depends_on_study_seed_and_number_only() -> None:

@@ -1,13 +1,13 @@
-"""Hyper-parameter search over training: an Optuna study on a shared storage, trained by worker processes.
+"""Hyper-parameter search over training: an Optuna study on a shared storage, its trials trained by the grid runner.
 
-``objective``: the search space and what one trial does; ``study``: storage, study, workers, summary;
-``params_file``: the best values back into params.yaml. ``stages/optimize.py`` is the command.
+``objective``: the search space and what one trial is; ``search``: the ask-train-tell rounds through the grid;
+``study``: storage, study, sampler, pruner, summary; ``params_file``: the best values back into params.yaml.
+``stages/optimize.py`` is the command.
 """
 
 from diffquant.hpo.objective import (
     SPACE,
     Dim,
-    TrialObjective,
     TrialOutcome,
     search_space,
     train_trial,
@@ -15,6 +15,7 @@ from diffquant.hpo.objective import (
     with_params,
 )
 from diffquant.hpo.params_file import write_params
+from diffquant.hpo.search import TrialHooks, run_search
 from diffquant.hpo.study import (
     PARENT_RUN_ATTR,
     StorageError,
@@ -25,7 +26,6 @@ from diffquant.hpo.study import (
     make_pruner,
     make_sampler,
     open_storage,
-    run_worker,
     setup,
     storage_kind,
     summarize,
@@ -37,7 +37,7 @@ __all__ = [
     "Dim",
     "StorageError",
     "StudyMismatch",
-    "TrialObjective",
+    "TrialHooks",
     "TrialOutcome",
     "check_setup",
     "create_study",
@@ -45,7 +45,7 @@ __all__ = [
     "make_pruner",
     "make_sampler",
     "open_storage",
-    "run_worker",
+    "run_search",
     "search_space",
     "setup",
     "storage_kind",

@@ -1,30 +1,26 @@
-"""The search space and the objective: one trial = one configuration trained from scratch and scored on val.
+"""The search space and what one trial is: one configuration trained from scratch and scored on val.
 
 A trial's value is the val Sharpe of the checkpoint the trainer selects (``TrainResult.selected_score``: the final
-check when none qualified), not the maximum over noisy val checks. The running value of that selection is
-reported at every val check, so a median pruner can stop a trial that lags behind the others at the same epoch.
-A trial is trained with a seed derived from (study seed, trial number) only, so its value does not depend on
-which worker ran it or in what order.
+check when none qualified), not the maximum over noisy val checks; :mod:`diffquant.hpo.search` reports the running
+value of that selection at every val check, so a median pruner can stop a trial that lags behind the others at the
+same epoch. A trial is trained with a seed derived from (study seed, trial number) only, and with the thread count
+the driver gave it, so its value does not depend on which worker ran it or in what order.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 
-from diffquant import tracking
+from diffquant.compute.grid import run_grid, with_unit_threads
+from diffquant.compute.units import QuietHooks, Unit
 from diffquant.config import Config, from_dict
 from diffquant.errors import ConfigError
-from diffquant.train.grid import run_grid
 from diffquant.train.policy_training import PolicyWork, TrainingData
-from diffquant.train.units import QuietHooks, Unit
 
 
 @dataclass(frozen=True)
@@ -84,69 +80,11 @@ class TrialOutcome:
     history: list[dict[str, Any]]
 
 
-def train_trial(
-    cfg: Config,
-    data: TrainingData,
-    seed: int,
-    on_check: Callable[[int, float], None] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> TrialOutcome:
-    """Train one configuration from scratch (one unit of the grid runner, in this process, checkpoints in a temp
-    dir) and score its selected checkpoint.
-
-    ``on_check(epoch, value)`` gets, at every val check, the value the trial would have if training stopped there;
-    it may raise (``optuna.TrialPruned``) to stop the trial.
-    """
+def train_trial(cfg: Config, data: TrainingData, seed: int) -> TrialOutcome:
+    """Train one configuration from scratch as a trial does (one unit, here, checkpoints in a temp dir) and score its
+    selected checkpoint: how a trial's value is reproduced (give ``cfg`` the trial's ``threads`` user attribute)."""
+    cfg = with_unit_threads(cfg)
     with tempfile.TemporaryDirectory(prefix="diffquant-trial-") as tmp:
-        work = PolicyWork(Unit("policy", seed), cfg, data, Path(tmp), on_check)
-        outcome = run_grid([work], lambda _: _TrialHooks(on_epoch), cfg.train, workers=1, progress=False)[work.unit]
-    result = outcome.result
+        work = PolicyWork(Unit("policy", seed), cfg, data, Path(tmp))
+        result = run_grid([work], lambda _: QuietHooks(), cfg.train, workers=1, progress=False)[work.unit].result
     return TrialOutcome(result.selected_score, result.best_epoch, result.history)
-
-
-class _TrialHooks(QuietHooks):
-    """A trial's one unit reports its epochs to ``on_epoch`` (the trial's MLflow run); the rest is the objective's."""
-
-    def __init__(self, on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
-        self.on_epoch = on_epoch
-
-    def epoch(self, seed: int, record: dict[str, Any]) -> None:
-        if self.on_epoch is not None:
-            self.on_epoch(record)
-
-
-class TrialObjective:
-    """The Optuna objective: suggest params, train, report val checks to the pruner, log a nested MLflow run."""
-
-    def __init__(self, cfg: Config, data: TrainingData, epochs: int, parent: tracking.Run | None, worker: str) -> None:
-        self.cfg, self.data, self.epochs, self.parent, self.worker = cfg, data, epochs, parent, worker
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        params = {d.key: trial.suggest_float(d.key, d.low, d.high, log=d.log) for d in search_space(self.cfg)}
-        cfg = with_params(self.cfg, params, self.epochs)
-        seed = trial_seed(self.cfg.seed, trial.number)
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("worker", self.worker)
-
-        def report(epoch: int, value: float) -> None:
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val Sharpe so far {value:.3f})")
-
-        if self.parent is None:
-            return train_trial(cfg, self.data, seed, report).value
-        pruned: optuna.TrialPruned | None = None
-        tags = {"optuna_trial": str(trial.number), "worker": self.worker}
-        with tracking.child_run(self.parent, f"trial-{trial.number}", tags) as run:
-            run.log_params({**params, "train.epochs": cfg.train.epochs, "seed": seed, "trial": trial.number})
-            try:
-                outcome = train_trial(cfg, self.data, seed, report, lambda r: run.log_history([r]))
-            except optuna.TrialPruned as exc:  # a pruned trial is a finished run, not a failed one
-                run.set_tags({"optuna_state": "PRUNED"})
-                pruned = exc
-            else:
-                run.set_tags({"optuna_state": "COMPLETE" if math.isfinite(outcome.value) else "FAIL"})  # as Optuna
-                run.log_metrics({"objective_val_sharpe": outcome.value, "best_epoch": outcome.best_epoch or 0})
-        if pruned is not None:
-            raise pruned
-        return outcome.value

@@ -1,25 +1,26 @@
-"""Study plumbing: storage (journal file or SQL database), study creation, the worker loop and the summary.
+"""Study plumbing: storage (journal file or SQL database), study creation, sampler and pruner, the summary.
 
-The study is created once (``create_study``), then any number of workers, on this or other machines, load it
-(``load_study``): on a fresh SQL database, workers that create the schema together race and crash. Workers are
-separate processes (torch's random state is per process); a sampler's seed only decides which params are proposed.
+The study is created once (``create_study``), then any number of commands, on this or other machines, load it
+(``load_study``): on a fresh SQL database, commands that create the schema together race and crash. A command's
+trials train through the grid runner (:mod:`diffquant.hpo.search`); a sampler's seed only decides which params
+are proposed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 
-from diffquant.config import Config, flatten
+from diffquant.config import WHERE_UNITS_RUN, Config, flatten
 from diffquant.errors import DiffQuantError
 from diffquant.hpo.objective import search_space
 
@@ -66,11 +67,12 @@ def open_storage(url: str, root: Path) -> optuna.storages.BaseStorage:
         ) from None
 
 
-def make_sampler(seed: int, worker: int) -> optuna.samplers.TPESampler:
-    """TPE with a per-worker seed (workers on one machine, or on two, should not propose the same params);
-    ``constant_liar`` keeps parallel workers from piling onto the point a running trial is already testing."""
+def make_sampler(seed: int) -> optuna.samplers.TPESampler:
+    """TPE seeded per command (host and process): two commands on one study, on one machine or two, should not
+    propose the same params; ``constant_liar`` keeps the trials of one round (and other commands' running ones)
+    apart. Which params get proposed is not part of a trial's result: its training seed is (``trial_seed``)."""
     host = zlib.crc32(socket.gethostname().encode())
-    sampler_seed = int(np.random.SeedSequence([seed % 2**63, worker, host]).generate_state(1)[0])
+    sampler_seed = int(np.random.SeedSequence([seed % 2**63, host, os.getpid()]).generate_state(1)[0])
     return optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=True)
 
 
@@ -93,19 +95,6 @@ def load_study(
             f"no study '{name}' in the storage; create it first (python -m stages.optimize --create-only "
             "with the same --storage and --study-name)"
         ) from None
-
-
-def run_worker(study: optuna.Study, n_trials: int, objective: Callable[[optuna.Trial], float]) -> int:
-    """Run trials until the study holds ``n_trials`` (any state, running ones included); returns how many ran here.
-
-    Counting before each trial, not per worker, lets workers join and leave at any time; two workers that count at
-    the same instant can overshoot by one trial each, which the summary reports.
-    """
-    ran = 0
-    while len(study.get_trials(deepcopy=False)) < n_trials:
-        study.optimize(objective, n_trials=1, gc_after_trial=False)
-        ran += 1
-    return ran
 
 
 def summarize(study: optuna.Study) -> dict[str, Any]:
@@ -131,7 +120,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
 def setup(cfg: Config, epochs: int, data_files: list[Path]) -> dict[str, Any]:
     """What makes trials comparable: the space, the epochs, the seed, the fixed params and the data (hashed)."""
     space = search_space(cfg)
-    searched = {d.key for d in space}
+    searched = {d.key for d in space} | {f"train.{k}" for k in WHERE_UNITS_RUN}  # where trials run: no setting
     fixed = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in searched and not k.startswith("optimize.")}
     data = hashlib.sha256()
     for path in data_files:

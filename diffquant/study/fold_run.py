@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diffquant.compute.grid import run_grid, with_unit_threads
+from diffquant.compute.reporting import HooksOf
+from diffquant.compute.units import SeedHooks, Unit, Work
 from diffquant.config import Config
 from diffquant.data.splits import Samples
 from diffquant.errors import DataError
@@ -45,12 +48,10 @@ from diffquant.model.policy import PolicyNetwork
 from diffquant.study.book_run import BASELINES, PORTFOLIO, single_config, trade_book, write_weights
 from diffquant.study.fold_data import AssetFold, FoldData
 from diffquant.train import checkpoint
-from diffquant.train.grid import HooksOf, run_grid
 from diffquant.train.layout import checkpoint_path
 from diffquant.train.policy_training import TrainingData, policy_works, prepare_policies
 from diffquant.train.proxy_training import prepare_proxies, proxy_works
 from diffquant.train.resume import code_hash
-from diffquant.train.units import SeedHooks, Unit, Work
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,9 @@ def judge_test(
 def run_folds(cfg: Config, folds: list[tuple[FoldData, Path]], hooks_for: HooksFor) -> list[FoldResult]:
     """Each fold's result (``(data, folder)`` in, in that order): read from its ``fold.json`` when the key still
     matches; the others' units trained as one grid (every fold's seeds side by side on ``train.workers``), then
-    each of those folds chosen on val, traded on test and written."""
+    each of those folds chosen on val, traded on test and written. ``train.threads`` is resolved here, the driver,
+    before any key or unit exists."""
+    cfg = with_unit_threads(cfg)
     results: dict[str, FoldResult] = {}
     todo = []
     for data, out in folds:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diffquant.compute.units import QuietHooks
 from diffquant.config import SERIES_BACKBONES, BackboneName, Config
 from diffquant.evaluate.compare import to_markdown
 from diffquant.evaluate.metrics import sharpe
@@ -36,7 +37,6 @@ from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FoldResult, run_folds
 from diffquant.study.pooled import UNIVERSE, pbo
 from diffquant.study.report import summarize
-from diffquant.train.units import QuietHooks
 
 LOSSES: dict[str, dict[str, Any]] = {  # a loss configuration: the dotted keys it sets
     "hybrid": {"loss.type": "hybrid"},

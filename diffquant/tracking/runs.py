@@ -288,7 +288,7 @@ DOWNSTREAM_PARAMS = ("thresholds.", "eval.checkpoint", "optimize.")
 
 
 class SeedRuns:
-    """A parent run with one child run per seed: the ``SeedHooks`` of ``diffquant.train.units``.
+    """A parent run with one child run per seed: the ``SeedHooks`` of ``diffquant.compute.units``.
 
     Nothing is opened before :meth:`begin`. With a run file (``outputs/mlflow_run.json``) a restarted stage
     continues the parent and the children it recorded, logging only the epochs they lack; without one, every start

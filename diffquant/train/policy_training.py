@@ -2,7 +2,7 @@
 
 :func:`train_policy` builds one seed's network, objective, validation and mirror map and trains it;
 :func:`train_policies` trains every seed of ``train.seeds`` into the seed layout, resuming an interrupted seed, and
-reports through :class:`~diffquant.train.units.SeedHooks` (the stage connects them to MLflow; nothing here imports
+reports through :class:`~diffquant.compute.units.SeedHooks` (the stage connects them to MLflow; nothing here imports
 tracking). Each seed is a unit of the grid runner (:class:`PolicyWork`), so ``train.workers`` trains seeds side by
 side.
 """
@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from diffquant.compute.grid import run_grid, with_unit_threads
+from diffquant.compute.units import SeedHooks, Unit
 from diffquant.config import Config, Hysteresis
 from diffquant.data.features import mirror_spec
 from diffquant.data.splits import Samples, Series
@@ -33,7 +35,6 @@ from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint, layout
 from diffquant.train.book_episodes import book_episodes
 from diffquant.train.episodes import EpisodeBatch, episodes_from_arrays
-from diffquant.train.grid import run_grid
 from diffquant.train.resume import ResumeSpec, code_hash, content_hash
 from diffquant.train.trainer import (
     TrainResult,
@@ -44,7 +45,6 @@ from diffquant.train.trainer import (
     resolve_device,
     seed_everything,
 )
-from diffquant.train.units import SeedHooks, Unit
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,10 @@ def train_policy(
     seed: int,
     out_dir: Path,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    on_check: Callable[[int, float], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """One seed's policy trained into ``out_dir`` (resumed from its ``last.pt`` when that matches), validated by
-    walk-forward on ``data.val`` (:func:`validation_metrics`) with ``eval.hysteresis``; callbacks as
+    walk-forward on ``data.val`` (:func:`validation_metrics`) with ``eval.hysteresis``; ``on_epoch`` as
     :func:`~diffquant.train.trainer.fit_task`."""
     names = data.samples.feature_names
     seed_everything(seed)
@@ -143,7 +142,6 @@ def train_policy(
         resume_spec(cfg, data, seed),
         mirror,
         on_epoch=on_epoch,
-        on_check=on_check,
         progress=progress,
     )
 
@@ -186,14 +184,13 @@ class PolicyWork:
     cfg: Config
     data: TrainingData
     folder: Path
-    on_check: Callable[[int, float], None] | None = None  # a pruner's feed (see ``fit_task``); in-process units only
 
     def finished_epochs(self) -> list[dict[str, Any]]:
         return finished_history(self.folder, resume_spec(self.cfg, self.data, self.unit.seed))
 
     def run(self, on_epoch: Callable[[dict[str, Any]], None], progress: bool) -> SeedOutcome:
         t0 = time.perf_counter()
-        result = train_policy(self.cfg, self.data, self.unit.seed, self.folder, on_epoch, self.on_check, progress)
+        result = train_policy(self.cfg, self.data, self.unit.seed, self.folder, on_epoch, progress)
         checked = [r for r in result.history if "val_sharpe" in r]
         files = {"history": self.folder / layout.HISTORY_JSON, "val_history": self.folder / layout.VAL_HISTORY_CSV}
         write_csv(files["val_history"], pd.DataFrame(checked)[list(VAL_HISTORY_COLUMNS)])
@@ -229,7 +226,9 @@ def prepare_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHook
 
 
 def train_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks) -> dict[int, SeedOutcome]:
-    """Every seed of ``train.seeds`` into ``<out>/seed_<s>/``, on ``train.workers`` processes (the grid runner)."""
+    """Every seed of ``train.seeds`` into ``<out>/seed_<s>/``, through the grid runner (``train.workers``
+    processes, or Ray); ``train.threads`` resolved here, the driver, before the units exist."""
+    cfg = with_unit_threads(cfg)
     prepare_policies(cfg, data, out, hooks)
     outcomes = run_grid(policy_works(cfg, data, out), lambda unit: hooks, cfg.train)
     return {unit.seed: outcome for unit, outcome in sorted(outcomes.items())}

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from diffquant.compute.grid import run_grid, with_unit_threads
+from diffquant.compute.units import SeedHooks, Unit
 from diffquant.config import Config
 from diffquant.data.splits import Series
 from diffquant.model.forecaster import Forecaster
 from diffquant.train import checkpoint, layout
-from diffquant.train.grid import run_grid
 from diffquant.train.proxy import (
     ForecastSet,
     ForecastTask,
@@ -39,7 +40,6 @@ from diffquant.train.trainer import (
     resolve_device,
     seed_everything,
 )
-from diffquant.train.units import SeedHooks, Unit
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,8 @@ def train_proxies(
     cfg: Config, train: Sequence[Series], val: Sequence[Series], out: Path, hooks: SeedHooks
 ) -> dict[int, ProxyOutcome]:
     """Every seed's forecaster into ``<out>/seed_<s>/``, fitted on the train series of every asset given (pooled),
-    on ``train.workers`` processes (the grid runner)."""
+    through the grid runner (``train.workers`` processes, or Ray); ``train.threads`` resolved here, the driver."""
+    cfg = with_unit_threads(cfg)
     works = proxy_works(cfg, train, val, out)
     prepare_proxies(works, out, hooks)
     outcomes = run_grid(works, lambda unit: hooks, cfg.train)

@@ -210,6 +210,13 @@ LOADER_CASES: dict[str, Case] = {
     ),
     "regime_power_out_of_range": ("train", {"loss": {"regime_power": 5.0}}, ("loss.regime_power", "out of range")),
     "unknown_regime_reference": ("train", {"loss": {"regime_reference": "median"}}, ("loss.regime_reference",)),
+    "grid_address_not_an_address": (
+        "train",
+        {"train": {"grid_address": "the cloud"}},
+        ("train.grid_address", "'the cloud'", "host:port"),
+    ),
+    "retired_grid_storage": ("train", {"train": {"grid_storage": "postgresql://x/y"}}, ("train.grid_storage",)),
+    "gpu_share_above_one": ("train", {"train": {"gpus_per_unit": 1.5}}, ("train.gpus_per_unit", "out of range")),
     "duplicate_seeds": ("train", {"train": {"seeds": [1, 1]}}, ("train.seeds", "distinct")),
     "no_seeds": ("train", {"train": {"seeds": []}}, ("train.seeds",)),
     "seed_not_an_integer": ("train", {"train": {"seeds": [1, "two"]}}, ("train.seeds[1]", "expected an integer")),
@@ -296,6 +303,12 @@ def test_unknown_option_prints_usage_and_exits_2(in_root: Path, capsys: pytest.C
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: ") and "error: unrecognized arguments: --epochs 3" in err
+    assert snapshot(in_root) == before
+
+
+def test_a_grid_address_that_is_no_address_is_refused_before_anything_runs(in_root: Path) -> None:
+    before = snapshot(in_root)
+    assert_raises_naming(lambda: run_main("train", "--grid-address", "ray://head"), ("--grid-address", "host:port"))
     assert snapshot(in_root) == before
 
 

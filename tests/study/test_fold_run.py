@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from diffquant.compute.units import QuietHooks
 from diffquant.config import Config, from_dict
 from diffquant.data.sources import RawData, load_source
 from diffquant.data.universe import asset_features
@@ -29,7 +30,6 @@ from diffquant.study.fold_run import FOLD_JSON, FoldResult, load_fold, run_fold
 from diffquant.study.pooled import stitch, universe_book
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
-from diffquant.train.units import QuietHooks
 from tests.repo_copy import REPO, deep_update
 
 pytestmark = pytest.mark.slow  # each fold trains a (tiny) policy and proxy

@@ -1,11 +1,11 @@
 """One unit of training work: a policy or an MSE proxy, of one seed, in one model group.
 
 A group is what a set of seeds trains on: the one-asset chain's train split (group ``""``), or one fold's pooled or
-per-asset samples in a walk-forward study (``"<fold>/<group>"``). The grid runner (:mod:`diffquant.train.grid`)
+per-asset samples in a walk-forward study (``"<fold>/<group>"``). The grid runner (:mod:`diffquant.compute.grid`)
 schedules units on processes, GPUs or machines and routes what they report to :class:`SeedHooks`; a unit knows
 nothing of workers and the runner nothing of losses or models. A unit's work is picklable (it travels to a worker
-process, or through a shared folder to another machine) and its result depends on the work alone (config, data,
-seed), never on which worker ran it or when.
+process or another machine) and its result depends on the work alone (config with its thread count, data, seed),
+never on which worker ran it or when.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from diffquant.config import Config
-from diffquant.train.trainer import TrainResult
+
+if TYPE_CHECKING:  # the runner never touches a result; the protocol only names its type
+    from diffquant.train.trainer import TrainResult
 
 Kind = Literal["policy", "proxy"]
 
@@ -50,7 +52,12 @@ class Outcome(Protocol):
 
 
 class Work(Protocol):
-    """Everything one unit needs to train: config, data and the folder its checkpoints go to."""
+    """Everything one unit needs to train: config, data and the folder its checkpoints go to.
+
+    A work is a frozen dataclass: an engine that trains it away from its folder (Ray) runs a copy with ``folder``
+    replaced by a local one (``dataclasses.replace``) and brings the files back. ``cfg.train.threads`` is the
+    unit's thread count (never 0 here: the driver resolves it, :func:`diffquant.compute.grid.with_unit_threads`).
+    """
 
     unit: Unit
     cfg: Config
@@ -65,6 +72,11 @@ class Work(Protocol):
         ...
 
 
+class StopUnit(Exception):
+    """Raised by a hook's ``epoch`` to stop its unit early (a pruner does): the unit ends after at most one more
+    epoch, without an outcome, and that is not a failure of the grid."""
+
+
 class SeedHooks(Protocol):
     """How the units of one group report (``diffquant.tracking.SeedRuns`` logs them to MLflow)."""
 
@@ -75,7 +87,8 @@ class SeedHooks(Protocol):
         """Before training; ``finished`` are the epoch records an interrupted run already completed."""
 
     def epoch(self, seed: int, record: dict[str, Any]) -> None:
-        """Every finished epoch; it may raise to stop the unit (a pruner does), when the unit runs in-process."""
+        """Every new finished epoch (in the driver, whatever engine trains the unit); raise :class:`StopUnit` to
+        stop the unit."""
 
     def finished(self, seed: int, outcome: Outcome) -> None: ...
 
