@@ -30,15 +30,17 @@ log = logging.getLogger("diffquant.registry")
 
 @dataclass(frozen=True)
 class Gate:
-    key: str  # psr, dsr, beats_buy_and_hold: the model version's tag is gate.<key>
+    key: str  # psr, dsr, beats_buy_and_hold, spa: the model version's tag is gate.<key>
     label: str
     value: float | None
     threshold: float
     passed: bool
+    below: bool = False  # the value must lie below the threshold (a p-value), not above it
 
     def describe(self) -> str:
         shown = "n/a" if self.value is None else f"{self.value:.3f}"
-        return f"{self.label} {shown} {'>' if self.passed else 'is not >'} {self.threshold:g}"
+        sign = "<" if self.below else ">"
+        return f"{self.label} {shown} {sign if self.passed else f'is not {sign}'} {self.threshold:g}"
 
 
 def registered_name(experiment: str) -> str:
