@@ -198,6 +198,17 @@ def _stated(part: Any, *args: Any) -> dict[str, Any]:
         return {NOT_COMPUTABLE: str(why)}
 
 
+def search_tests(frame: pd.DataFrame, benchmark: str, setting: Setting) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SPA and StepM of every column of ``frame`` but ``benchmark`` against it, and the model confidence set of all
+    of them; each stated not computable where the returns can not carry it."""
+    try:
+        check_returns(frame, setting.block)
+    except NotComputable as why:
+        return {NOT_COMPUTABLE: str(why)}, {NOT_COMPUTABLE: str(why)}
+    spa = _stated(superior_ability, frame.drop(columns=benchmark), frame[benchmark], setting)
+    return spa, _stated(confidence_set, frame, setting)
+
+
 def study_verdict(
     returns: pd.DataFrame, benchmark: str, headline: str, paired: Paired, setting: Setting
 ) -> dict[str, Any]:
@@ -218,13 +229,7 @@ def study_verdict(
         "strategies": ranked,
         "copies": copies,
     }
-    try:
-        check_returns(unique, setting.block)
-    except NotComputable as why:
-        out["spa"] = out["mcs"] = {NOT_COMPUTABLE: str(why)}
-    else:
-        out["spa"] = _stated(superior_ability, unique[ranked], unique[benchmark_kept], setting)
-        out["mcs"] = _stated(confidence_set, unique, setting)
+    out["spa"], out["mcs"] = search_tests(unique, benchmark_kept, setting)
     out["mde"] = _stated(detectable_edge, paired, setting)
     out["mintrl"] = _stated(track_record, returns[headline], setting.bars_per_year)
     included = out["mcs"].get("included")
