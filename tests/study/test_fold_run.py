@@ -27,7 +27,7 @@ from diffquant.evaluate.metric_names import verdict_metric
 from diffquant.folds import Fold, plan_folds
 from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FOLD_JSON, FoldResult, load_fold, run_fold
-from diffquant.study.pooled import stitch, universe_book
+from diffquant.study.pooled import configurations, stitch, universe_book
 from diffquant.study.study_outputs import write_study
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
@@ -140,9 +140,14 @@ def test_the_study_of_the_folds_judges_the_whole_search_in_its_verdict(appended:
     study = write_study(cfg, appended["both"], [out / f.name for f in appended["folds"]], tmp_path)
     verdict = study.summary["verdict"]
     assert verdict["benchmark"] == "buy_and_hold" and verdict["copies"]["policy_seed_3"] == "policy"  # one seed
-    assert {"policy", "proxy", "momentum_6", "momentum_12"} <= set(verdict["strategies"])
-    assert "buy_and_hold" not in verdict["strategies"] and verdict["block_bars"] == 24
+    universe = pd.read_csv(tmp_path / "tracks" / "universe.csv")
+    # every configuration the universe book traded is ranked, or is the benchmark, or a copy of one ranked
+    assert {*verdict["strategies"], *verdict["copies"], "buy_and_hold"} == set(configurations(universe))
+    assert {"policy", "proxy"} <= set(verdict["strategies"]) and "buy_and_hold" not in verdict["strategies"]
+    assert verdict["block_bars"] == 24 and verdict["bars"] == len(universe)
     assert 0.0 <= verdict["spa"]["consistent"] <= 1.0 and verdict["mde"]["sharpe"] > 0.0
+    pooled = study.summary["pooled_policy_minus_bh"]["joint"]  # the detectable edge is that interval's bootstrap
+    assert (verdict["mde"]["observed"], verdict["mde"]["p_value"]) == (pooled["mean"], pooled["p_value"])
     assert "## Verdict: the whole search against buy-and-hold" in study.report
     assert study.metrics[verdict_metric("spa_p")] == verdict["spa"]["consistent"] == study.spa_p
     assert study.metrics[verdict_metric("stepm_size")] == len(verdict["spa"]["stepm"])

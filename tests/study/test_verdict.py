@@ -31,10 +31,10 @@ from diffquant.study.verdict_report import Labels, verdict_markdown, verdict_met
 Z = NormalDist().inv_cdf
 
 
-@pytest.mark.slow  # about 25 s of CPU: 100 searches of 100 strategies
+@pytest.mark.slow  # about 20 s of CPU: 100 searches of 100 strategies
 def test_spa_rejects_about_5_percent_of_skill_less_searches():
     """100 strategies with noise correlated to the benchmark (0.5) and to each other (0.5), none with an edge: over
-    100 repetitions SPA at 5% must reject within the 99% binomial range of a true 5% (1 to 11 of 100). Measured: 4 of
+    100 repetitions SPA at 5% must reject within the 99% binomial range of a true 5% (1 to 11 of 100). Measured: 5 of
     100 here; the benchmark script's larger run is in docs/walk_forward.md."""
     rejected, n = rejection_rate(repetitions=100, strategies=100, bars=500, reps=200, block=10, seed=0)
     assert 1 <= rejected <= 11, f"SPA rejected {rejected} of {n} skill-less searches at 5%"
