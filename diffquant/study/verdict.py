@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from arch.bootstrap import MCS, SPA, StationaryBootstrap, StepM
 
+from diffquant.evaluate.metrics import sharpe
 from diffquant.evaluate.pooled_stats import minimum_detectable_difference, pooled_sharpe_draws
 from diffquant.evaluate.stats import minimum_track_record
 
@@ -120,15 +121,15 @@ def superior_ability(strategies: pd.DataFrame, benchmark: pd.Series, setting: Se
     spa = stepm.spa.pvalues
     check = SPA(zero, -differentials, **options)  # White's Reality Check: raw differentials, every one recentred
     check.compute()
-    means = differentials.mean()
+    best = z.mean().idxmax()  # the largest studentized mean difference: what SPA's statistic is
     return {
         "consistent": float(spa["consistent"]),
         "lower": float(spa["lower"]),
         "upper": float(spa["upper"]),
         "reality_check": float(check.pvalues["upper"]),
         "stepm": [str(s) for s in stepm.superior_models],
-        "best": str(z.mean().idxmax()),
-        "best_mean_difference_bps": 1e4 * float(means[z.mean().idxmax()]),
+        "best": str(best),
+        "best_mean_difference_bps": 1e4 * float(differentials[best].mean()),
     }
 
 
@@ -149,6 +150,9 @@ def confidence_set(frame: pd.DataFrame, setting: Setting, size: float = MCS_SIZE
 def detectable_edge(paired: Paired, setting: Setting) -> dict[str, Any]:
     """The smallest Sharpe difference of the headline to its benchmark the study would see 80% of the time at a
     one-sided 5%, from the joint block bootstrap of the pooled difference, beside the difference observed."""
+    bars, block = len(paired.period), setting.block
+    if bars < 2 * block:
+        raise NotComputable(f"the track has {bars} bars, fewer than two bootstrap blocks of {block} bars")
     try:
         pooled = pooled_sharpe_draws(
             paired.policy,
@@ -180,9 +184,8 @@ def track_record(net: pd.Series, bars_per_year: float) -> dict[str, Any]:
         bars = minimum_track_record(values, TRL_CONFIDENCE)
     except ValueError as exc:  # fewer than 2 returns, or none that vary
         raise NotComputable(str(exc)) from None
-    sr = float(values.mean() / values.std()) * math.sqrt(bars_per_year) if values.std() > 0 else 0.0
     return {
-        "sharpe": sr,
+        "sharpe": sharpe(values, math.sqrt(bars_per_year)),
         "bars": bars,
         "years": None if bars is None else bars / bars_per_year,
         "track_years": len(values) / bars_per_year,

@@ -155,6 +155,8 @@ def test_input_a_test_can_not_carry_is_stated_not_computed(case, expected):
     verdict = study_verdict(frame, "buy_and_hold", headline, _paired(frame, headline, "buy_and_hold"), SETTING)
     assert expected in verdict["spa"][NOT_COMPUTABLE]
     assert NOT_COMPUTABLE in verdict["mcs"]
+    if case == "short":
+        assert "fewer than two bootstrap blocks" in verdict["mde"][NOT_COMPUTABLE]
     report = verdict_markdown(verdict, LABELS)
     assert f"not computable ({verdict['spa'][NOT_COMPUTABLE]})" in report
     metrics = verdict_metrics(verdict)
