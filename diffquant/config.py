@@ -373,6 +373,8 @@ class RegistryConfig:
     min_psr: float = _f(0.95, **PROBABILITY)  # probabilistic Sharpe ratio above this
     min_dsr: float = _f(0.95, **PROBABILITY)  # deflated Sharpe ratio (every trial counted) above this
     beat_buy_and_hold: bool = True  # and the 95% interval of Sharpe minus buy-and-hold's above zero
+    # walk-forward study only: and its SPA p-value (any configuration beats the benchmark) below this; null: no gate
+    max_spa_p: float | None = _f(None, **OPEN_UNIT)
 
 
 @dataclass(frozen=True)

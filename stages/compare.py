@@ -1,13 +1,19 @@
 """Compare stage: one table (markdown + CSV) over every MLflow run of the experiment, with buy-and-hold beside; and
-``studies.{md,csv}``, every walk-forward study (single-asset and portfolio) side by side."""
+``studies.{md,csv}``, every walk-forward study (single-asset and portfolio) side by side with its verdict, and SPA
+over the studies' headline books read back from their runs (``diffquant.study.across``)."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
+
+import pandas as pd
 
 from diffquant import tracking
-from diffquant.evaluate.compare import comparison_table, study_table, to_markdown
+from diffquant.evaluate.compare import comparison_table, headline_artifact, study_table, to_markdown
 from diffquant.io import atomic_path
+from diffquant.study.across import across_markdown, judge_studies
 from stages._cli import parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.compare")
@@ -22,13 +28,21 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
 
     runs = tracking.search_runs(root)
-    table, studies = comparison_table(runs), study_table(runs)
+    table = comparison_table(runs)
+    with tempfile.TemporaryDirectory() as scratch:
+
+        def load(run_id: str, kind: str) -> pd.DataFrame | None:
+            path = tracking.download_artifact(root, run_id, headline_artifact(kind), Path(scratch) / run_id)
+            return None if path is None else pd.read_csv(path, parse_dates=["time"])
+
+        studies, across = judge_studies(study_table(runs), load)
     write_csv(out / "compare.csv", table)
     with atomic_path(out / "compare.md") as tmp:
         tmp.write_text(to_markdown(table.drop(columns=["run_id", "start_time"])))
     write_csv(out / "studies.csv", studies)
     with atomic_path(out / "studies.md") as tmp:
-        tmp.write_text(to_markdown(studies.drop(columns=["run_id", "start_time"])) if len(studies) else NO_STUDY)
+        shown = studies.drop(columns=["run_id", "start_time"])
+        tmp.write_text(f"{to_markdown(shown)}\n{across_markdown(across)}" if len(studies) else NO_STUDY)
     best = table["test_sharpe"].astype(float).max() if len(table) else None
     write_json(root / args.metrics, {"runs": len(table), "best_test_sharpe": None if best != best else best})
     log.info("%d evaluated run(s), %d study run(s); tables in %s", len(table), len(studies), out)

@@ -1,11 +1,13 @@
 """Study stage: the folds' out-of-sample tracks stitched, pooled and judged (``diffquant.study.study_outputs``).
 
 Reads the folds stage's ``plan.json`` and each fold's result; writes ``<out>/report.md`` (a single-asset study: the
-universe book against buy-and-hold first, then each asset, then each fold; a portfolio study: its book against the
-baselines), ``study.json``, ``folds.csv``, ``tracks/<name>.csv`` (the stitched per-bar returns) and the figures, and
-logs them to the folds stage's MLflow parent run. With ``registry.register``, the newest fold's policies (each
-asset's, or the portfolio's book) become registered models, gated on their stitched tracks
-(``diffquant.deploy.gates``, ``diffquant.tracking.study_registry``). Run as ``python -m stages.study``.
+universe book against buy-and-hold first, the verdict over the whole search, then each asset, then each fold; a
+portfolio study: its book against the baselines, then the verdict), ``study.json``, ``folds.csv``,
+``tracks/<name>.csv`` (the stitched per-bar returns) and the figures, and logs them (the headline track among them)
+to the folds stage's MLflow parent run. With ``registry.register``, the newest fold's policies (each asset's, or the
+portfolio's book) become registered models, gated on their stitched tracks (``diffquant.deploy.gates``,
+``diffquant.tracking.study_registry``).
+Run as ``python -m stages.study``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     folds = [folds_dir / fold["name"] for fold in plan["folds"]]
     results = [load_fold(folder) for folder in folds]
     study = write_study(cfg, results, folds, out)
-    verdicts = judge_tracks(study.gated, cfg.registry, study.benchmark)
+    verdicts = judge_tracks(study.gated, cfg.registry, study.benchmark, study.spa_p)
     summary = {**study.summary, "registry": registry_summary(verdicts, results[-1].name)}
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(f"{study.report}\n{registry_markdown(cfg.experiment, verdicts, results[-1].name)}")
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.registry.register:
         publish_newest_fold(cfg, root, parent, folds[-1], root / args.universe, verdicts)
     parent.log_metrics(study.metrics)
+    parent.set_tags(study.tags)
     for name in study.artifacts:
         parent.log_artifact(out / name, "study")
     log.info("%s; report in %s", study.headline, out / "report.md")

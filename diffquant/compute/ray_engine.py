@@ -37,9 +37,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from diffquant.compute.reporting import GridError, Reporter, WorkerDied
 from diffquant.compute.units import Outcome, StopUnit, Unit, Work
 from diffquant.config import TrainConfig
-from diffquant.data.contracts import atomic_path
 from diffquant.errors import ConfigError
 from diffquant.float_mode import denormals_flushed
+from diffquant.io import atomic_path
 from diffquant.train.resume import LIBRARY, code_hash
 
 log = logging.getLogger(__name__)

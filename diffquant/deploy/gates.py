@@ -16,15 +16,17 @@ from diffquant.config import RegistryConfig
 
 @dataclass(frozen=True)
 class Gate:
-    key: str  # psr, dsr, beats_buy_and_hold: the model version's tag is gate.<key>
+    key: str  # psr, dsr, beats_buy_and_hold, spa: the model version's tag is gate.<key>
     label: str
     value: float | None
     threshold: float
     passed: bool
+    below: bool = False  # the value must lie below the threshold (a p-value), not above it
 
     def describe(self) -> str:
         shown = "n/a" if self.value is None else f"{self.value:.3f}"
-        return f"{self.label} {shown} {'>' if self.passed else 'is not >'} {self.threshold:g}"
+        sign = "<" if self.below else ">"
+        return f"{self.label} {shown} {sign if self.passed else f'is not {sign}'} {self.threshold:g}"
 
 
 def registered_name(experiment: str) -> str:
@@ -85,15 +87,23 @@ def model_key(experiment: str, name: str) -> str:
     return f"{experiment}-walkforward-{name}"
 
 
-def judge_tracks(gated: dict[str, dict[str, Any]], cfg: RegistryConfig, benchmark: str | None = None) -> Verdicts:
+def judge_tracks(
+    gated: dict[str, dict[str, Any]], cfg: RegistryConfig, benchmark: str | None = None, spa_p: float | None = None
+) -> Verdicts:
     """Each policy's gates on its stitched entry (significance numbers); ``benchmark`` names what the interval of
-    the Sharpe difference is taken against when it is not buy-and-hold (a portfolio's: 1/N)."""
+    the Sharpe difference is taken against when it is not buy-and-hold (a portfolio's: 1/N). With
+    ``cfg.max_spa_p``, every policy also needs the study's SPA p-value ``spa_p`` below it: the verdict over the whole
+    search (its universe book, or the portfolio's), one number for the study (None, not computable, fails)."""
     verdicts = {}
     for name, entry in gated.items():
         gates = judge_gates({"significance": entry}, cfg)
         if benchmark is not None:
             label = f"Sharpe minus {benchmark}'s, 95% interval low"
             gates = [replace(g, label=label) if g.key == "beats_buy_and_hold" else g for g in gates]
+        if cfg.max_spa_p is not None:
+            label = f"SPA p-value of the study's search against {benchmark or 'buy-and-hold'}"
+            passed = spa_p is not None and spa_p < cfg.max_spa_p
+            gates.append(Gate("spa", label, spa_p, cfg.max_spa_p, passed, below=True))
         verdicts[name] = gates
     return verdicts
 

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from diffquant.evaluate.metric_names import metric_name, study_metric
+from diffquant.evaluate.metric_names import metric_name, study_metric, verdict_metric
 
 LAMBDAS = ("sharpe", "turnover", "drawdown", "terminal", "flat", "bias")
 
@@ -71,17 +71,28 @@ STUDY_BOOKS = {
 }
 STUDY_METRICS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "dsr")
 STUDY_BASELINES = ("hold_1_over_n", "single_average", "inverse_vol", "xs_momentum")
+VERDICT_COLUMNS = ("spa_p", "stepm_size", "mde_sharpe")  # the verdict's metrics (``verdict_metric``) shown
 STUDY_COLUMNS = (
     *("run", "dvc_exp", "kind", "scheme", "assets", "backbone", "epochs", "seeds"),
     *STUDY_METRICS,
     *(f"{b}_sharpe" for b in STUDY_BASELINES),
-    *("pbo", "run_id", "start_time"),
+    "pbo",
+    *VERDICT_COLUMNS,
+    *("mcs", "run_id", "start_time"),
 )
+
+
+def headline_artifact(kind: str) -> str:
+    """Where the study stage logs a study's headline track (its universe book, or the portfolio's): the artifact
+    compare reads back to run SPA across studies."""
+    return f"study/{STUDY_BOOKS[kind]['policy'][0]}.csv"
 
 
 def study_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Every judged walk-forward study (the folds stage's parent run, role ``study``), newest first: its kind,
-    folds and assets, the headline book's Sharpe with its 95% interval and DSR, the baselines' Sharpe, PBO."""
+    folds and assets, the headline book's Sharpe with its 95% interval and DSR, the baselines' Sharpe, PBO, and the
+    verdict: SPA p-value, StepM set size, detectable edge and the model confidence set (empty for studies judged
+    before the verdict existed; ``diffquant.study.across`` adds the false-discovery adjustment over the studies)."""
     rows = []
     for _, run in runs.iterrows():
         kind = run.get("params.model.kind")
@@ -103,7 +114,11 @@ def study_table(runs: pd.DataFrame) -> pd.DataFrame:
         }
         row |= {metric: _study_number(run, books, "policy", metric) for metric in STUDY_METRICS}
         row |= {f"{name}_sharpe": _study_number(run, books, name, "sharpe") for name in STUDY_BASELINES}
-        rows.append(row | {"pbo": run.get("metrics.pbo"), "run_id": run["run_id"], "start_time": run["start_time"]})
+        row |= {"pbo": run.get("metrics.pbo")}
+        row |= {c: run.get(f"metrics.{verdict_metric(c)}") for c in VERDICT_COLUMNS}
+        rows.append(
+            row | {"mcs": run.get("tags.verdict.mcs"), "run_id": run["run_id"], "start_time": run["start_time"]}
+        )
     table = pd.DataFrame(rows, columns=list(STUDY_COLUMNS))
     return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
 

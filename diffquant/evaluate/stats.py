@@ -1,15 +1,15 @@
-"""Statistics for judging a backtest's Sharpe ratio: PSR, DSR and stationary-bootstrap confidence intervals.
+"""Statistics for judging a backtest's Sharpe ratio: PSR, MinTRL, DSR and stationary-bootstrap confidence intervals.
 
 References:
 
 - Bailey, D. H. and López de Prado, M. (2012), "The Sharpe Ratio Efficient Frontier", Journal of Risk 15(2):
-  the Probabilistic Sharpe Ratio (PSR).
+  the Probabilistic Sharpe Ratio (PSR) and the minimum track record length (MinTRL).
 - Bailey, D. H. and López de Prado, M. (2014), "The Deflated Sharpe Ratio: Correcting for Selection Bias,
   Backtest Overfitting and Non-Normality", Journal of Portfolio Management 40(5): the expected maximum Sharpe
   under the null and the Deflated Sharpe Ratio (DSR).
 - Politis, D. N. and Romano, J. P. (1994), "The Stationary Bootstrap", JASA 89(428).
 
-Units: PSR and DSR work on the per-period (not annualised) Sharpe ratio; the bootstrap CI reports the
+Units: PSR, MinTRL and DSR work on the per-period (not annualised) Sharpe ratio; the bootstrap CI reports the
 annualised one.
 """
 
@@ -68,6 +68,23 @@ def probabilistic_sharpe_ratio(returns: np.ndarray, benchmark_sr: float = 0.0) -
     """
     sr, n, skew, kurt = _moments(returns)
     return psr_from_moments(sr, n, skew, kurt, benchmark_sr)
+
+
+def minimum_track_record(returns: np.ndarray, confidence: float = 0.95, benchmark_sr: float = 0.0) -> float | None:
+    """Minimum track record length, in bars: how many returns like these it takes for the observed per-period
+    Sharpe to exceed ``benchmark_sr`` with probability ``confidence`` (the PSR at that length).
+
+    MinTRL = 1 + (1 − γ3·SR̂ + (γ4 − 1)/4·SR̂²)·(z / (SR̂ − SR*))², z = Φ⁻¹(confidence). None when SR̂ <= SR*: no
+    length of such a record would make it significant. Bailey & López de Prado (2012), "The Sharpe Ratio Efficient
+    Frontier", the minimum track record length.
+    """
+    if not 0.5 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    sr, _, skew, kurt = _moments(returns)
+    if sr <= benchmark_sr:
+        return None
+    variance = 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr**2
+    return 1.0 + variance * (_N01.inv_cdf(confidence) / (sr - benchmark_sr)) ** 2
 
 
 def expected_max_sharpe(n_trials: int, sr_variance: float) -> float:

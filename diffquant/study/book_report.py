@@ -18,7 +18,10 @@ from diffquant.evaluate.metrics import sharpe
 from diffquant.evaluate.stats import bootstrap_sharpe_ci
 from diffquant.study.book_run import BASELINES, BENCHMARK, BOOKS, PORTFOLIO
 from diffquant.study.fold_run import FoldResult
-from diffquant.study.pooled import judge_track, pbo, stitch, trials_of
+from diffquant.study.pooled import judge_track, pbo, stitch, trials_of, verdict_of
+from diffquant.study.verdict_report import Labels, verdict_markdown
+
+LABELS = Labels("1/N", "the portfolio", "folds")
 
 
 def book_fold_table(results: list[FoldResult]) -> pd.DataFrame:
@@ -70,6 +73,7 @@ def summarize_book(
         "pbo": pbo(track),
         "versus": versus,
         "beats_every_baseline": all(v["beats"] for v in versus.values()),
+        "verdict": verdict_of(track, tracks, PORTFOLIO, BENCHMARK, bars_per_year, bars_per_day, cfg.seed),
         "assets": asset_table(results).to_dict(orient="records"),
     }
     return summary, tracks, book_fold_table(results)
@@ -118,6 +122,7 @@ def render_book_report(experiment: str, summary: dict[str, Any], table: pd.DataF
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
+        verdict_markdown(summary["verdict"], LABELS),
         "## Per asset (the ensemble's book)",
         "",
         to_markdown(pd.DataFrame(summary["assets"])),

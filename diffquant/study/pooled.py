@@ -12,6 +12,8 @@
   ensembles, every momentum lookback, buy-and-hold.
 - The policy minus buy-and-hold pooled over asset-folds, with a bootstrap that resamples time blocks jointly across
   assets (and, to show what independence would claim, one that does not).
+- The verdict over the whole search (``diffquant.study.verdict``): SPA, StepM and the model confidence set of every
+  configuration against the benchmark, and the smallest edge the pooled bootstrap could see.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from diffquant.evaluate.stats import null_max_sharpe, significance
 from diffquant.study.fold_run import FoldResult
 from diffquant.study.pbo import probability_of_backtest_overfitting
 from diffquant.study.pooled_stats import pooled_sharpe_difference
+from diffquant.study.verdict import N_BOOT, Paired, Setting, study_verdict
 
 BOOKS = ("policy", "proxy", "momentum", "buy_and_hold")  # the books every report line shows, when present
 UNIVERSE = "universe"
@@ -105,18 +108,40 @@ def aligned(tracks: dict[str, pd.DataFrame], column: str) -> pd.DataFrame:
     return pd.concat({s: t.set_index("time")[column] for s, t in tracks.items()}, axis=1).sort_index()
 
 
+def paired(tracks: dict[str, pd.DataFrame], book: str, benchmark: str) -> Paired:
+    """``book`` and ``benchmark`` of every track as (bar x track) arrays, with each bar's fold: what is pooled."""
+    folds = pd.concat({s: t.set_index("time")["fold"] for s, t in tracks.items()}, axis=1).sort_index()
+    period = pd.factorize(folds.stack().groupby(level=0, sort=False).first())[0]  # each bar's first listed fold
+    return Paired(aligned(tracks, book).to_numpy(), aligned(tracks, benchmark).to_numpy(), period)
+
+
 def pooled_difference(
-    tracks: dict[str, pd.DataFrame], bars_per_year: float, mean_block: float, seed: int, n_boot: int = 2000
+    tracks: dict[str, pd.DataFrame], bars_per_year: float, mean_block: float, seed: int, n_boot: int = N_BOOT
 ) -> dict[str, Any]:
     """Policy minus buy-and-hold Sharpe over asset-folds; joint (time blocks shared by all assets) and independent."""
-    policy, benchmark = aligned(tracks, "policy"), aligned(tracks, "buy_and_hold")
-    folds = pd.concat({s: t.set_index("time")["fold"] for s, t in tracks.items()}, axis=1).sort_index()
-    period = pd.factorize(folds.bfill(axis=1).iloc[:, 0])[0]
-    args = (policy.to_numpy(), benchmark.to_numpy(), period, bars_per_year, mean_block, n_boot, seed)
+    p = paired(tracks, "policy", "buy_and_hold")
+    args = (p.policy, p.benchmark, p.period, bars_per_year, mean_block, n_boot, seed)
     return {
         "joint": pooled_sharpe_difference(*args, joint=True),
         "independent": pooled_sharpe_difference(*args, joint=False),
     }
+
+
+def verdict_of(
+    track: pd.DataFrame,
+    pooled: dict[str, pd.DataFrame],
+    headline: str,
+    benchmark: str,
+    bars_per_year: float,
+    bars_per_day: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The verdict over every configuration ``track`` traded against ``benchmark``; the detectable edge of
+    ``headline`` from the tracks it is pooled over (each asset's, or the book's own), one day of bars a block."""
+    setting = Setting(bars_per_year, bars_per_day, seed)
+    return study_verdict(
+        track[configurations(track)], benchmark, headline, paired(pooled, headline, benchmark), setting
+    )
 
 
 def pbo(track: pd.DataFrame, max_blocks: int = 16) -> dict[str, Any]:

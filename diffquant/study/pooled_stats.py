@@ -8,6 +8,7 @@ indices for every asset keeps that correlation in the interval.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,7 +57,16 @@ def _validate(policy: np.ndarray, benchmark: np.ndarray, period: np.ndarray, bar
         raise ValueError(f"n_boot must be >= 1 (number of bootstrap draws), got {n_boot}")
 
 
-def pooled_sharpe_difference(
+@dataclass(frozen=True)
+class PooledDraws:
+    """The pooled Sharpe difference and its bootstrap draws (annualised; mean over asset-periods)."""
+
+    mean: float
+    draws: np.ndarray  # (n_boot,)
+    n_asset_periods: int
+
+
+def pooled_sharpe_draws(
     policy: np.ndarray,
     benchmark: np.ndarray,
     period: np.ndarray,
@@ -65,19 +75,18 @@ def pooled_sharpe_difference(
     n_boot: int,
     seed: int,
     joint: bool = True,
-) -> dict[str, float]:
-    """Mean over asset-periods of annualised Sharpe(policy) − Sharpe(benchmark), with a 95% bootstrap interval.
+) -> PooledDraws:
+    """Mean over asset-periods of annualised Sharpe(policy) − Sharpe(benchmark), and its stationary-bootstrap draws.
 
     ``policy`` and ``benchmark`` are (T, A) per-bar net returns, NaN where an asset has no data; ``period`` (T,)
     labels each bar's quarter or fold. A bar counts for an asset only where both its policy and benchmark returns
     are present; within a period an asset uses just those bars (missing bars are dropped, never padded), and an
     asset-period with fewer than 2 of them is left out.
 
-    Interval: per draw and period, one stationary-bootstrap index series over the period's bars (those where any
+    Draws: per draw and period, one stationary-bootstrap index series over the period's bars (those where any
     asset has data) is applied to every asset together (``joint``), keeping the cross-asset correlation; each
     asset's Sharpe then uses the resampled bars it has data in, and a resample without variation scores 0.
-    ``joint=False`` draws per asset, the naive version that overstates the evidence. ``p_value`` is the one-sided
-    share of draws <= 0. Deterministic under ``seed``.
+    ``joint=False`` draws per asset, the naive version that overstates the evidence. Deterministic under ``seed``.
     """
     pol = np.asarray(policy, dtype=np.float64)
     ben = np.asarray(benchmark, dtype=np.float64)
@@ -106,14 +115,47 @@ def pooled_sharpe_difference(
             draws += _sharpe_ignoring_nan(p[a][idx], ann) - _sharpe_ignoring_nan(b[a][idx], ann)
     if n_asset_periods == 0:
         raise ValueError("no asset-period has 2 or more bars with both policy and benchmark returns")
+    return PooledDraws(point / n_asset_periods, draws / n_asset_periods, n_asset_periods)
 
-    draws /= n_asset_periods
-    low, high = np.quantile(draws, [ALPHA / 2.0, 1.0 - ALPHA / 2.0])
+
+def pooled_sharpe_difference(
+    policy: np.ndarray,
+    benchmark: np.ndarray,
+    period: np.ndarray,
+    bars_per_year: float,
+    mean_block: float,
+    n_boot: int,
+    seed: int,
+    joint: bool = True,
+) -> dict[str, float]:
+    """:func:`pooled_sharpe_draws` summarised: the mean, its 95% percentile interval and ``p_value``, the
+    one-sided share of draws <= 0."""
+    pooled = pooled_sharpe_draws(policy, benchmark, period, bars_per_year, mean_block, n_boot, seed, joint)
+    low, high = np.quantile(pooled.draws, [ALPHA / 2.0, 1.0 - ALPHA / 2.0])
     return {
-        "mean": point / n_asset_periods,
+        "mean": pooled.mean,
         "ci_low": float(low),
         "ci_high": float(high),
-        "n_asset_periods": float(n_asset_periods),
+        "n_asset_periods": float(pooled.n_asset_periods),
         "n_boot": float(n_boot),
-        "p_value": float(np.mean(draws <= 0.0)),
+        "p_value": float(np.mean(pooled.draws <= 0.0)),
     }
+
+
+def minimum_detectable_difference(draws: np.ndarray, size: float = 0.05, power: float = 0.80) -> float:
+    """The smallest true difference a one-sided test of level ``size`` detects with probability ``power``, from the
+    bootstrap draws of the estimate: q(1 − size) − q(1 − power) of the draws around their mean.
+
+    The test rejects when the estimate exceeds the (1 − size) quantile of its null spread; a true difference δ
+    shifts that spread by δ (a location shift, the bootstrap's own assumption), so the power is P(δ + e > q(1 −
+    size)) and equals ``power`` at δ = q(1 − size) − q(1 − power). For normal draws with standard deviation σ this
+    is (z(1 − size) + z(power))·σ = 2.49σ at 5% and 80%.
+    """
+    d = np.asarray(draws, dtype=float)
+    if d.ndim != 1 or d.size < 2 or not np.isfinite(d).all():
+        raise ValueError(f"draws must be 2 or more finite bootstrap values, got shape {d.shape}")
+    if not (0.0 < size < 1.0 and 0.0 < power < 1.0 and size < power):
+        raise ValueError(f"need 0 < size < power < 1, got size {size}, power {power}")
+    centred = d - d.mean()
+    high, low = np.quantile(centred, [1.0 - size, 1.0 - power])
+    return float(high - low)

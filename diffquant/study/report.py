@@ -19,7 +19,11 @@ from diffquant.study.pooled import (
     stitch,
     trials_of,
     universe_book,
+    verdict_of,
 )
+from diffquant.study.verdict_report import Labels, verdict_markdown
+
+LABELS = Labels("buy-and-hold", "the policy", "asset-folds")
 
 
 def summarize(cfg: Config, results: list[FoldResult]) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame]:
@@ -43,6 +47,9 @@ def summarize(cfg: Config, results: list[FoldResult]) -> tuple[dict[str, Any], d
         "tracks": {name: judge(name, t) for name, t in tracks.items()},
         "pbo": pbo(tracks[UNIVERSE]),
         "pooled_policy_minus_bh": pooled_difference(assets, bars_per_year, bars_per_day, cfg.seed),
+        "verdict": verdict_of(
+            tracks[UNIVERSE], assets, "policy", "buy_and_hold", bars_per_year, bars_per_day, cfg.seed
+        ),
         "fold_spread": {
             "policy_minus_bh_median": float(table["policy_minus_bh"].median()),
             "policy_beats_bh_share": float((table["policy_minus_bh"] > 0).mean()),
@@ -99,6 +106,7 @@ def render_report(experiment: str, summary: dict[str, Any], table: pd.DataFrame)
         HEADER,
         *_track_rows(UNIVERSE, u),
         "",
+        verdict_markdown(summary["verdict"], LABELS),
         "## Each asset, stitched",
         "",
         HEADER,

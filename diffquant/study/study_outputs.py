@@ -23,13 +23,16 @@ from diffquant.study.book_run import PORTFOLIO, stitched_weights
 from diffquant.study.fold_run import FoldResult
 from diffquant.study.pooled import BOOKS, UNIVERSE
 from diffquant.study.report import render_report, summarize
+from diffquant.study.verdict import spa_pvalue
+from diffquant.study.verdict_report import verdict_metrics, verdict_tags
 
 HEADLINE_KEYS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "psr", "dsr")  # per book, under study_metric names
 
 
 @dataclass(frozen=True)
 class JudgedStudy:
-    """What the stage writes and logs besides the files already in ``out``."""
+    """What the stage writes and logs besides the files already in ``out``; ``artifacts`` include the headline
+    track (``tracks/<name>.csv``), which compare reads back to run SPA across studies."""
 
     summary: dict[str, Any]  # study.json (the stage adds the registry's verdicts)
     report: str  # report.md before its registry section
@@ -38,6 +41,8 @@ class JudgedStudy:
     gated: dict[str, dict[str, Any]]  # policy name -> the stitched entry the registry gates judge
     benchmark: str | None  # what "beats buy-and-hold" is measured against, when not buy-and-hold itself
     headline: str  # one line for the log
+    tags: dict[str, str]  # for the study's MLflow run: the verdict's StepM set and confidence set
+    spa_p: float | None  # the verdict's SPA p-value, for the registry's max_spa_p gate (None: not computable)
 
 
 def headline_metrics(track: str, entry: dict[str, Any], books: tuple[str, ...]) -> dict[str, float | None]:
@@ -65,6 +70,7 @@ def _judge_assets(cfg: Config, results: list[FoldResult], out: Path) -> JudgedSt
     metrics |= {f"{r.asset}/{r.fold}/policy_minus_bh": r.policy_minus_bh for r in table.itertuples(index=False)}
     metrics["pbo"] = summary["pbo"]["pbo"]
     metrics |= {f"pooled_minus_bh_{k}": v for k, v in summary["pooled_policy_minus_bh"]["joint"].items()}
+    metrics |= verdict_metrics(summary["verdict"])
     u = summary["tracks"][UNIVERSE]
     headline = (
         f"universe book: policy Sharpe {u['policy']['sharpe']:+.2f} [{u['policy']['sharpe_ci_low']:+.2f}, "
@@ -75,10 +81,12 @@ def _judge_assets(cfg: Config, results: list[FoldResult], out: Path) -> JudgedSt
         summary=summary,
         report=render_report(cfg.experiment, summary, table),
         metrics=metrics,
-        artifacts=("report.md", "folds.csv", "equity.png", "heatmap.png"),
+        artifacts=("report.md", "folds.csv", "equity.png", "heatmap.png", f"tracks/{UNIVERSE}.csv"),
         gated={s: summary["tracks"][s]["policy"] for s in results[-1].entries},
         benchmark=None,
         headline=headline,
+        tags=verdict_tags(summary["verdict"]),
+        spa_p=spa_pvalue(summary["verdict"]),
     )
 
 
@@ -96,12 +104,15 @@ def _judge_book(cfg: Config, results: list[FoldResult], folds: list[Path], out: 
         metrics |= {f"{row['asset']}/{k}": row[k] for k in ("contribution_pct", "turnover", "mean_abs_weight")}
     metrics["pbo"] = summary["pbo"]["pbo"]
     metrics |= {f"minus_{b}": v["difference"] for b, v in summary["versus"].items()}
+    metrics |= verdict_metrics(summary["verdict"])
     return JudgedStudy(
         summary=summary,
         report=render_book_report(cfg.experiment, summary, table),
         metrics=metrics,
-        artifacts=("report.md", "folds.csv", "equity.png", "heatmap.png", "assets.png"),
+        artifacts=("report.md", "folds.csv", "equity.png", "heatmap.png", "assets.png", f"tracks/{PORTFOLIO}.csv"),
         gated={PORTFOLIO: summary["tracks"][PORTFOLIO][PORTFOLIO]},
         benchmark="1/N",
         headline=verdict(summary),
+        tags=verdict_tags(summary["verdict"]),
+        spa_p=spa_pvalue(summary["verdict"]),
     )

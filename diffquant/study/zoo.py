@@ -11,6 +11,9 @@ are what the study stage would report for it. Across the study:
   ensemble and each seed) of every configuration on the universe book;
 - **PBO**: CSCV over the configurations' universe books (the seed ensembles): how often the configuration that is
   best on half of the out-of-sample bars lands in the bottom half on the other half.
+- **The verdict** (``diffquant.study.verdict``): SPA and StepM of the configurations' universe books against
+  buy-and-hold, and their 90% model confidence set with buy-and-hold: "tcn vs dlinear" is answered by whether both
+  are in it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FoldResult, run_folds
 from diffquant.study.pooled import UNIVERSE, pbo
 from diffquant.study.report import summarize
+from diffquant.study.verdict import MCS_SIZE, NOT_COMPUTABLE, Setting, search_tests
 
 LOSSES: dict[str, dict[str, Any]] = {  # a loss configuration: the dotted keys it sets
     "hybrid": {"loss.type": "hybrid"},
@@ -154,6 +158,7 @@ def judge_study(configurations: list[Configuration], cfg: Config) -> tuple[pd.Da
             }
         )
     first = configurations[0].summary["tracks"][UNIVERSE]
+    verdict = zoo_verdict(books, configurations[0].universe["buy_and_hold"], cfg)
     study = {
         "configurations": len(configurations),
         "n_trials": n_trials,
@@ -161,8 +166,22 @@ def judge_study(configurations: list[Configuration], cfg: Config) -> tuple[pd.Da
         "pbo": pbo(books),
         "buy_and_hold_sharpe": first["buy_and_hold"]["sharpe"],
         "bars": first["bars"],
+        "verdict": verdict,
     }
-    return pd.DataFrame(rows), study
+    table = pd.DataFrame(rows)
+    included = verdict["mcs"].get("included")
+    table["in_mcs"] = None if included is None else table["configuration"].isin(included)
+    return table, study
+
+
+def zoo_verdict(books: pd.DataFrame, hold: pd.Series, cfg: Config) -> dict[str, Any]:
+    """SPA and StepM of the configurations' universe books (``books``: time + one column each) against
+    buy-and-hold ``hold``, and their model confidence set with it; a part that can not be computed says why."""
+    bars_per_day = 24 * 60 // cfg.data.timeframe_minutes
+    setting = Setting(bars_per_day * cfg.eval.days_per_year, bars_per_day, cfg.seed)
+    frame = books.drop(columns="time").assign(buy_and_hold=hold.to_numpy())
+    spa, mcs = search_tests(frame, "buy_and_hold", setting)
+    return {"spa": spa, "mcs": mcs}
 
 
 def run_configuration(
@@ -217,8 +236,25 @@ def zoo_markdown(header: str, study: dict[str, Any], best: list[Entry], table: p
         f"{study['buy_and_hold_sharpe']:+.2f} on the same {study['bars']} bars. `dsr_study` deflates by all "
         f"{study['n_trials']} trials of the study's {study['configurations']} configurations (`dsr_own`: the "
         f"configuration's own); PBO over the configurations {pbo_['pbo']:.2f} ({pbo_['n_blocks']} blocks). "
-        f"Phase two ran on: {', '.join(e.name for e in best)} (best val score).\n\n{to_markdown(table)}"
+        f"Phase two ran on: {', '.join(e.name for e in best)} (best val score).\n\n{_verdict_line(study['verdict'])}"
+        f"\n\n{to_markdown(table)}"
     )
+
+
+def _verdict_line(verdict: dict[str, Any]) -> str:
+    """The verdict over the configurations in two sentences (``in_mcs``: the configuration is in the set)."""
+    spa, mcs = verdict["spa"], verdict["mcs"]
+    if NOT_COMPUTABLE in spa:
+        first = f"SPA against buy-and-hold: not computable ({spa[NOT_COMPUTABLE]})."
+    else:
+        first = (
+            f"SPA of the configurations against buy-and-hold (mean net return): p = {spa['consistent']:.3f}; StepM "
+            f"(5% family-wise) names {', '.join(spa['stepm']) or 'none'}."
+        )
+    if NOT_COMPUTABLE in mcs:
+        return f"{first} Model confidence set: not computable ({mcs[NOT_COMPUTABLE]})."
+    kept = ", ".join(mcs["included"])
+    return f"{first} The {100 * (1 - MCS_SIZE):.0f}% model confidence set (with buy-and-hold): {kept}."
 
 
 def _dsr(net: np.ndarray, null: float) -> float | None:

@@ -180,7 +180,7 @@ class Run:
         self.client.set_terminated(self.run_id, status)
 
 
-VERSIONED = ("torch", "numpy", "pandas", "mlflow", "dvc", "optuna")
+VERSIONED = ("torch", "numpy", "pandas", "mlflow", "dvc", "optuna", "arch", "statsmodels", "ray")
 
 
 def library_versions() -> dict[str, str]:
@@ -272,6 +272,16 @@ def search_runs(root: Path) -> Any:
     mlflow = _mlflow()
     _, exp_id = _client_and_experiment(root)
     return mlflow.search_runs(experiment_ids=[exp_id], output_format="pandas")
+
+
+def download_artifact(root: Path, run_id: str, artifact: str, dst: Path) -> Path | None:
+    """One artifact of a run copied under ``dst``; None when the run has none by that path (a run logged before the
+    artifact existed)."""
+    client, _ = _client_and_experiment(root)
+    folder, _, name = artifact.rpartition("/")
+    if name not in {Path(f.path).name for f in client.list_artifacts(run_id, folder or None)}:
+        return None
+    return Path(client.download_artifacts(run_id, artifact, str(dst)))
 
 
 def read_run_id(path: Path) -> str:

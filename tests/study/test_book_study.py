@@ -22,8 +22,9 @@ from diffquant.data.contracts import to_ms
 from diffquant.deploy.book_bundle import as_book_input
 from diffquant.deploy.fold_model import fold_book_bundle, fold_test_window
 from diffquant.evaluate.book import BookSeries, book_decisions, book_metrics
+from diffquant.evaluate.compare import headline_artifact
 from diffquant.evaluate.hysteresis import apply_hysteresis
-from diffquant.evaluate.metric_names import study_metric
+from diffquant.evaluate.metric_names import study_metric, verdict_metric
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_book, search_config
 from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
@@ -201,6 +202,8 @@ def test_the_folds_book_as_a_model_gives_the_weights_it_held(raws, first_run, tm
         name = f"diffquant-{cfg.experiment}-walkforward-{PORTFOLIO}"
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
         logged = parent.client.get_run(parent.run_id).data.metrics
+        tags = parent.client.get_run(parent.run_id).data.tags
+        headline = tracking.download_artifact(tmp_path, parent.run_id, headline_artifact("portfolio"), tmp_path / "a")
     finally:
         mlflow.set_tracking_uri(None)  # later tests in this process use their own stores
     pd.testing.assert_frame_equal(loaded.predict(as_book_input(bars)), out, check_exact=True)
@@ -209,3 +212,12 @@ def test_the_folds_book_as_a_model_gives_the_weights_it_held(raws, first_run, tm
     assert verdict["gates"][2]["label"] == "Sharpe minus 1/N's, 95% interval low"
     assert "## Registry" in (tmp_path / "study" / "report.md").read_text()
     assert study_metric(PORTFOLIO, PORTFOLIO, "sharpe") in logged and "pbo" in logged
+    # the verdict over the book and its baselines against 1/N: report, study.json, metrics, tags, the headline track
+    summary = json.loads((tmp_path / "study.json").read_text())["verdict"]
+    assert summary["benchmark"] == "equal_weight" and summary["headline"] == PORTFOLIO
+    assert {"inverse_vol", "xs_momentum", SINGLE_AVERAGE} <= set(summary["strategies"])
+    assert "## Verdict: the whole search against 1/N" in (tmp_path / "study" / "report.md").read_text()
+    assert logged[verdict_metric("spa_p")] == summary["spa"]["consistent"]
+    assert tags["verdict.mcs"] == ",".join(summary["mcs"]["included"])
+    track = pd.read_csv(headline, parse_dates=["time"])
+    pd.testing.assert_series_equal(track[PORTFOLIO], result.returns[PORTFOLIO][PORTFOLIO], check_exact=False)

@@ -24,10 +24,12 @@ from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import PaperSettings, PaperTrader
 from diffquant.deploy.paper_session import ReplaySource, compare_with_record, replay_feed
 from diffquant.errors import ConfigError, DataError
+from diffquant.evaluate.metric_names import verdict_metric
 from diffquant.folds import Fold, plan_folds
 from diffquant.study.fold_data import fold_data
 from diffquant.study.fold_run import FOLD_JSON, FoldResult, load_fold, run_fold
-from diffquant.study.pooled import stitch, universe_book
+from diffquant.study.pooled import configurations, stitch, universe_book
+from diffquant.study.study_outputs import write_study
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
 from tests.repo_copy import REPO, deep_update
@@ -129,6 +131,28 @@ def test_stitched_track_is_the_folds_tracks_end_to_end(appended: dict[str, Any])
     row = len(book) // 2
     assert book["policy"].iloc[row] == pytest.approx(np.mean([t["policy"].iloc[row] for t in tracks.values()]))
     assert (book["assets"] == 2).all()
+
+
+def test_the_study_of_the_folds_judges_the_whole_search_in_its_verdict(appended: dict[str, Any], tmp_path) -> None:
+    """The study stage's library entry on the two folds: the report's Verdict section, study.json's verdict, its
+    MLflow metrics and tags, and the universe track among the artifacts (what compare reads back)."""
+    cfg, out = appended["cfg"], appended["out"]
+    study = write_study(cfg, appended["both"], [out / f.name for f in appended["folds"]], tmp_path)
+    verdict = study.summary["verdict"]
+    assert verdict["benchmark"] == "buy_and_hold" and verdict["copies"]["policy_seed_3"] == "policy"  # one seed
+    universe = pd.read_csv(tmp_path / "tracks" / "universe.csv")
+    # every configuration the universe book traded is ranked, or is the benchmark, or a copy of one ranked
+    assert {*verdict["strategies"], *verdict["copies"], "buy_and_hold"} == set(configurations(universe))
+    assert {"policy", "proxy"} <= set(verdict["strategies"]) and "buy_and_hold" not in verdict["strategies"]
+    assert verdict["block_bars"] == 24 and verdict["bars"] == len(universe)
+    assert 0.0 <= verdict["spa"]["consistent"] <= 1.0 and verdict["mde"]["sharpe"] > 0.0
+    pooled = study.summary["pooled_policy_minus_bh"]["joint"]  # the detectable edge is that interval's bootstrap
+    assert (verdict["mde"]["observed"], verdict["mde"]["p_value"]) == (pooled["mean"], pooled["p_value"])
+    assert "## Verdict: the whole search against buy-and-hold" in study.report
+    assert study.metrics[verdict_metric("spa_p")] == verdict["spa"]["consistent"] == study.spa_p
+    assert study.metrics[verdict_metric("stepm_size")] == len(verdict["spa"]["stepm"])
+    assert study.tags["verdict.mcs"] == ",".join(verdict["mcs"]["included"])
+    assert "tracks/universe.csv" in study.artifacts and (tmp_path / "tracks" / "universe.csv").exists()
 
 
 def test_no_fold_leaks_its_test_period(appended: dict[str, Any], raws, tmp_path: Path) -> None:

@@ -93,6 +93,23 @@ def test_judge_study_deflates_by_every_configuration_and_ranks_on_val():
     assert study["null_sharpe_per_bar"] == pytest.approx(expected, rel=1e-9)
     assert list(table["configuration"]) == ["b0_hybrid", "b1_hybrid", "b2_hybrid"]
     assert table["dsr_study"].between(0, 1).all() and (table["dsr_own"] == 0.5).all()
+    # the verdict over the configurations: SPA and StepM against buy-and-hold, the confidence set with it
+    verdict = study["verdict"]
+    assert 0.0 <= verdict["spa"]["consistent"] <= 1.0 and set(verdict["spa"]["stepm"]) <= set(table["configuration"])
+    kept = set(verdict["mcs"]["included"])
+    assert kept and kept <= {*table["configuration"], "buy_and_hold"}
+    assert list(table["in_mcs"]) == [c in kept for c in table["configuration"]]
+    assert "model confidence set (with buy-and-hold)" in zoo_markdown("size", study, [], table)
+
+
+def test_a_configuration_that_clearly_beats_buy_and_hold_is_named_and_the_rest_left_out_of_the_set():
+    gen = np.random.default_rng(1)
+    noise = [0.01 * gen.standard_normal(4000) for _ in range(3)]
+    noise[1] += 0.002  # a strong edge in mean return
+    configs = [_configuration(f"b{i}", n, 0.0, 1) for i, n in enumerate(noise)]
+    table, study = judge_study(configs, Config())
+    assert study["verdict"]["spa"]["stepm"] == ["b1_hybrid"]
+    assert list(table["in_mcs"]) == [False, True, False]
 
 
 def test_judge_study_refuses_books_on_other_bars():
