@@ -54,14 +54,14 @@ def load_file(
     where = str(path)
     table = read_table(path)
     names = [c.name for c in columns]
+    positive = tuple(c.name for c in columns if c.transform == "log_diff")
+    user = validate_user_columns(table, names, where, positive) if names else None
     extra = [c for c in table.columns if c not in (*BAR_COLUMNS, *OPTIONAL_BAR_COLUMNS, *names)]
     if extra:
         raise DataError(
             f"{where}: unexpected column(s) {extra}; declare those the policy should see in features.columns "
             "(docs/features.md) and drop the others"
         )
-    positive = tuple(c.name for c in columns if c.transform == "log_diff")
-    user = validate_user_columns(table, names, where, positive) if names else None
     bars = _bars(table.drop(columns=names), cfg, where)
     inputs = {where: sha256(path)}
     if funding_path is None:
