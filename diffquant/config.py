@@ -43,6 +43,10 @@ PROBABILITY = _range(0.0, 1.0)
 OPEN_UNIT = _range(0.0, 1.0, lo_open=True, hi_open=True)
 
 FeaturePreset = Literal["ohlc", "ohlcv", "full", "custom"]
+FundingChannel = Literal["last", "mean", "zscore", "to_next", "paid_24h"]
+PremiumChannel = Literal["last", "mean"]
+MarketChannel = Literal["return", "excess", "reference"]
+ColumnTransform = Literal["raw", "log_diff", "zscore"]
 SourceName = Literal["bundled", "huggingface", "binance", "file"]
 StampConvention = Literal["open_time", "close_time"]
 CoreType = Literal["sharpe", "sortino", "calmar", "cdar"]
@@ -81,6 +85,7 @@ class DataConfig:
     timeframe_minutes: int = _f(30, **_range(1, 1440))
     path: str | None = None
     funding_path: str | None = None
+    mark_path: str | None = None  # file source: mark-price bars (the bar columns), for features.premium
     source_minutes: int = _f(5, **_range(1, 1440))  # only read for data.source == file
     stamp: StampConvention = "open_time"  # only read for data.source == file
     huggingface: HuggingFaceConfig = field(default_factory=HuggingFaceConfig)
@@ -88,8 +93,80 @@ class DataConfig:
 
     @property
     def universe(self) -> list[str]:
-        """The assets: ``symbols``, or ``[symbol]`` when that list is empty."""
-        return list(self.symbols) or [self.symbol]
+        """The assets: ``symbols`` (a named set of ``SYMBOL_SETS`` stands for its assets), or ``[symbol]`` when
+        that list is empty."""
+        return expand_symbols(self.symbols) or [self.symbol]
+
+
+# The assets of the shipped data that the studies use, named once (docs/walk_forward.md): a name stands for its
+# assets wherever a list of symbols is given (data.symbols, features.market.symbols), e.g. -S 'data.symbols=[universe]'.
+# tests/data/test_universe_sources.py checks each set against what data_source/bundled ships.
+SYMBOL_SETS: dict[str, tuple[str, ...]] = {
+    # complete 1-hour bars and funding for 2024-01-01 .. 2025-12-31
+    "universe": (
+        "BTCUSDT",
+        "ETHUSDT",
+        "SOLUSDT",
+        "BNBUSDT",
+        "XRPUSDT",
+        "DOGEUSDT",
+        "LTCUSDT",
+        "ADAUSDT",
+        "AVAXUSDT",
+        "LINKUSDT",
+        "DOTUSDT",
+        "ARBUSDT",
+    ),
+    # complete 1-hour bars and funding from their 2019/2020 listing
+    "history": ("BTCUSDT", "ETHUSDT", "XRPUSDT", "LTCUSDT", "ADAUSDT"),
+    # 1-hour mark-price bars for 2024-2025 (the premium features)
+    "mark": ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "LTCUSDT", "ADAUSDT"),
+}
+
+
+def expand_symbols(symbols: list[str]) -> list[str]:
+    """``symbols`` with each set name of ``SYMBOL_SETS`` replaced by its assets, order kept."""
+    return [s for item in symbols for s in SYMBOL_SETS.get(item, (item,))]
+
+
+@dataclass(frozen=True)
+class FundingFeatures:
+    """Channels from the funding settled at or before each bar's close (``diffquant.data.families.funding``)."""
+
+    channels: list[FundingChannel] = _f([])  # none: the family is off
+    mean_settlements: int = _f(3, **_range(1))  # "mean": over the last N settlements (3 = one day at 8 h)
+    zscore_settlements: int = _f(90, **_range(2))  # "zscore": the trailing window of settlements (90 = 30 days)
+    interval_hours: int = _f(8, **_range(1, 24))  # the longest settlement interval the warm-up must cover
+
+
+@dataclass(frozen=True)
+class PremiumFeatures:
+    """log(last close / mark close) per bar and its rolling mean (``diffquant.data.families.premium``)."""
+
+    channels: list[PremiumChannel] = _f([])
+    mean_bars: int = _f(24, **_range(1))
+
+
+@dataclass(frozen=True)
+class MarketFeatures:
+    """The market on one clock: its equal-weight return, the asset's excess over it, the reference asset's return
+    (``diffquant.data.families.market``)."""
+
+    channels: list[MarketChannel] = _f([])
+    lookback_bars: int = _f(24, **_range(1))  # k: log returns over the last k bars
+    symbols: list[str] = _f([])  # the market (set names allowed); empty: data.symbols, the study's universe
+    reference: str = "BTCUSDT"
+
+
+@dataclass(frozen=True)
+class UserColumn:
+    """One of the user's own columns of the file source (``diffquant.data.families.columns``)."""
+
+    name: str = ""
+    transform: ColumnTransform = "raw"
+    window: int = _f(0, **_range(0))  # zscore: bars in the trailing window (>= 2)
+    aggregate: Literal["last", "sum"] = "last"  # how source bars combine into a timeframe bar: a level or a flow
+    mirror: Literal["keep", "negate"] = "keep"  # its value in the price-reflected market (train.mirror)
 
 
 @dataclass(frozen=True)
@@ -101,6 +178,10 @@ class FeatureConfig:
     time_features: bool = False
     vol_window: int = _f(12, **_range(1))
     vol_window_vol: int = _f(12, **_range(2))
+    funding: FundingFeatures = field(default_factory=FundingFeatures)
+    premium: PremiumFeatures = field(default_factory=PremiumFeatures)
+    market: MarketFeatures = field(default_factory=MarketFeatures)
+    columns: list[UserColumn] = _f([])
 
 
 @dataclass(frozen=True)
@@ -424,7 +505,8 @@ class Config:
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
 
     def validate(self) -> Config:
-        """Cross-field rules; returns self so ``load`` can chain it."""
+        """Cross-field rules; returns the config with ``features.market.symbols`` resolved (set names expanded, empty:
+        the assets of ``data.symbols``), so every part that builds features reads the same market."""
         self.split.boundaries()
         d = self.data
         if d.start is not None:
@@ -436,6 +518,7 @@ class Config:
             raise ConfigError("data.source is 'file' but data.path is empty: set data.path to a CSV or parquet file")
         if self.features.preset == "custom" and not self.features.custom_columns:
             raise ConfigError("features.preset is 'custom': list the columns in features.custom_columns")
+        self._validate_families()
         self._validate_backbone()
         if not self.model.head.dense or min(self.model.head.dense) < 1:
             raise ConfigError("model.head.dense must list at least one positive layer width, e.g. [64, 32]")
@@ -462,7 +545,45 @@ class Config:
                 f"window.horizon ({self.window.horizon}) must exceed sim.execution_lag_bars "
                 f"({self.sim.execution_lag_bars}): no decision would ever earn a return"
             )
-        return self
+        market = self.features.market
+        if not market.channels:
+            return self
+        resolved = dataclasses.replace(market, symbols=expand_symbols(market.symbols) or self.data.universe)
+        return dataclasses.replace(self, features=dataclasses.replace(self.features, market=resolved))
+
+    def _validate_families(self) -> None:
+        """The feature families' cross-field rules: channels listed once, a market of two or more assets, user
+        columns named once with a window their transform can use, and only from the file source."""
+        f = self.features
+        for key, channels in (
+            ("funding", f.funding.channels),
+            ("premium", f.premium.channels),
+            ("market", f.market.channels),
+        ):
+            if len(set(channels)) != len(channels):
+                raise ConfigError(f"features.{key}.channels lists a channel twice: {channels}")
+        if f.market.channels:
+            market = expand_symbols(f.market.symbols) or self.data.universe
+            if len(set(market)) != len(market) or len(market) < 2:
+                raise ConfigError(
+                    f"features.market.channels {f.market.channels} need a market of two or more distinct assets, "
+                    f"got {market} (features.market.symbols, else data.symbols); the one-asset chain names its "
+                    "market in features.market.symbols, e.g. [universe] or [BTCUSDT, ETHUSDT, SOLUSDT]"
+                )
+        names = [c.name for c in f.columns]
+        if f.columns and self.data.source != "file":
+            raise ConfigError(
+                f"features.columns {names}: the user's own columns come from data.source 'file' (extra columns "
+                f"of data.path), but data.source is {self.data.source!r}"
+            )
+        for i, c in enumerate(f.columns):
+            key = f"features.columns[{i}]"
+            if not c.name or names.count(c.name) > 1:
+                raise ConfigError(f"{key}.name: give each user column a name, once (got {names})")
+            if c.transform == "zscore" and c.window < 2:
+                raise ConfigError(f"{key}.window is {c.window}: a zscore needs a trailing window of 2 or more bars")
+            if c.transform != "zscore" and c.window:
+                raise ConfigError(f"{key}.window is {c.window}, but only transform 'zscore' reads a window; set 0")
 
     def _validate_regime(self) -> None:
         """The regime weighting scales the hybrid's regularisers: a ratio alone has none, so it would do nothing."""

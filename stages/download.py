@@ -1,16 +1,17 @@
 """Download stage: load ``data.source`` as canonical bars and funding, and describe their quality.
 
 Writes ``<out>/bars.parquet``, ``funding.parquet``, ``meta.json``, ``quality.json`` and the metrics JSON, only after
-everything has loaded and been checked, each file atomically. Run as ``python -m stages.download``.
+everything has loaded and been checked, each file atomically; and what ``features:`` reads besides: ``mark.parquet``
+(mark-price bars), ``columns.parquet`` (the user's columns), ``market/<SYMBOL>/`` (the market's assets). Run as
+``python -m stages.download``.
 """
 
 from __future__ import annotations
 
 import logging
 
+from diffquant.data.inputs import load_assets, write_raw, write_raw_market
 from diffquant.data.quality import quality_report
-from diffquant.data.sources import load_source
-from diffquant.io import write_parquet
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.download")
@@ -22,16 +23,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", default="outputs/metrics/download.json", help="metrics JSON for dvc metrics")
     args = p.parse_args(argv)
     root = repo_root()
-    cfg = load_params(args.params).data
+    params = load_params(args.params)
+    cfg = params.data
 
-    raw = load_source(cfg, root)
+    assets, market = load_assets(params, root, [cfg.symbol])
+    raw = assets[cfg.symbol]
     report = quality_report(raw.bars, raw.meta["source_minutes"])
     metrics = {"n_bars": len(raw.bars), "funding_events": len(raw.funding), **report["summary"]}
 
     out = root / args.out
-    write_parquet(raw.bars, out / "bars.parquet")
-    write_parquet(raw.funding, out / "funding.parquet")
-    write_json(out / "meta.json", raw.meta)
+    write_raw(out, raw)
+    write_raw_market(out, market)
     write_json(out / "quality.json", report)
     write_json(root / args.metrics, metrics)
 

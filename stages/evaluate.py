@@ -14,14 +14,12 @@ the data files they met as run inputs, and the ensemble in the registry as ``dif
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from diffquant import tracking
+from diffquant.data.inputs import chain_example
 from diffquant.data.splits import Series
 from diffquant.deploy.bundle import pipeline_bundle
 from diffquant.deploy.gates import gates_markdown, gates_summary, judge_gates
@@ -30,9 +28,8 @@ from diffquant.evaluate.report import Judge, books_table, render_report, score_q
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF
-from diffquant.io import atomic_path, read_parquet, sha256
+from diffquant.io import atomic_path, sha256
 from diffquant.plots import plot_walk_forward
-from diffquant.tracking.models import as_model_input
 from diffquant.tracking.registry import Judged, publish
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
@@ -50,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="outputs/evaluate")
     p.add_argument("--metrics", default="outputs/metrics/evaluate.json")
     p.add_argument("--bars", default="data_source/bars/bars.parquet", help="the models' input example comes from here")
+    p.add_argument("--raw", default="data_source/raw", help="with the download stage's folder (what features read)")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
     cfg = one_asset(load_params(args.params))
@@ -122,16 +120,10 @@ def main(argv: list[str] | None = None) -> None:
             parent=parent,
             train_files={name: split_dir / f"{name}.npz" for name in ("train", "val")},
             judged_files={name: split_dir / f"{name}.npz" for name in SPLITS},
-            example=input_example(root / args.bars, cfg.split.boundaries()["test"][0], bundle.min_bars),
+            example=chain_example(root / args.bars, root / args.raw, cfg, bundle.min_bars),
         )
         publish(judged, root, cfg.experiment, gates)
     parent.finish()
-
-
-def input_example(bars_path: Path, before: dt.datetime, rows: int) -> pd.DataFrame:
-    """The model-input bars of the last decision before ``before`` (the test quarter's first bar)."""
-    bars = read_parquet(bars_path, "the aggregate stage")
-    return as_model_input(bars[bars["open_time"] < before].tail(rows))
 
 
 def flat_entry(entry: dict[str, Any]) -> dict[str, float | None]:

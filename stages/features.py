@@ -1,7 +1,9 @@
-"""Features stage: bars + funding -> the causal feature table (layout in docs/design_notes.md).
+"""Features stage: bars + funding (+ what ``features:`` reads besides) -> the causal feature table (layout in
+docs/design_notes.md; the families in docs/features.md).
 
-Reads ``data_source/bars/bars.parquet`` and the download stage's ``funding.parquet`` and ``meta.json``; writes
-``--out`` and the metrics JSON, each atomically. Run as ``python -m stages.features``.
+Reads ``data_source/bars/bars.parquet`` and the download stage's folder (funding, meta, and the mark-price bars, user
+columns and market assets when the families read them, aggregated here like the bars); writes ``--out`` and the
+metrics JSON, each atomically. Run as ``python -m stages.features``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import logging
 
 import numpy as np
 
-from diffquant.data.contracts import validate_bars, validate_funding
-from diffquant.data.features import build_features, feature_columns
+from diffquant.data.contracts import validate_bars
+from diffquant.data.features import feature_columns, features_from_inputs
+from diffquant.data.inputs import chain_inputs
 from diffquant.errors import ConfigError
 from diffquant.io import read_json, read_parquet, write_parquet
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
@@ -32,16 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     raw, bars_path = root / args.raw, root / args.bars
     meta = read_json(raw / "meta.json", "download")
     bars = validate_bars(read_parquet(bars_path, "aggregate"), str(bars_path))
-    funding = validate_funding(read_parquet(raw / "funding.parquet", "download"), str(raw / "funding.parquet"))
     if not meta.get("funding_available", False) and cfg.sim.funding:
         raise ConfigError(
             f"sim.funding is true but data.source={meta.get('source')!r} provides no funding rates "
             f"({raw / 'meta.json'}): provide data.funding_path or set sim.funding=false"
         )
-
-    table = build_features(bars, funding, cfg.features, cfg.data.timeframe_minutes)
+    table = features_from_inputs(chain_inputs(bars, raw, cfg), cfg.features, cfg.data.timeframe_minutes)
     write_parquet(table, root / args.out)
     paid = table["funding_rate"].to_numpy()
+    funding = read_parquet(raw / "funding.parquet", "download")
     metrics = {
         "rows": len(table),
         "features": feature_columns(table),

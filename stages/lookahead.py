@@ -1,11 +1,12 @@
 """Look-ahead check (not a DVC stage): do the features, decisions or trades at or before a moment change when only
 the data after it changes?
 
-Builds the features of the current params (preset or custom columns, timeframe, lag) from the download stage's source
-bars and funding, and runs every trained policy (``train.seeds``, ``eval.checkpoint``) with its tuned hysteresis,
-on the data and on copies altered or cut after each cut point. Exit code 0: nothing leaked; 1: something at or
-before a cut changed (listed, naming the feature or the policy); 2: bad input. Without checkpoints only the features
-are checked. See ``diffquant.evaluate.lookahead``.
+Builds the features of the current params (every family: price/volume, funding, premium, market, user columns;
+timeframe, lag) from the download stage's source data (bars, funding, and the mark-price bars, market assets and user
+columns the families read), and runs every trained policy (``train.seeds``, ``eval.checkpoint``) with its tuned
+hysteresis, on the data and on copies altered or cut after each cut point (all of those inputs altered). Exit code
+0: nothing leaked; 1: something at or before a cut changed (listed, naming the feature channel or the policy); 2: bad
+input. Without checkpoints only the features are checked. See ``diffquant.evaluate.lookahead``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import sys
 from pathlib import Path
 
 from diffquant.config import Config, Hysteresis
-from diffquant.data.contracts import validate_bars, validate_funding
 from diffquant.data.features import feature_names
+from diffquant.data.inputs import read_raw, read_raw_market
 from diffquant.errors import DataError
-from diffquant.evaluate.lookahead import DEFAULT_CUTS, PolicyUnderTest, check_lookahead, parse_cuts
+from diffquant.evaluate.lookahead import DEFAULT_CUTS, PolicyUnderTest, SourceData, check_lookahead, parse_cuts
 from diffquant.evaluate.tuned import TunedThresholds
-from diffquant.io import read_json, read_parquet
+from diffquant.io import read_json
 from diffquant.train import checkpoint, layout
 from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 
@@ -46,25 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     if stale or not isinstance(meta.get("source_minutes"), int):
         what = f"was downloaded with other {', '.join(stale)}" if stale else "has no integer source_minutes"
         raise DataError(f"{raw / 'meta.json'}: the data {what}; re-run the download stage (dvc repro download)")
-    bars = validate_bars(read_parquet(raw / "bars.parquet", "download"), str(raw / "bars.parquet"))
-    funding = validate_funding(read_parquet(raw / "funding.parquet", "download"), str(raw / "funding.parquet"))
+    data = SourceData(read_raw(raw, "download"), read_raw_market(raw, cfg.features, "download"))
     notes: list[str] = []
     policies: list[PolicyUnderTest] = []
     if args.features_only:
         notes.append("policies skipped (--features-only)")
     else:
-        names = feature_names(cfg.features, "num_trades" in bars.columns)
+        names = feature_names(cfg.features, "num_trades" in data.raw.bars.columns)
         policies = load_policies(cfg, names, root, Path(args.train_dir), Path(args.thresholds), notes)
-    report = check_lookahead(
-        bars,
-        funding,
-        cfg,
-        meta["source_minutes"],
-        policies,
-        parse_cuts(args.cuts) or None,
-        n_cuts=args.n_cuts,
-        seed=cfg.seed,
-    )
+    report = check_lookahead(data, cfg, policies, parse_cuts(args.cuts) or None, n_cuts=args.n_cuts, seed=cfg.seed)
     report = dataclasses.replace(report, notes=notes + report.notes)
     write_json(root / args.out, report.to_dict())
     print(report.summary())

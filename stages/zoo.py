@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 
 from diffquant.config import from_dict, read_yaml, with_overrides
-from diffquant.data.sources import load_universe
-from diffquant.data.universe import asset_features
+from diffquant.data.universe import universe_features
 from diffquant.errors import ConfigError
 from diffquant.io import atomic_path
 from diffquant.study.zoo import (
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = with_overrides(read_yaml(root / args.params), sizes[args.size])
     base = from_dict(raw)
     out = root / args.out / args.size
-    tables = {s: asset_features(asset, base)[1] for s, asset in load_universe(base.data, root).items()}
+    tables = {s: asset.features for s, asset in universe_features(base, root)[1].items()}
 
     def run(entry: Entry, phase: str) -> Configuration:
         cfg = from_dict(with_overrides(raw, {**entry.overrides(), "experiment": f"zoo_{entry.name}"}))

@@ -78,10 +78,7 @@ def aggregate(
         return bars[["open_time", *value_cols]].reset_index(drop=True), stats
 
     tf_ms = target_minutes * MINUTE_MS
-    bucket = ms // tf_ms
-    starts = np.flatnonzero(np.diff(bucket, prepend=bucket[:1] - 1))  # first row of each bucket
-    ends = np.r_[starts[1:], len(ms)] - 1
-    complete = ends - starts + 1 == target_minutes // source_minutes
+    bucket, starts, ends, complete = _buckets(ms, source_minutes, target_minutes)
     out = {"open_time": from_ms(bucket[starts][complete] * tf_ms)}
     for col in value_cols:
         out[col] = _reduce(col, bars[col].to_numpy(dtype=np.float64), starts, ends)[complete]
@@ -95,6 +92,36 @@ def aggregate(
         first_dropped=[t.isoformat() for t in from_ms(dropped_ms)],
     )
     return pd.DataFrame(out), stats
+
+
+def aggregate_columns(
+    columns: pd.DataFrame, how: dict[str, str], source_minutes: int, target_minutes: int
+) -> pd.DataFrame:
+    """The user's columns (``open_time`` + values, the rows of their bars) at ``target_minutes``, by the buckets
+    :func:`aggregate` keeps (complete ones): per column its ``how``, ``last`` (a level) or ``sum`` (a flow)."""
+    check_timeframe(source_minutes, target_minutes)
+    ms = to_ms(columns["open_time"])
+    check_grid(ms, source_minutes, "user columns", "they must sit on their bars' stamps")
+    names = [c for c in columns.columns if c != "open_time"]
+    if target_minutes == source_minutes:
+        return columns[["open_time", *names]].reset_index(drop=True)
+    bucket, starts, ends, complete = _buckets(ms, source_minutes, target_minutes)
+    out = {"open_time": from_ms(bucket[starts][complete] * target_minutes * MINUTE_MS)}
+    for col in names:
+        values = columns[col].to_numpy(dtype=np.float64)
+        out[col] = (values[ends] if how[col] == "last" else np.add.reduceat(values, starts))[complete]
+    return pd.DataFrame(out)
+
+
+def _buckets(
+    ms: np.ndarray, source_minutes: int, target_minutes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's bucket, the first and last row of each bucket, and which buckets are complete."""
+    bucket = ms // (target_minutes * MINUTE_MS)
+    starts = np.flatnonzero(np.diff(bucket, prepend=bucket[:1] - 1))  # first row of each bucket
+    ends = np.r_[starts[1:], len(ms)] - 1
+    complete = ends - starts + 1 == target_minutes // source_minutes
+    return bucket, starts, ends, complete
 
 
 def _reduce(col: str, values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

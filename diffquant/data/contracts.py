@@ -116,3 +116,38 @@ def validate_funding(df: pd.DataFrame, where: str) -> pd.DataFrame:
     out["funding_rate"] = rate
     _check_stamps(out["funding_time"], "funding_time", where)
     return out.reset_index(drop=True)
+
+
+def validate_user_columns(
+    df: pd.DataFrame, names: list[str], where: str, positive: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """The user's own columns ``names`` of ``df`` as float64 columns, or a ``DataError`` naming the file, the column
+    and the first offending rows: missing, not a number, NaN or infinite, or (for ``positive`` ones) zero or
+    negative."""
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{where}: features.columns declares column(s) {missing}, which the file does not have; "
+            f"its columns are {list(df.columns)}"
+        )
+    out = pd.DataFrame(index=range(len(df)))
+    for col in names:
+        values = pd.to_numeric(df[col], errors="coerce")
+        text = values.isna() & df[col].notna()
+        if text.any():
+            first = df[col][text].iloc[0]
+            raise DataError(
+                f"{where}: column {col} is not a number at {_rows(text.to_numpy())} (e.g. {first!r}); "
+                "features.columns must be numeric"
+            )
+        values = values.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise DataError(f"{where}: column {col} is NaN or infinite at {_rows(bad)}; repair or drop those rows")
+        if col in positive and (values <= 0).any():
+            raise DataError(
+                f"{where}: column {col} is zero or negative at {_rows(values <= 0)}; its transform log_diff needs "
+                "values > 0 (use raw or zscore)"
+            )
+        out[col] = values
+    return out

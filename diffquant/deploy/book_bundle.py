@@ -80,8 +80,8 @@ class BookBundle(BundleParts):
         for symbol in self.symbols:
             where = f"portfolio input bars of {symbol}"
             own = bars[bars[SYMBOL] == symbol].drop(columns=[SYMBOL]).reset_index(drop=True)
-            checked = checked_bars(own, self.timeframe_minutes, self.warmup, self.context, where)
-            series.append(feature_series(checked, self.features, self.timeframe_minutes, n_features, where))
+            checked = checked_bars(own, self.features, self.timeframe_minutes, self.context, where)
+            series.append(feature_series(own, checked, self.features, self.timeframe_minutes, n_features, where))
         return BookSeries.of(series, self.symbols)
 
     def manifest(self) -> dict[str, object]:
@@ -93,9 +93,11 @@ class BookBundle(BundleParts):
         return cls(members=tuple(BookMember(*m) for m in members), symbols=tuple(manifest["symbols"]), **settings)
 
 
-def as_book_input(bars: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Each asset's canonical bars -> the portfolio model's input: one table, ``symbol`` first, open_time in ms."""
-    parts = [b.assign(**{SYMBOL: s}) for s, b in bars.items()]
+def as_book_input(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each asset's input table (its bars and the columns its features read) -> the portfolio model's input: one
+    table, ``symbol`` first, open_time in Unix ms."""
+    parts = [t.assign(**{SYMBOL: s}) for s, t in tables.items()]
     table = pd.concat(parts, ignore_index=True)
-    table["open_time"] = to_ms(table["open_time"])
+    if not pd.api.types.is_integer_dtype(table["open_time"]):
+        table["open_time"] = to_ms(table["open_time"])
     return table[[SYMBOL, *[c for c in table.columns if c != SYMBOL]]]

@@ -1,8 +1,9 @@
 """A policy bundle: everything that turns raw bars into the position to hold, exactly as the walk-forward engine does.
 
-Raw bars (open_time, OHLCV[, num_trades]) -> ``build_features`` -> each member's ``policy_decisions`` (the engine's
-batched path) -> the member's tuned hysteresis -> the book holds the mean of the members' executed positions, which
-is the evaluate stage's seed ensemble (one seed is a bundle of one member).
+Raw bars (open_time, OHLCV[, num_trades], and the columns the feature families read: ``model_columns``) -> the
+families' features -> each member's ``policy_decisions`` (the engine's batched path) -> the member's tuned hysteresis
+-> the book holds the mean of the members' executed positions, which is the evaluate stage's seed ensemble (one seed
+is a bundle of one member).
 
 Features are computed from the bars given, so the first ``warmup`` bars only warm the rolling windows up
 (``diffquant.data.features.warmup_bars``); the first decision is at the close of bar ``warmup + context - 1`` and the
@@ -27,7 +28,8 @@ import pandas as pd
 from diffquant.config import Config, FeatureConfig, Hysteresis, SimConfig, build_section
 from diffquant.data.aggregate import check_grid
 from diffquant.data.contracts import MINUTE_MS, to_ms, validate_bars
-from diffquant.data.features import build_features, feature_columns, warmup_bars
+from diffquant.data.features import feature_columns, features_from_inputs, warmup_bars
+from diffquant.data.inputs import inputs_from_table, model_columns
 from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
@@ -41,7 +43,6 @@ from diffquant.train.layout import checkpoint_path
 
 MANIFEST = "bundle.json"
 FUNDING_COLUMN = "funding_rate"  # optional in the input: the rate charged during each bar (the paper trader books it)
-NO_FUNDING = pd.DataFrame({"funding_time": pd.Series([], dtype="datetime64[ms, UTC]"), "funding_rate": []})
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,17 @@ class BundleParts:
 
     @property
     def warmup(self) -> int:
-        return warmup_bars(self.features)
+        return warmup_bars(self.features, self.timeframe_minutes)
 
     @property
     def min_bars(self) -> int:
         """Bars needed for one decision (of each asset): the rolling windows' warm-up, then one full context."""
         return self.warmup + self.context
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The columns the input table needs besides the bars: what the feature families read (its schema)."""
+        return model_columns(self.features)
 
     def manifest(self) -> dict[str, object]:
         """Everything but the weights, as JSON: members with their hysteresis, features, timeframe, costs."""
@@ -198,7 +204,8 @@ class PolicyBundle(BundleParts):
                 "a series-path policy (model.series: true) decides from every bar since its series began, not from "
                 "one window: the paper trader cannot continue it bar by bar; paper-trade a window-path policy"
             )
-        series = self._feature_series(tail.iloc[-self.min_bars :])
+        window = tail.iloc[-self.min_bars :]
+        series = self._feature_series(window, window)
         raws, gates, new = [], [], []
         for member, state in zip(self.members, states, strict=True):
             with denormals_flushed():
@@ -210,17 +217,21 @@ class PolicyBundle(BundleParts):
             new.append(MemberState(float(raw[0]), float(raw[0] - state.prev), float(executed[0])))
         return Step(float(np.mean(raws, axis=0)[0]), float(np.mean(gates, axis=0)[0]), book_position(new), tuple(new))
 
-    def series(self, bars: pd.DataFrame) -> Series:
-        """Raw bars -> the feature series the members decide on: rows from the first bar past the warm-up.
+    def series(self, table: pd.DataFrame) -> Series:
+        """The input table (raw bars and the families' columns) -> the feature series the members decide on: rows
+        from the first bar past the warm-up.
 
-        Refuses, naming the row, what is not a table of canonical bars on the model's timeframe, oldest first.
+        Refuses, naming the row or column, what is not a table of canonical bars on the model's timeframe, oldest
+        first, with the columns the features read.
         """
-        checked = checked_bars(bars, self.timeframe_minutes, self.warmup, self.context, "policy input bars")
-        return self._feature_series(checked)
+        where = "policy input bars"
+        checked = checked_bars(table, self.features, self.timeframe_minutes, self.context, where)
+        return self._feature_series(table, checked)
 
-    def _feature_series(self, bars: pd.DataFrame) -> Series:
-        """``series`` of bars already validated (canonical columns, datetime open_time, on the grid)."""
-        return feature_series(bars, self.features, self.timeframe_minutes, self.members[0].policy.n_features)
+    def _feature_series(self, table: pd.DataFrame, bars: pd.DataFrame) -> Series:
+        """``series`` of an input table whose bars are already validated (canonical, datetime open_time, on grid)."""
+        n = self.members[0].policy.n_features
+        return feature_series(table, bars, self.features, self.timeframe_minutes, n)
 
     def _positions(self, positions: Sequence[float] | None) -> list[float]:
         if positions is None:
@@ -245,11 +256,16 @@ class PolicyBundle(BundleParts):
         return cls(members=tuple(Member(*m) for m in members), **settings)
 
 
-def checked_bars(bars: pd.DataFrame, timeframe_minutes: int, warmup: int, context: int, where: str) -> pd.DataFrame:
-    """``bars`` as canonical bars on the timeframe's grid, oldest first, enough for one decision (``warmup`` +
-    ``context`` rows); a ``DataError`` naming the row or the shortfall otherwise."""
-    bars = validate_bars(bars.drop(columns=[FUNDING_COLUMN], errors="ignore"), where)
+def checked_bars(
+    table: pd.DataFrame, features: FeatureConfig, timeframe_minutes: int, context: int, where: str
+) -> pd.DataFrame:
+    """The bars of an input table (its other columns: ``funding_rate`` and what the features read) as canonical
+    bars on the timeframe's grid, oldest first, enough for one decision (the features' warm-up + ``context``
+    rows); a ``DataError`` naming the row, the column or the shortfall otherwise."""
+    others = {FUNDING_COLUMN, *model_columns(features)}
+    bars = validate_bars(table.drop(columns=[c for c in table.columns if c in others]), where)
     check_grid(to_ms(bars["open_time"]), timeframe_minutes, where, "send bars of the model's timeframe")
+    warmup = warmup_bars(features, timeframe_minutes)
     if len(bars) < warmup + context:
         raise DataError(
             f"{where}: {len(bars)} bars given; this policy needs at least {warmup + context}, oldest first "
@@ -259,15 +275,18 @@ def checked_bars(bars: pd.DataFrame, timeframe_minutes: int, warmup: int, contex
 
 
 def feature_series(
+    table: pd.DataFrame,
     bars: pd.DataFrame,
     features: FeatureConfig,
     timeframe_minutes: int,
     n_features: int,
     where: str = "policy input bars",
 ) -> Series:
-    """Checked bars -> the feature series a policy decides on, from the first bar past the features' warm-up
-    (funding zero: a decision never reads it)."""
-    table = build_features(bars, NO_FUNDING, features, timeframe_minutes).iloc[warmup_bars(features) - 1 :]
+    """An input table and its checked bars -> the feature series a policy decides on, from the first bar past the
+    features' warm-up (the series' funding is zero: a decision never reads it)."""
+    warmup = warmup_bars(features, timeframe_minutes)
+    inputs = inputs_from_table(table, bars, features, where)
+    table = features_from_inputs(inputs, features, timeframe_minutes).iloc[warmup - 1 :]
     names = feature_columns(table)
     if len(names) != n_features:
         raise DataError(f"{where}: the features give {len(names)} channels ({names}); the policy takes {n_features}")

@@ -37,6 +37,7 @@ from diffquant.data.contracts import MINUTE_MS, from_ms
 from diffquant.deploy.bundle import MemberState, PolicyBundle, book_position
 from diffquant.deploy.feeds import Bar, Stale
 from diffquant.deploy.ledger import Ledger, member_states
+from diffquant.errors import ConfigError
 from diffquant.evaluate.metrics import annualization, sharpe
 from diffquant.sim.simulator import bar_returns, simulate
 
@@ -86,6 +87,12 @@ class PaperTrader:
     def __init__(
         self, bundle: PolicyBundle, ledger: Ledger, settings: PaperSettings, sink: MetricsSink | None = None
     ) -> None:
+        if bundle.input_columns:
+            raise ConfigError(
+                f"this policy's features read {bundle.input_columns} besides the bars (features.funding, premium, "
+                "market or columns), which the paper trader's feeds do not carry: it trades policies of the "
+                "price/volume features; serve this one through its MLflow model, whose input table has those columns"
+            )
         self.bundle, self.ledger, self.settings, self.sink = bundle, ledger, settings, sink
         self.tf_ms = bundle.timeframe_minutes * MINUTE_MS
         self.lag = settings.sim.execution_lag_bars

@@ -6,11 +6,12 @@ around T:
 - **original**: the source bars and funding events as they are;
 - **altered**: every source bar that closes after T replaced by a different but valid bar (the real bars' shapes
   shuffled, mirrored and re-chained from the last close before T, volumes shuffled and rescaled) and every funding
-  rate after T changed; the stamps stay, so the grid, the gaps and the row count are the same;
+  rate after T changed; so too, for the feature families that read them, the mark-price bars, every market asset's
+  bars and the user's columns after T; the stamps stay, so the grid, the gaps and the row count are the same;
 - **truncated**: the data ending at T (catches what depends on how much data follows, e.g. a normalisation over
   the whole column, which the altered data, of the same length, might not move).
 
-Each goes through the feature builder (the pipeline's own: aggregate, then ``build_features``), and the altered one
+Each goes through the feature builder (the pipeline's own: aggregate, then every feature family), and the altered one
 also through every policy given: raw decision and gate (``policy_decisions``), executed position (hysteresis) and
 the walk-forward's held position and net return. A bar counts as "at or before the cut" when it CLOSES at or before
 T (a bar's data is known at its close, where the policy decides: docs/design_notes.md), and every such row must be
@@ -29,24 +30,35 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from diffquant.config import Config, Hysteresis
-from diffquant.data.aggregate import aggregate
 from diffquant.data.contracts import MINUTE_MS, from_ms, to_ms, validate_bars, validate_funding
-from diffquant.data.features import FEATURE_PREFIX, build_features, feature_columns
+from diffquant.data.features import FEATURE_PREFIX, feature_columns, features_from_inputs
+from diffquant.data.inputs import at_timeframe, feature_inputs, market_bars
+from diffquant.data.sources import RawData
 from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.walk_forward import Decisions, policy_decisions, walk_forward
 from diffquant.model.policy import PolicyNetwork
 
-FeatureBuilder = Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]
-"""(source bars, funding events) -> feature table (``open_time``, ``close``, ``funding_rate``, ``x_<name>``...)."""
+
+@dataclass(frozen=True)
+class SourceData:
+    """An asset's source data (bars, funding, and its mark bars and user columns when its features read them) and
+    the market's assets, each at its source resolution: everything the check alters after a cut."""
+
+    raw: RawData
+    market: dict[str, RawData] = field(default_factory=dict)
+
+
+FeatureBuilder = Callable[[SourceData], pd.DataFrame]
+"""source data -> feature table (``open_time``, ``close``, ``funding_rate``, ``x_<name>``...)."""
 
 VARIANTS = ("altered", "truncated")
 DEFAULT_CUTS = 5
@@ -154,12 +166,15 @@ def _leak_line(what: str, leaks: list[Check], n_cuts: int) -> str:
     )
 
 
-def pipeline_builder(cfg: Config, source_minutes: int) -> FeatureBuilder:
-    """What the aggregate and features stages do with ``cfg``, as one function of (source bars, funding)."""
+def pipeline_builder(cfg: Config) -> FeatureBuilder:
+    """What the aggregate and features stages do with ``cfg``, as one function of the source data."""
     tf = cfg.data.timeframe_minutes
 
-    def build(bars: pd.DataFrame, funding: pd.DataFrame) -> pd.DataFrame:
-        return build_features(aggregate(bars, source_minutes, tf)[0], funding, cfg.features, tf)
+    def build(data: SourceData) -> pd.DataFrame:
+        tables = at_timeframe(data.raw, cfg.features, tf)[0]
+        market = market_bars(data.market, tf)
+        inputs = feature_inputs(tables, data.raw.funding, tf, market, data.raw.meta.get("symbol", "the asset"))
+        return features_from_inputs(inputs, cfg.features, tf)
 
     return build
 
@@ -196,10 +211,8 @@ def default_cuts(
 
 
 def check_lookahead(
-    bars: pd.DataFrame,
-    funding: pd.DataFrame,
+    data: SourceData,
     cfg: Config,
-    source_minutes: int,
     policies: Sequence[PolicyUnderTest] = (),
     cuts: Sequence[int] | None = None,
     *,
@@ -211,13 +224,13 @@ def check_lookahead(
 ) -> LookaheadReport:
     """Run the features (and ``policies``) on the data and on variants changed after each cut; report what moved.
 
-    ``bars``/``funding``: canonical source bars (``source_minutes`` resolution) and funding events. ``cuts``: Unix ms,
-    floored to the ``data.timeframe_minutes`` grid; default ``n_cuts`` spread over the data. Each cut uses only the
-    ``bars_before`` (default 4 x context) bars before it and ``bars_after`` (default 2 x context) after it: a leak
-    of up to ``bars_before + bars_after`` bars ahead shows, and a policy pass stays well under a second. ``build``
-    defaults to the pipeline's own features (``pipeline_builder``); ``seed`` drives the alterations.
-    Raises ``ConfigError`` for a cut outside the usable data and ``DataError`` when a builder's table has no
-    ``open_time``.
+    ``data``: the asset's canonical source tables (``meta["source_minutes"]`` resolution; mark bars at
+    ``meta["mark_minutes"]``) and the market's assets. ``cuts``: Unix ms, floored to the ``data.timeframe_minutes``
+    grid; default ``n_cuts`` spread over the data. Each cut uses only the ``bars_before`` (default 4 x context) bars
+    before it and ``bars_after`` (default 2 x context) after it: a leak of up to ``bars_before + bars_after`` bars
+    ahead shows, and a policy pass stays well under a second. ``build`` defaults to the pipeline's own features
+    (``pipeline_builder``); ``seed`` drives the alterations. Raises ``ConfigError`` for a cut outside the usable
+    data and ``DataError`` when a builder's table has no ``open_time``.
     """
     tf_minutes, ctx, lag = cfg.data.timeframe_minutes, cfg.window.context, cfg.sim.execution_lag_bars
     tf = tf_minutes * MINUTE_MS
@@ -228,34 +241,59 @@ def check_lookahead(
             f"look-ahead check: bars_before ({before}) must be at least window.context + sim.execution_lag_bars + 2 "
             f"({ctx + lag + 2}), bars_after ({after}) and the number of cuts ({n_cuts}) at least 1"
         )
-    build = build or pipeline_builder(cfg, source_minutes)
+    build = build or pipeline_builder(cfg)
+    bars, source_minutes = data.raw.bars, data.raw.meta["source_minutes"]
     if cuts is None:
         cuts = default_cuts(bars, source_minutes, tf_minutes, n_cuts, before, after)
     cuts = sorted({int(c) // tf * tf for c in cuts})
     ms = to_ms(bars["open_time"])
-    fund_ms = to_ms(funding["funding_time"])
     checks: list[Check] = []
     names: list[str] = []
     for cut in cuts:
         _check_cut(cut, ms, source_minutes, tf_minutes, ctx + lag + 2)
-        span = (ms >= cut - before * tf) & (ms < cut + after * tf)
-        span_bars = bars[span].reset_index(drop=True)
-        span_funding = funding[(fund_ms > cut - before * tf) & (fund_ms <= cut + (after + 1) * tf)]
-        span_funding = span_funding.reset_index(drop=True)
+        span = span_of(data, cut - before * tf, cut + after * tf, tf)
         rng = np.random.default_rng([seed, cut // MINUTE_MS])
-        original = build(span_bars, span_funding)
+        original = build(span)
         names = names or feature_columns(original)
-        variants = {
-            "altered": build(
-                alter_bars_after(span_bars, cut, source_minutes, rng), alter_funding_after(span_funding, cut, rng)
-            ),
-            "truncated": build(*truncate_at(span_bars, span_funding, cut, source_minutes)),
-        }
+        variants = {"altered": build(alter_after(span, cut, rng)), "truncated": build(truncate_at(span, cut))}
         for variant, table in variants.items():
             checks += compare_tables(original, table, cut, tf, variant)
         for policy in policies:
             checks += compare_policy(policy, original, variants["altered"], cut, cfg)
     return LookaheadReport([_iso(c) for c in cuts], names, [p.name for p in policies], checks)
+
+
+def span_of(data: SourceData, lo: int, hi: int, tf: int) -> SourceData:
+    """Every table of ``data`` cut to the bars opening in [lo, hi) and the funding settled in (lo, hi + tf]."""
+
+    def rows(table: pd.DataFrame | None, column: str = "open_time") -> pd.DataFrame | None:
+        if table is None:
+            return None
+        stamps = to_ms(table[column])
+        inside = (stamps >= lo) & (stamps < hi) if column == "open_time" else (stamps > lo) & (stamps <= hi + tf)
+        return table[inside].reset_index(drop=True)
+
+    def raw_span(raw: RawData) -> RawData:
+        return RawData(rows(raw.bars), rows(raw.funding, "funding_time"), raw.meta, rows(raw.mark), rows(raw.columns))
+
+    return SourceData(raw_span(data.raw), {s: raw_span(r) for s, r in data.market.items()})
+
+
+def alter_after(data: SourceData, cut: int, rng: np.random.Generator) -> SourceData:
+    """``data`` with everything after ``cut`` altered: the asset's bars and funding, its mark bars and user columns,
+    and every market asset's bars (the asset's own, where it is one of them, altered once)."""
+    raw = data.raw
+    minutes = raw.meta["source_minutes"]
+    mark = None if raw.mark is None else alter_bars_after(raw.mark, cut, raw.meta["mark_minutes"], rng)
+    columns = None if raw.columns is None else alter_columns_after(raw.columns, cut, minutes, rng)
+    own = RawData(alter_bars_after(raw.bars, cut, minutes, rng), alter_funding_after(raw.funding, cut, rng), raw.meta)
+    own = replace(own, mark=mark, columns=columns)
+    symbol = raw.meta.get("symbol")
+    market = {
+        s: own if s == symbol else replace(r, bars=alter_bars_after(r.bars, cut, r.meta["source_minutes"], rng))
+        for s, r in data.market.items()
+    }
+    return SourceData(own, market)
 
 
 def _check_cut(cut: int, ms: np.ndarray, source_minutes: int, tf_minutes: int, min_bars: int) -> None:
@@ -324,13 +362,34 @@ def alter_funding_after(funding: pd.DataFrame, cut: int, rng: np.random.Generato
     return validate_funding(out, "altered funding")
 
 
-def truncate_at(
-    bars: pd.DataFrame, funding: pd.DataFrame, cut: int, source_minutes: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The source bars closing at or before ``cut`` and the funding events stamped at or before it."""
-    closed = to_ms(bars["open_time"]) + source_minutes * MINUTE_MS <= cut
-    known = to_ms(funding["funding_time"]) <= cut
-    return bars[closed].reset_index(drop=True), funding[known].reset_index(drop=True)
+def truncate_at(data: SourceData, cut: int) -> SourceData:
+    """Every table of ``data`` ending at ``cut``: the bars (mark bars, user columns, market bars) closing at or before
+    it and the funding settled at or before it."""
+
+    def closed(table: pd.DataFrame | None, minutes: int | None) -> pd.DataFrame | None:
+        if table is None:
+            return None
+        return table[to_ms(table["open_time"]) + int(minutes) * MINUTE_MS <= cut].reset_index(drop=True)
+
+    def cut_raw(raw: RawData) -> RawData:
+        minutes = raw.meta["source_minutes"]
+        funding = raw.funding[to_ms(raw.funding["funding_time"]) <= cut].reset_index(drop=True)
+        mark = closed(raw.mark, raw.meta.get("mark_minutes"))
+        return RawData(closed(raw.bars, minutes), funding, raw.meta, mark, closed(raw.columns, minutes))
+
+    return SourceData(cut_raw(data.raw), {s: cut_raw(r) for s, r in data.market.items()})
+
+
+def alter_columns_after(columns: pd.DataFrame, cut: int, source_minutes: int, rng: np.random.Generator) -> pd.DataFrame:
+    """The user's columns of every source bar closing after ``cut`` replaced: each column's values there shuffled and
+    scaled by a random factor per row (positive values stay positive, for a log_diff column)."""
+    after = to_ms(columns["open_time"]) + source_minutes * MINUTE_MS > cut
+    out = columns.copy()
+    k = int(after.sum())
+    for col in (c for c in columns.columns if c != "open_time"):
+        values = columns[col].to_numpy(np.float64)[after]
+        out.loc[after, col] = values[rng.permutation(k)] * np.exp(rng.normal(0.0, 0.5, k))
+    return out
 
 
 def compare_tables(original: pd.DataFrame, variant: pd.DataFrame, cut: int, tf: int, name: str) -> list[Check]:

@@ -11,13 +11,15 @@ import mlflow
 import pandas as pd
 
 from diffquant.config import Config
+from diffquant.data.contracts import to_ms
+from diffquant.data.inputs import model_table, universe_inputs
 from diffquant.deploy.book_bundle import BookBundle, as_book_input
 from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.fold_model import fold_book_bundle, fold_bundle, fold_test_window
 from diffquant.deploy.gates import Verdicts, model_key
-from diffquant.io import read_parquet, sha256
+from diffquant.io import sha256
 from diffquant.study.book_run import PORTFOLIO
-from diffquant.tracking.models import as_model_input, log_policy_model
+from diffquant.tracking.models import log_policy_model
 from diffquant.tracking.registry import log_datasets, register
 from diffquant.tracking.runs import Run
 
@@ -28,10 +30,12 @@ def publish_newest_fold(
     """Log each judged policy of ``fold_dir`` (an asset's, or the portfolio's book) as the model ``policy_<NAME>`` of
     ``parent``, with its assets' bars as run inputs, and register it; returns name -> registered version."""
     _, test_end = fold_test_window(fold_dir)
+    end_ms = int(to_ms(pd.Series([test_end]))[0])
 
     def before_test_end(symbol: str) -> pd.DataFrame:
-        bars = read_parquet(universe / symbol / "bars.parquet", "the universe stage")
-        return bars[bars["open_time"] < test_end]
+        """The asset's model-input table (bars and the columns its features read) before the test end."""
+        table = model_table(universe_inputs(universe, symbol, cfg), cfg.features)
+        return table[table["open_time"] < end_ms]
 
     versions = {}
     for name, gates in verdicts.items():
@@ -43,7 +47,7 @@ def publish_newest_fold(
         else:
             bundle, checkpoints = fold_bundle(cfg, fold_dir, name)
             symbols = (name,)
-            example = as_model_input(before_test_end(name).tail(bundle.min_bars))
+            example = before_test_end(name).tail(bundle.min_bars).reset_index(drop=True)
         files = {f"{s}_bars": universe / s / "bars.parquet" for s in symbols}
         log_datasets(parent, files, "walk-forward", root, {n: sha256(path) for n, path in files.items()})
         with mlflow.start_run(run_id=parent.run_id):

@@ -128,7 +128,7 @@ def train_policy(
     seed_everything(seed)
     model = make_policy(cfg.model, len(names), cfg.window.context).to(resolve_device(cfg.train.device))
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    mirror = tuple(torch.as_tensor(a) for a in mirror_spec(names)) if cfg.train.mirror else None
+    mirror = tuple(torch.as_tensor(a) for a in mirror_spec(names, cfg.features)) if cfg.train.mirror else None
     return fit(
         model,
         training_episodes(cfg, data),

@@ -272,7 +272,7 @@ def test_a_tail_has_the_full_historys_features_past_its_warmup(bars_30m, funding
     those of the whole history, bit for bit, from its row ``warmup_bars``; one bar earlier they do not."""
     bars = bars_30m.iloc[:2000]
     full = build_features(bars, funding, cfg, 30)  # row i is bars row i + 1
-    w = warmup_bars(cfg)
+    w = warmup_bars(cfg, 30)
     for start in (1, 333, 1500):
         tail = build_features(bars.iloc[start:], funding, cfg, 30)
         got, want = tail.iloc[w - 1 :].reset_index(drop=True), full.iloc[start + w - 1 :].reset_index(drop=True)

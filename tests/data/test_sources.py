@@ -94,7 +94,10 @@ def test_bundled_refuses_a_tampered_copy(tampered_root: Path) -> None:
 
 
 def test_bundled_refuses_an_unshipped_symbol() -> None:
-    shipped = "ADAUSDT, AVAXUSDT, BNBUSDT, BTCUSDT, DOGEUSDT, ETHUSDT, LINKUSDT, LTCUSDT, SOLUSDT, XRPUSDT"
+    shipped = (
+        "ADAUSDT, ARBUSDT, AVAXUSDT, BCHUSDT, BNBUSDT, BTCUSDT, DOGEUSDT, DOTUSDT, ETHUSDT, LINKUSDT, LTCUSDT, "
+        "SOLUSDT, XRPUSDT"
+    )
     with pytest.raises(ConfigError, match=rf"data\.symbols: 'PEPEUSDT' .* ships {shipped};"):
         load_bundled(BUNDLED, "PEPEUSDT", 30)
 

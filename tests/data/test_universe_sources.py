@@ -1,4 +1,4 @@
-"""The shipped ten-asset universe, ``data.start`` and the multi-symbol sources.
+"""The shipped universe, its named symbol sets, mark-price bars, ``data.start`` and the multi-symbol sources.
 
 The default experiment (bundled BTCUSDT at 30 minutes from 2024-01-01) must see exactly the bars and funding of the
 two files it was built on, although the folder now also ships 2023 and a longer funding history.
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffquant.config import DataConfig, from_dict
+from diffquant.config import SYMBOL_SETS, DataConfig, from_dict
 from diffquant.data.sources import bundled, load_bundled, load_source, load_universe
 from diffquant.errors import ConfigError, DataError
 
@@ -26,16 +26,20 @@ MIN = 60_000
 # symbol: (bars at 60 min, first bar, funding events), as data_source/README.md lists them; all end in 2025-12-31
 AT_60 = {
     "ADAUSDT": (51_880, "2020-01-31 08:00", 6_485),
+    "ARBUSDT": (17_544, "2024-01-01 00:00", 2_193),
     "AVAXUSDT": (17_544, "2024-01-01 00:00", 2_193),
+    "BCHUSDT": (52_912, "2019-12-19 08:00", 0),  # bars only: its funding history is incomplete, not shipped
     "BNBUSDT": (17_544, "2024-01-01 00:00", 2_193),
     "BTCUSDT": (55_351, "2019-09-08 17:00", 6_914),
     "DOGEUSDT": (17_544, "2024-01-01 00:00", 2_193),
+    "DOTUSDT": (17_544, "2024-01-01 00:00", 2_193),
     "ETHUSDT": (53_441, "2019-11-27 07:00", 6_680),
     "LINKUSDT": (17_544, "2024-01-01 00:00", 2_193),
     "LTCUSDT": (52_408, "2020-01-09 08:00", 6_551),
     "SOLUSDT": (210_528, "2024-01-01 00:00", 2_193),  # shipped at 5 minutes only
     "XRPUSDT": (52_480, "2020-01-06 08:00", 6_560),
 }
+MARK = ("ADAUSDT", "BTCUSDT", "ETHUSDT", "LTCUSDT", "SOLUSDT", "XRPUSDT")  # 1-hour mark-price bars, 2024-2025
 
 
 def data_cfg(**data: object) -> DataConfig:
@@ -102,7 +106,96 @@ def test_every_shipped_symbol_loads_at_one_hour(symbol: str) -> None:
     assert raw.bars["open_time"].iloc[-1] == utc("2025-12-31 23:00") + pd.Timedelta(minutes=60 - step)
     assert np.all(np.diff(frame_ms(raw.bars["open_time"])) == step * MIN)  # every file is complete
     assert raw.meta["source_minutes"] == step and raw.meta["symbol"] == symbol
-    assert raw.meta["funding_available"] is True and len(raw.meta["inputs"]) == 2  # one bar file, one funding file
+    funded = events > 0
+    assert raw.meta["funding_available"] is funded and len(raw.meta["inputs"]) == 1 + funded  # bars (+ funding)
+    assert raw.mark is None and "mark_minutes" not in raw.meta  # mark-price bars only when asked for
+
+
+# --- the named symbol sets (config.SYMBOL_SETS), checked against the shipped files -------------------------------
+
+
+def covers(symbol: str, first: str, kinds: tuple[str, ...]) -> bool:
+    """Whether ``symbol`` ships every kind (bars at 1 h or finer, funding, mark) over ``first`` .. 2025 in full."""
+    files = [f for f in bundled.SHIPPED if f.symbol == symbol]
+    for kind in kinds:
+        own = [f for f in files if f.kind == kind and (f.minutes is None or 60 % f.minutes == 0)]
+        if not any(f.years[0] <= int(first[:4]) and f.years[1] == 2025 for f in own):
+            return False
+    return True
+
+
+def test_the_universe_set_is_every_asset_with_complete_funded_2024_2025_bars() -> None:
+    expected = {s for s in bundled.SYMBOLS if covers(s, "2024", ("bars", "funding"))}
+    assert set(SYMBOL_SETS["universe"]) == expected and len(SYMBOL_SETS["universe"]) == 12
+    assert "BCHUSDT" not in expected  # shipped for its long bar history, without funding
+    for symbol in SYMBOL_SETS["universe"]:  # complete: the row count of two full years at one hour
+        raw = load_source(data_cfg(symbol=symbol, timeframe_minutes=60), REPO)
+        n = 17_544 * (12 if symbol == "SOLUSDT" else 1)
+        assert len(raw.bars) == n and len(raw.funding) == 2_193, symbol
+
+
+def test_the_history_and_mark_sets_match_the_shipped_files() -> None:
+    history = {s for s in bundled.SYMBOLS if covers(s, "2020", ("bars", "funding"))}
+    assert set(SYMBOL_SETS["history"]) == history
+    assert set(SYMBOL_SETS["mark"]) == set(bundled.MARK_SYMBOLS) == set(MARK)
+
+
+def test_a_set_name_stands_for_its_assets_in_data_symbols() -> None:
+    cfg = data_cfg(symbols=["mark", "DOGEUSDT"])
+    assert cfg.universe == [*SYMBOL_SETS["mark"], "DOGEUSDT"]
+    with pytest.raises(ConfigError, match="distinct"):
+        data_cfg(symbols=["history", "BTCUSDT"])
+
+
+# --- mark-price bars -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("symbol", MARK)
+def test_mark_bars_load_beside_the_bars_when_asked_for(symbol: str) -> None:
+    raw = load_bundled(BUNDLED, symbol, 60, mark=True)
+    assert raw.mark is not None and len(raw.mark) == 17_544 and raw.meta["mark_minutes"] == 60
+    assert raw.mark["open_time"].iloc[0] == utc("2024-01-01") and (raw.mark["volume"] == 0).all()
+    assert np.all(np.diff(frame_ms(raw.mark["open_time"])) == 60 * MIN)
+    assert any("_mark_1h_" in k for k in raw.meta["inputs"])
+    # the mark close sits within a few basis points of the last price's close (median 0.3-1.3 bp, PROVENANCE)
+    bars = raw.bars[raw.bars["open_time"] >= utc("2024-01-01")].reset_index(drop=True)
+    if symbol == "SOLUSDT":  # shipped at 5 minutes: compare each hour's last close
+        bars = bars.iloc[11::12].reset_index(drop=True)
+    gap = np.abs(np.log(bars["close"].to_numpy() / raw.mark["close"].to_numpy()))
+    assert np.median(gap) < 2e-4 and gap.max() < 0.02
+
+
+def test_mark_bars_of_a_timeframe_they_do_not_divide_are_not_read() -> None:
+    raw = load_bundled(BUNDLED, "BTCUSDT", 30, mark=True)  # mark bars ship at 60 min only
+    assert raw.mark is None and not any("_mark_" in k for k in raw.meta["inputs"])
+
+
+def test_a_tampered_mark_file_is_refused_naming_it(tmp_path: Path) -> None:
+    for f in bundled.SHIPPED:
+        if f.symbol == "ETHUSDT":
+            shutil.copyfile(BUNDLED / f.name, tmp_path / f.name)
+    mark = tmp_path / "ETHUSDT_USDM_mark_1h_2024-2025.csv.gz"
+    data = bytearray(mark.read_bytes())
+    data[-50] ^= 1
+    mark.write_bytes(bytes(data))
+    load_bundled(tmp_path, "ETHUSDT", 60)  # not asked for: not read
+    with pytest.raises(DataError, match=r"sha256 .* does not match") as err:
+        load_bundled(tmp_path, "ETHUSDT", 60, mark=True)
+    assert str(mark) in str(err.value)
+
+
+def test_mark_bars_go_through_the_bar_contract(tmp_path: Path, make_bars: Callable, monkeypatch) -> None:
+    bars = make_bars(n=24, minutes=60).rename(columns={"open_time": "open_time_ms"}).assign(date="-")
+    paths = {k: tmp_path / f"TESTUSDT_USDM_{k}_2024.csv" for k in ("1h", "mark_1h")}
+    bars.to_csv(paths["1h"], index=False)
+    broken = bars.copy()
+    broken.loc[7, "close"] = -1.0
+    broken.to_csv(paths["mark_1h"], index=False)
+    shipped = [bundled.Shipped.from_name(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths.values()]
+    monkeypatch.setattr(bundled, "SHIPPED", tuple(shipped))
+    assert load_bundled(tmp_path, "TESTUSDT", 60).meta["funding_available"] is False  # no funding file: none
+    with pytest.raises(DataError, match=rf"{re.escape(str(paths['mark_1h']))}: column close is zero or negative"):
+        load_bundled(tmp_path, "TESTUSDT", 60, mark=True)
 
 
 @pytest.mark.parametrize(

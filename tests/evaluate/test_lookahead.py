@@ -16,9 +16,10 @@ import yaml
 from torch import Tensor
 
 from diffquant.config import Config, FeatureConfig, Hysteresis, ModelConfig, load
+from diffquant.data.sources import RawData
 from diffquant.errors import ConfigError
 from diffquant.evaluate import lookahead
-from diffquant.evaluate.lookahead import PolicyUnderTest, check_lookahead, parse_cuts, pipeline_builder
+from diffquant.evaluate.lookahead import PolicyUnderTest, SourceData, check_lookahead, parse_cuts, pipeline_builder
 from diffquant.io import write_parquet
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
@@ -51,6 +52,11 @@ def real(bars_5m: pd.DataFrame, funding: pd.DataFrame) -> tuple[pd.DataFrame, pd
     return bars_5m.iloc[first : first + SLICE].reset_index(drop=True), funding
 
 
+def source(bars: pd.DataFrame, funding: pd.DataFrame) -> SourceData:
+    """5-minute BTC bars and funding as the check's source data."""
+    return SourceData(RawData(bars, funding, {"source_minutes": 5, "symbol": "BTCUSDT"}))
+
+
 def policy(n_features: int, cls: type[PolicyNetwork] = PolicyNetwork, name: str = "untrained") -> PolicyUnderTest:
     """A small untrained policy (its decisions are as sensitive to its inputs as a trained one's)."""
     torch.manual_seed(0)
@@ -63,8 +69,8 @@ def test_shipped_presets_pass(real: tuple[pd.DataFrame, pd.DataFrame], preset: s
     if preset == "full":  # the bundled bars have no trade counts: a plausible stand-in
         bars = bars.assign(num_trades=np.round(bars["volume"] * 37.0))
     cfg = config(preset=preset, **ALL_ON)
-    n_features = len(pipeline_builder(cfg, 5)(bars.iloc[:60], funding).columns) - 3
-    report = check_lookahead(bars, funding, cfg, 5, [policy(n_features)], n_cuts=3)
+    n_features = len(pipeline_builder(cfg)(source(bars.iloc[:60], funding)).columns) - 3
+    report = check_lookahead(source(bars, funding), cfg, [policy(n_features)], n_cuts=3)
     assert report.ok, report.summary()
     assert len(report.cuts) == 3 and "dow_cos" in report.features and "typical_price" in report.features
     assert {c.variant for c in report.checks} == {"altered", "truncated"}
@@ -92,14 +98,14 @@ def whole_column_zscore(t: pd.DataFrame) -> pd.Series:
 def test_planted_leaky_feature_is_named(real: tuple[pd.DataFrame, pd.DataFrame], leak, ahead: int | None) -> None:
     bars, funding = real
     cfg = config(preset="ohlcv")
-    honest = pipeline_builder(cfg, 5)
+    honest = pipeline_builder(cfg)
 
-    def leaky(b: pd.DataFrame, f: pd.DataFrame) -> pd.DataFrame:
-        table = honest(b, f)
+    def leaky(data: SourceData) -> pd.DataFrame:
+        table = honest(data)
         table["x_peek"] = leak(table).astype(np.float32)
         return table
 
-    report = check_lookahead(bars, funding, cfg, 5, [policy(7)], n_cuts=2, build=leaky)
+    report = check_lookahead(source(bars, funding), cfg, [policy(7)], n_cuts=2, build=leaky)
     assert not report.ok
     features = {c.what for c in report.leaks if c.what.startswith("feature")}
     assert features == {"feature peek"}, report.summary()
@@ -125,7 +131,7 @@ def test_causal_policy_passes_and_a_peeking_policy_is_caught(real: tuple[pd.Data
     bars, funding = real
     cfg = config(preset="ohlcv")
     policies = [policy(6, name="causal"), policy(6, PeekingPolicy, name="peeking")]
-    report = check_lookahead(bars, funding, cfg, 5, policies, n_cuts=2)
+    report = check_lookahead(source(bars, funding), cfg, policies, n_cuts=2)
     causal = [c for c in report.checks if c.what.startswith("causal")]
     assert len(causal) == 2 * 5 and not any(c.leaks for c in causal)  # bit-identical: tolerance 0 holds
     leaked = {c.what for c in report.leaks}
@@ -138,10 +144,10 @@ def test_cuts_are_parsed_floored_and_refused_outside_the_data(real: tuple[pd.Dat
     bars, funding = real
     cfg = config(preset="ohlc")
     cuts = parse_cuts("2025-03-01T00:10, 2025-03-02T12:00+01:00")
-    report = check_lookahead(bars, funding, cfg, 5, cuts=cuts)
+    report = check_lookahead(source(bars, funding), cfg, cuts=cuts)
     assert report.ok and report.cuts == ["2025-03-01T00:00Z", "2025-03-02T11:00Z"]
     with pytest.raises(ConfigError, match="outside the usable data"):
-        check_lookahead(bars, funding, cfg, 5, cuts=parse_cuts("2025-02-20T12:00"))
+        check_lookahead(source(bars, funding), cfg, cuts=parse_cuts("2025-02-20T12:00"))
     with pytest.raises(ConfigError, match="not a time"):
         parse_cuts("March")
 
@@ -189,14 +195,14 @@ def test_stage_passes_then_exits_1_on_a_leak_naming_it(
     assert any("trade eval.hysteresis" in n for n in report["notes"])  # no thresholds.json here
     assert "OK: nothing at or before a cut changed" in capsys.readouterr().out
 
-    honest = lookahead.build_features
+    honest = lookahead.features_from_inputs
 
     def next_close(*args: object) -> pd.DataFrame:  # overwrites a channel: the checkpoint still fits
         table = honest(*args)
         table["x_close"] = np.log(table["close"].shift(-1) / table["close"]).fillna(0.0).astype(np.float32)
         return table
 
-    monkeypatch.setattr(lookahead, "build_features", next_close)
+    monkeypatch.setattr(lookahead, "features_from_inputs", next_close)
     assert stage.main(["--n-cuts", "2"]) == 1
     out = capsys.readouterr().out
     assert "LEAK" in out and "seed_42 raw decision changed at 2 of 2 cut(s) (altered)" in out

@@ -79,7 +79,7 @@ def raws() -> dict[str, RawData]:
 
 
 def tables(cfg: Config, raws: dict[str, RawData]) -> dict[str, pd.DataFrame]:
-    return {s: asset_features(raws[s], cfg)[1] for s in cfg.data.universe}
+    return {s: asset_features(raws[s], cfg).features for s in cfg.data.universe}
 
 
 def run_plan(cfg: Config, raws: dict[str, RawData], out: Path, folds: list[Fold] | None = None) -> list[FoldResult]:
@@ -206,7 +206,7 @@ def test_a_fold_no_asset_has_data_for_is_refused(raws) -> None:
 def test_an_asset_listed_after_a_fold_is_left_out_and_said_so(raws) -> None:
     cfg = tiny()
     late = dataclasses.replace(raws["ETHUSDT"], bars=raws["ETHUSDT"].bars.iloc[24 * 80 :].reset_index(drop=True))
-    t = {"BTCUSDT": tables(cfg, raws)["BTCUSDT"], "ETHUSDT": asset_features(late, cfg)[1]}
+    t = {"BTCUSDT": tables(cfg, raws)["BTCUSDT"], "ETHUSDT": asset_features(late, cfg).features}
     data = fold_data(plan_folds(cfg.folds, cfg.split)[0], t, cfg)
     assert list(data.assets) == ["BTCUSDT"]
     assert "ETHUSDT" in data.excluded and "fold 2024-04-01" in data.excluded["ETHUSDT"]

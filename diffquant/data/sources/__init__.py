@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from diffquant.config import DataConfig, parse_date
+from diffquant.config import DataConfig, UserColumn, parse_date
 from diffquant.data.sources._common import RawData, close_to_open
 from diffquant.data.sources.binance import load_binance
 from diffquant.data.sources.bundled import BUNDLED_DIR, load_bundled
@@ -31,12 +31,20 @@ __all__ = [
 ]
 
 
-def load_source(cfg: DataConfig, root: Path, symbol: str | None = None) -> RawData:
-    """Load ``symbol`` (default ``cfg.symbol``) from ``cfg.source``; relative paths start at ``root``."""
+def load_source(
+    cfg: DataConfig,
+    root: Path,
+    symbol: str | None = None,
+    *,
+    mark: bool = False,
+    columns: tuple[UserColumn, ...] = (),
+) -> RawData:
+    """Load ``symbol`` (default ``cfg.symbol``) from ``cfg.source``; relative paths start at ``root``. ``mark``: its
+    mark-price bars too, where the source has them (bundled, file); ``columns``: the user's columns (file)."""
     root = Path(root).resolve()
     symbol = cfg.symbol if symbol is None else symbol
     if cfg.source == "bundled":
-        raw = load_bundled(root / BUNDLED_DIR, symbol, cfg.timeframe_minutes)
+        raw = load_bundled(root / BUNDLED_DIR, symbol, cfg.timeframe_minutes, mark)
     elif cfg.source == "huggingface":
         if len(cfg.universe) > 1:
             raise ConfigError(
@@ -47,14 +55,16 @@ def load_source(cfg: DataConfig, root: Path, symbol: str | None = None) -> RawDa
     elif cfg.source == "binance":
         raw = load_binance(cfg.binance, symbol)
     else:
-        raw = load_file(cfg, root, symbol)
+        raw = load_file(cfg, root, symbol, columns, mark)
     raw = apply_start(raw, cfg.start)
     return replace(raw, meta={**raw.meta, "inputs": _relative_keys(raw.meta["inputs"], root)})
 
 
-def load_universe(cfg: DataConfig, root: Path) -> dict[str, RawData]:
+def load_universe(
+    cfg: DataConfig, root: Path, *, mark: bool = False, columns: tuple[UserColumn, ...] = ()
+) -> dict[str, RawData]:
     """Every asset of ``cfg.universe``, in its order (``data.symbols``, or ``[data.symbol]``)."""
-    return {symbol: load_source(cfg, root, symbol) for symbol in cfg.universe}
+    return {symbol: load_source(cfg, root, symbol, mark=mark, columns=columns) for symbol in cfg.universe}
 
 
 def apply_start(raw: RawData, start: str | None) -> RawData:
@@ -71,7 +81,9 @@ def apply_start(raw: RawData, start: str | None) -> RawData:
             "nothing is left; set data.start inside that span (or null)"
         )
     funding = raw.funding[raw.funding["funding_time"] >= first].reset_index(drop=True)
-    return RawData(bars, funding, meta)
+    mark = None if raw.mark is None else raw.mark[raw.mark["open_time"] >= first].reset_index(drop=True)
+    columns = None if raw.columns is None else raw.columns[raw.columns["open_time"] >= first].reset_index(drop=True)
+    return RawData(bars, funding, meta, mark, columns)
 
 
 def _relative_keys(inputs: dict[str, str], root: Path) -> dict[str, str]:

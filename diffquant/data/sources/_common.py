@@ -17,11 +17,18 @@ from diffquant.io import verify_sha256
 
 @dataclass(frozen=True)
 class RawData:
-    """Canonical bars and funding at the source resolution, and ``meta`` (written as ``meta.json``)."""
+    """Canonical bars and funding at the source resolution, and ``meta`` (written as ``meta.json``).
+
+    Optional, for the feature families that read them (``diffquant.data.families``): ``mark``, mark-price bars at
+    ``meta["mark_minutes"]`` (the bar contract; volume 0); ``columns``, the user's own numeric columns on the bars'
+    stamps (``open_time`` first).
+    """
 
     bars: pd.DataFrame
     funding: pd.DataFrame
     meta: dict[str, Any]
+    mark: pd.DataFrame | None = None
+    columns: pd.DataFrame | None = None
 
 
 def make_meta(source: str, symbol: str, minutes: int, inputs: dict[str, str], funding: bool) -> dict[str, Any]:
