@@ -93,16 +93,28 @@ void attend(const real *p, const real *qkv, real *out, long n, long t, long h, l
     OVER_WINDOWS(attend_window(p, qkv, out, b, n, 6, h, 16), attend_window(p, qkv, out, b, n, t, h, e))
 }
 
-/* gp[h][b][j][i] = sum_c v[b][j][h e + c] g[b][i][h e + c]: the gradient of the probabilities */
-INLINE void grad_probs_window(const real *qkv, const real *g, real *gp, long b, long n, long t, long h, long e) {
+/* The scores' gradient gs[h][b][j][i] = scale * p[j][i] (gp[j][i] - sum_k gp[k][i] p[k][i]) (softmax backward along
+ * the keys), from the probabilities' gradient gp[j][i] = sum_c v[b][j][h e + c] g[b][i][h e + c]. */
+INLINE void grad_scores_window(const real *qkv, const real *g, const real *p, real *gs, long b, long n, long t, long h,
+                               long e, real scale) {
     long d = h * e;
     const real *w = qkv + b * t * 3 * d;
-    for (long hh = 0; hh < h; hh++)
-        dots(w + 2 * d + hh * e, 3 * d, g + b * t * d + hh * e, d, gp + (hh * n + b) * t * t, t, e, 1);
+    for (long hh = 0; hh < h; hh++) {
+        const real *pb = p + (hh * n + b) * t * t;
+        real *out = gs + (hh * n + b) * t * t;
+        dots(w + 2 * d + hh * e, 3 * d, g + b * t * d + hh * e, d, out, t, e, 1);
+        for (long i = 0; i < t; i++) {
+            real dot = 0;
+            for (long j = 0; j < t; j++) dot += out[j * t + i] * pb[j * t + i];
+            for (long j = 0; j < t; j++) out[j * t + i] = (out[j * t + i] - dot) * pb[j * t + i] * scale;
+        }
+    }
 }
 
-void grad_probs(const real *qkv, const real *g, real *gp, long n, long t, long h, long e, int threads) {
-    OVER_WINDOWS(grad_probs_window(qkv, g, gp, b, n, 6, h, 16), grad_probs_window(qkv, g, gp, b, n, t, h, e))
+void grad_scores(const real *qkv, const real *g, const real *p, real *gs, long n, long t, long h, long e, real scale,
+                 int threads) {
+    OVER_WINDOWS(grad_scores_window(qkv, g, p, gs, b, n, 6, h, 16, scale),
+                 grad_scores_window(qkv, g, p, gs, b, n, t, h, e, scale))
 }
 
 /* The (n, t, 3d) gradient of qkv from the scores' gradient gs (scale included), p and the output's gradient g:

@@ -5,7 +5,7 @@ matmuls that is ~6,000 products of 6 x 16 x 6 per call, and MKL's batched GEMM s
 attention was a third of a CPU training step for ~4% of its FLOPs. Neither torch's SDPA kernels (slower still at
 these shapes), nor ``torch.compile`` (about 2x here, but 45-55 s to compile cold and 2-4 s in every new process)
 did better; a loop over windows with the tiny products written out does (docs/design_notes.md, "Training step
-speed"). Softmax and its backward stay torch's, so the only new arithmetic is sums of products.
+speed"). The forward softmax stays torch's (vectorised exp); its backward is fused into the kernel.
 
 The library is compiled with the system C compiler (``cc``) into a cache folder keyed by the source, the flags, the
 compiler and the CPU (``-march=native``), so each machine builds it once (~1 s); processes load it with ``ctypes``.
@@ -72,10 +72,8 @@ class _KernelAttention(torch.autograd.Function):
         e = d3 // 3 // ctx.n_heads
         call = _Caller(qkv.dtype, n, t, ctx.n_heads, e)
         grad = grad.contiguous()
-        grad_p = torch.empty_like(probs)
-        call("grad_probs", qkv, grad, grad_p)
-        # softmax backward along the key axis, then the 1/sqrt(d_head) scale: as the torch path writes it
-        grad_s = grad_p.sub_((grad_p * probs).sum(2, keepdim=True)).mul_(probs).mul_(e**-0.5)
+        grad_s = torch.empty_like(probs)  # through the softmax and the 1/sqrt(d_head) scale, as the torch path
+        call("grad_scores", qkv, grad, probs, grad_s, scale=e**-0.5)
         grad_qkv = torch.empty_like(qkv)
         call("grad_qkv", qkv, probs, grad_s, grad, grad_qkv)
         return grad_qkv, None
