@@ -8,15 +8,17 @@ Step t of ``PolicyHead.scan`` turns the state-free logits (direction, gate) and 
 
 Autograd records ~12 nodes per step, ~300 for an episode of 24 decisions, each a handful of tiny ops on (B,) tensors
 forward and backward: on a CPU these cost more than their arithmetic. Here the forward runs the same ops as the plain
-loop (the same floats, bit for bit) without recording them, and the backward is the adjoint recursion below, ~8 ops
-per step, with the weight's gradient one matmul at the end. With ``detach_state`` the state carries no gradient and
-the backward has no loop at all.
+loop (the same floats, bit for bit) without recording them, and the backward is the adjoint recursion below: all
+but the position adjoints for every step at once, those by a recursion of two fused ops a step, and the weight's
+gradient one matmul at the end. With ``detach_state`` the state carries no gradient and the backward has no loop.
 
-Adjoints (x̄ = dLoss/dx): the direct gradients of p_t and g_t come in; the state carries a_t into p_t from later
-steps: p_t enters s_{t+1} as (p_t, p_t - p_{t-1}) and s_{t+2} as (., p_{t+2-1} - p_t), so with s̄ = z̄ W,
+Adjoints (x̄ = dLoss/dx): the direct gradients of p_t and g_t come in; p_t enters s_{t+1} as (p_t, p_t - p_{t-1})
+and s_{t+2} as (p_{t+1}, p_{t+1} - p_t), so with s̄_t = z̄_t W
 
     p̄_t = p̄_t(direct) + s̄_{t+1}[0] + s̄_{t+1}[1] - s̄_{t+2}[1],
     z̄_t = (p̄_t g_t (1 - u_t^2) / tau_dir,  (ḡ_t + p̄_t u_t) (1 - g_t) g_t / tau_gate),   l̄_t = z̄_t,   W̄ = sum z̄_t s_tᵀ.
+
+z̄_t is affine in p̄_t (z̄_t = p̄_t c_t + e_t), so s̄_t = p̄_t m_t + n_t and p̄ obeys a linear recursion in t.
 
 tests/model/test_scan.py checks the gradients against the plain loop under autograd and by ``gradcheck`` in float64.
 """

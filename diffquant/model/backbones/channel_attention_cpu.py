@@ -2,15 +2,15 @@
 
 Why C: the iTransformer attends over 6 channel tokens of 16 dims per head, in thousands of windows. As batched
 matmuls that is ~6,000 products of 6 x 16 x 6 per call, and MKL's batched GEMM spends ~250 ns of set-up on each: the
-attention was a third of a CPU training step for ~4% of its FLOPs. Neither torch's SDPA kernels (slower still at
-these shapes), nor ``torch.compile`` (about 2x here, but 45-55 s to compile cold and 2-4 s in every new process)
-did better; a loop over windows with the tiny products written out does (docs/design_notes.md, "Training step
+attention was a third of a CPU training step for ~4% of its FLOPs. torch's SDPA kernels are slower still at these
+shapes, and ``torch.compile`` (1.5-2x here) costs 45-55 s to compile cold and 2-4 s in every new process; a loop
+over windows with the tiny products written out is ~2x without either cost (docs/design_notes.md, "Training step
 speed"). The forward softmax stays torch's (vectorised exp); its backward is fused into the kernel.
 
 The library is compiled with the system C compiler (``cc``) into a cache folder keyed by the source, the flags, the
 compiler and the CPU (``-march=native``), so each machine builds it once (~1 s); processes load it with ``ctypes``.
-Where no compiler works the torch path (``itransformer._ChannelAttention``) is used and a warning says so: it is
-the same math, equal to float32 rounding.
+Where no compiler works the torch path (``itransformer.channel_attention_torch``) is used and a warning says so:
+it is the same math, equal to float32 rounding.
 """
 
 from __future__ import annotations
