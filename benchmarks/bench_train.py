@@ -1,4 +1,4 @@
-"""Training speed: one epoch with the batched rollout vs the upstream-style step-by-step rollout.
+"""Training speed: one epoch with the batched rollout vs the upstream-style step-by-step rollout, and vs older code.
 
 Primary config (iTransformer, 6 features, context 96, horizon 24, hybrid loss, AdamW, clipping) on 910 synthetic
 samples of 120 bars: 14 batches of 64, mirror augmentation with probability 0.5 per batch, seeded per epoch as the
@@ -6,30 +6,43 @@ trainer does. The fast path is ``batch_loss`` -> ``model.rollout`` (all B x H wi
 reference path is ``batch_loss(..., reference=True)`` (one backbone call per step, like upstream). The reference is
 timed per batch on a few batches with and without the mirror half and scaled to the epoch's mix of both (said so in
 the output); the fast path is reported both as whole epochs and scaled to the same mix, which the ratio uses.
-Per-batch medians: the machine may be shared. ``--profile N`` also prints the N most expensive ops of one fast epoch
-(torch.profiler, self CPU time): where an epoch goes, e.g. matmuls vs attention vs elementwise ops of the backbone.
+Per-batch medians: the machine may be shared (the load averages before and after are printed). ``--profile N``
+also prints the N most expensive ops of one fast epoch (torch.profiler, self CPU time).
+
+``--baseline DIR`` also times whole epochs of another checkout (e.g. ``git worktree add --detach /tmp/base
+ed64a1b``, the code before the training-step work of issue 26) against this tree, each in a fresh process, the two
+alternating ``--baseline-runs`` times, and prints the medians and their ratio: "today's epoch vs the new one" on
+the same machine in one run. Both sides time ``Setup.step`` of their own tree (the optimiser step, clipping and the
+model's code as their trainer runs them).
 
 ``--device cuda`` (or ``auto``) runs both paths on the GPU, synchronising before each step's clock stops.
 
     python -m benchmarks.bench_train [--fast-epochs 5] [--reference-batches 4] [--threads N] [--profile N]
-                                     [--device cpu|cuda|auto]
+                                     [--device cpu|cuda|auto] [--baseline DIR [--baseline-runs 5]
+                                     [--baseline-epochs 2]]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffquant.config import Config
 from diffquant.data.features import mirror_spec
+from diffquant.model.backbones import channel_attention_cpu
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train.episodes import EpisodeBatch, batch_loss, episodes_from_arrays, mirror
-from diffquant.train.trainer import make_optimizer, resolve_device
+from diffquant.train.trainer import clip_gradients, make_optimizer, resolve_device
 
 SAMPLES, LENGTH = 910, 120
 NAMES = ["open", "high", "low", "close", "volume", "rolling_vol"]
@@ -92,11 +105,76 @@ class Setup:
         )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        clip_gradients(self.model, self.cfg.train.grad_clip)
         self.opt.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
+
+
+# Run with the checkout as working directory and on sys.path: whole epochs of that tree's own ``Setup.step``.
+# Only names both old and new trees have (Setup, plan, step), so one snippet times either.
+EPOCH_TIMER = """
+import json, sys, time, torch
+from benchmarks.bench_train import Setup
+torch.set_num_threads(int(sys.argv[1]))
+s = Setup()
+s.model.train()
+for idx, m in s.plan(0)[:2]:
+    s.step(idx, m, reference=False)
+out = []
+for e in range(int(sys.argv[2])):
+    cpu = time.process_time()
+    wall = sum(s.step(idx, m, reference=False) for idx, m in s.plan(e))
+    out.append([wall, time.process_time() - cpu])
+print(json.dumps(out))
+"""
+
+
+def epoch_times(tree: Path, threads: int, epochs: int) -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds of each of ``epochs`` whole epochs of ``tree``'s code, in a fresh process, after
+    two warm-up steps."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-c", EPOCH_TIMER, str(threads), str(epochs)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [tuple(pair) for pair in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def compare_with(baseline: Path, threads: int, runs: int, epochs: int) -> None:
+    """The baseline checkout and this tree alternately, ``runs`` times each: median epoch seconds and their ratio.
+
+    Wall time is what a user waits; the process's CPU time is printed beside it because on a shared machine it moves
+    less (at 1 thread it is the work itself, not the wait for a core; at more threads it also counts OpenMP's
+    spin-waits, which grow with the load).
+    """
+    here = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(
+        ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    times: dict[str, list[tuple[float, float]]] = {"baseline": [], "this": []}
+    for _ in range(runs):
+        for name, tree in (("baseline", baseline), ("this", here)):
+            times[name] += epoch_times(tree, threads, epochs)
+    (old_wall, old_cpu), (new_wall, new_cpu) = (
+        [statistics.median(v) for v in zip(*times[k], strict=True)] for k in ("baseline", "this")
+    )
+    print(
+        f"today's code ({commit or '?'} at {baseline}) vs this tree, {threads} threads, {runs} alternating runs x "
+        f"{epochs} epochs each in fresh processes: median {old_wall:.2f} s vs {new_wall:.2f} s per epoch: "
+        f"{old_wall / new_wall:.2f}x (process CPU time: {old_cpu:.2f} s vs {new_cpu:.2f} s: {old_cpu / new_cpu:.2f}x)"
+    )
+    for name, values in times.items():
+        print(f"  {name:8s} epochs, wall / CPU s: " + " ".join(f"{w:.2f}/{c:.2f}" for w, c in values))
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -106,15 +184,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--profile", type=int, default=0, help="print the top N ops of one fast epoch (0: off)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--baseline", type=Path, help="a checkout of older code to time against this tree")
+    parser.add_argument("--baseline-runs", type=int, default=5, help="fresh processes per side, alternating")
+    parser.add_argument("--baseline-epochs", type=int, default=2, help="whole epochs per process")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"before: {load()}")
+    t0 = time.perf_counter()
+    kernel = channel_attention_cpu.available(torch.float32)
+    attention = f"C kernel, built or loaded in {time.perf_counter() - t0:.2f} s" if kernel else "torch path"
     s = Setup(device=resolve_device(args.device))
     s.model.train()
     print(
         f"torch {torch.__version__}, {s.device}, {torch.get_num_threads()} threads; primary config, "
         f"{SAMPLES} samples x {LENGTH} bars x {len(NAMES)} features, batch {s.cfg.train.batch_size}, "
-        f"mirror p={s.cfg.train.mirror_prob}"
+        f"mirror p={s.cfg.train.mirror_prob}; CPU attention: {attention}"
     )
 
     for idx, use_mirror in s.plan(0)[:2]:  # warm-up (allocator, lazy init)
@@ -161,6 +246,9 @@ def main() -> None:
             for idx, m in plan:
                 s.step(idx, m, reference=False)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+    if args.baseline:
+        compare_with(args.baseline.resolve(), torch.get_num_threads(), args.baseline_runs, args.baseline_epochs)
+    print(f"after: {load()}")
 
 
 if __name__ == "__main__":

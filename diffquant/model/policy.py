@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from diffquant.config import ModelConfig
 from diffquant.model.backbones import build_backbone
 from diffquant.model.dropout import EpisodeDropout, set_episode_length
+from diffquant.model.scan import head_scan
 
 ZSCORE_FLOOR = 1e-8
 
@@ -94,8 +95,17 @@ class PolicyHead(nn.Module):
         """Run the recursion over a sequence: logits (B, H, 2) -> positions (B, H), gates (B, H); starts flat.
 
         A portfolio passes logits (B, H, A, 2) and ``book``, which turns a step's raw positions (B, A) into the
-        weights held (its exposure limit); the state fed back is then those weights.
+        weights held (its exposure limit); the state fed back is then those weights. One asset's recursion is one
+        autograd node (:func:`diffquant.model.scan.head_scan`, the same forward floats as ``scan_loop``).
         """
+        if book is None and logits.dim() == 3:
+            return head_scan(logits, self.state.weight, self.tau_dir, self.tau_gate, detach_state)
+        return self.scan_loop(logits, detach_state, book)
+
+    def scan_loop(
+        self, logits: Tensor, detach_state: bool, book: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``scan`` as the plain loop of ``step`` under autograd: the portfolio's path and the one-asset reference."""
         prev = logits.new_zeros(logits.shape[:1] + logits.shape[2:-1])
         delta = torch.zeros_like(prev)
         positions, gates = [], []

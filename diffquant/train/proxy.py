@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from diffquant.evaluate.walk_forward import SeriesLike
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import sliding_windows
+from diffquant.train.trainer import LossMeter
 
 
 @dataclass(frozen=True)
@@ -75,18 +76,16 @@ class ForecastTask:
     def __init__(self, data: ForecastSet, batch_size: int) -> None:
         self.data = data
         self.n_items, self.batch_size = len(data), min(batch_size, len(data))
-        self._losses: list[float] = []
+        self._losses = LossMeter()
 
     def loss(self, model: nn.Module, idx: Tensor) -> Tensor:
         windows = self.data.windows[self.data.rows[idx]]
         loss = torch.mean((model.encode_channel_major(windows) - self.data.target[idx]) ** 2)
-        self._losses.append(loss.item())
+        self._losses.add(loss)
         return loss
 
     def summary(self) -> dict[str, float]:
-        out = {"train_loss": float(np.mean(self._losses))}
-        self._losses = []
-        return out
+        return {"train_loss": self._losses.pop_mean()}
 
 
 @torch.inference_mode()

@@ -43,5 +43,6 @@ def content_hash(paths: list[Path]) -> str:
 
 
 def code_hash() -> str:
-    """The library's source: a checkpoint left by other code must not be resumed as if it were ours."""
-    return content_hash(sorted(LIBRARY.rglob("*.py")))
+    """The library's source (Python and the C kernels): a checkpoint left by other code must not be resumed as if it
+    were ours."""
+    return content_hash(sorted([*LIBRARY.rglob("*.py"), *LIBRARY.rglob("*.c")]))

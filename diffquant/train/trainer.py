@@ -99,8 +99,14 @@ def check_batch_size(n_samples: int, cfg: TrainConfig, where: str = "") -> None:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW plus a per-epoch schedule: linear warm-up from ``warmup_start_factor``, then cosine to ``min_lr``."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    """AdamW plus a per-epoch schedule: linear warm-up from ``warmup_start_factor``, then cosine to ``min_lr``.
+
+    AdamW runs its multi-tensor (``foreach``) implementation: on CPU torch would otherwise loop over the ~65 parameter
+    tensors in Python, ~10 ops each; the foreach update gives the same floats (tests/train/test_step_speed.py).
+    """
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), foreach=True
+    )
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(cfg.epochs - cfg.warmup_epochs, 1), eta_min=cfg.min_lr
     )
@@ -140,7 +146,7 @@ class PolicyTask:
         self.episodes, self.objective, self.sim, self.cfg, self.horizon = episodes, objective, sim, cfg, horizon
         self.mirror_map = mirror_map
         self.n_items, self.batch_size = len(episodes), cfg.batch_size
-        self._losses: list[float] = []
+        self._losses = LossMeter()
         self._pnls: list[Tensor] = []
 
     def loss(self, model: nn.Module, idx: Tensor) -> Tensor:
@@ -148,17 +154,17 @@ class PolicyTask:
         use_mirror = self.cfg.mirror and self.mirror_map is not None and torch.rand(()).item() < self.cfg.mirror_prob
         mirrored = mirror(batch, *self.mirror_map) if use_mirror else None
         loss, _, pnl = batch_loss(model, batch, self.objective, self.sim, self.horizon, self.cfg.full_bptt, mirrored)
-        self._losses.append(loss.item())
+        self._losses.add(loss)
         self._pnls.append(pnl)
         return loss
 
     def summary(self) -> dict[str, float]:
         pnl = torch.cat(self._pnls).flatten()
         out = {
-            "train_loss": float(np.mean(self._losses)),
+            "train_loss": self._losses.pop_mean(),
             "train_sharpe_per_bar": sharpe(pnl.double().cpu().numpy(), ann=1.0),
         }
-        self._losses, self._pnls = [], []
+        self._pnls = []
         return out
 
 
@@ -268,9 +274,33 @@ def _train_epoch(
         loss = task.loss(model, order[b * task.batch_size : (b + 1) * task.batch_size])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        clip_gradients(model, cfg.grad_clip)
         opt.step()
     return task.summary()
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> Tensor:
+    """``clip_grad_norm_`` over all parameters with its multi-tensor kernels (torch picks them only on GPUs by
+    default): the same norm and the same clipped gradients as the per-tensor loop, in two ops instead of ~130."""
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+
+
+class LossMeter:
+    """The mean of an epoch's batch losses, kept on the device until the epoch ends: no host sync per step.
+
+    The losses are averaged in float64 on the host, as the per-step ``loss.item()`` list was: the same number.
+    """
+
+    def __init__(self) -> None:
+        self._losses: list[Tensor] = []
+
+    def add(self, loss: Tensor) -> None:
+        self._losses.append(loss.detach())
+
+    def pop_mean(self) -> float:
+        """The mean since the last call; resets."""
+        losses, self._losses = self._losses, []
+        return float(np.mean(torch.stack(losses).double().cpu().numpy()))
 
 
 def _state(
