@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.size not in sizes:
         raise ConfigError(f"{args.sizes}: no size '{args.size}'; sizes there: {', '.join(sizes)}")
     raw = with_overrides(read_yaml(root / args.params), sizes[args.size])
+    if args.grid_address is not None:  # where the units train: never part of a result
+        raw = with_overrides(raw, {"train.grid_address": args.grid_address})
     base = from_dict(raw)
     out = root / args.out / args.size
     tables = {s: asset_features(asset, base)[1] for s, asset in load_universe(base.data, root).items()}
