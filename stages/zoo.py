@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.size not in sizes:
         raise ConfigError(f"{args.sizes}: no size '{args.size}'; sizes there: {', '.join(sizes)}")
     raw = with_overrides(read_yaml(root / args.params), sizes[args.size])
+    if args.grid_address is not None:  # where the units train: never part of a result
+        raw = with_overrides(raw, {"train.grid_address": args.grid_address})
     base = from_dict(raw)
     out = root / args.out / args.size
     tables = {s: asset.features for s, asset in universe_features(base, root)[1].items()}

@@ -10,7 +10,8 @@
 Whatever the engine, what a unit reports (started, every epoch, finished or failed) reaches this process's
 :class:`Reporter`, which hands it to the unit's :class:`~diffquant.compute.units.SeedHooks`: MLflow is only ever
 written from here. A unit that raises stops the grid from starting more units; the running ones finish (their
-checkpoints are kept), then its exception is raised, naming the unit. A unit whose worker process died fails alone.
+checkpoints are kept), then its exception is raised, naming the unit. A unit whose worker process died fails alone
+(on Ray after its retries, each resuming from the last finished epoch).
 
 A unit seeds itself and trains with its own thread count (``cfg.train.threads``), so its weights do not depend on
 the engine or the worker: a grid gives the one-worker models exactly (tests/compute). The thread count itself is not

@@ -148,12 +148,10 @@ def _bury(pool: _Pool, reporter: Reporter) -> None:
     for worker in dead:
         if worker.unit is not None:
             code = worker.process.exitcode
-            reporter.failed(
-                worker.unit,
-                WorkerDied(
-                    f"the worker process training {worker.unit.name} died (exit code {code}"
-                    f"{': killed by signal ' + str(-code) if code is not None and code < 0 else ''}; "
-                    "out of memory?)"
-                ),
+            how = (
+                f"killed by signal {-code} (out of memory?)"
+                if code is not None and code < 0
+                else f"exit code {code}; its error is above"
             )
+            reporter.failed(worker.unit, WorkerDied(f"the worker process training {worker.unit.name} died ({how})"))
         pool.workers.remove(worker)

@@ -85,8 +85,8 @@ def test_a_worker_killed_by_the_os_fails_only_its_own_unit_by_name(tmp_path: Pat
     log: list[tuple[str, str, Any]] = []
     works = [dataclasses.replace(w, unit=dataclasses.replace(w.unit, group="q1/pooled")) for w in scripted([1])]
     doomed = dataclasses.replace(works[0], seconds=0.3, ending="die")
-    others = [
-        dataclasses.replace(doomed, unit=dataclasses.replace(doomed.unit, seed=s), ending="finish")
+    others = [  # seed 2 is still training when seed 1's worker dies beside it
+        dataclasses.replace(doomed, unit=dataclasses.replace(doomed.unit, seed=s), seconds=2.0, ending="finish")
         for s in (2, 3, 4, 5)
     ]
     with pytest.raises(GridError, match=r"q1/pooled/policy/seed_1; 4 other unit\(s\) finished") as raised:
