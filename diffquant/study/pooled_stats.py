@@ -1,8 +1,9 @@
-"""Policy-minus-benchmark Sharpe pooled over asset-periods, with a joint stationary-bootstrap interval.
+"""Policy-minus-benchmark Sharpe pooled over asset-periods, with a joint stationary-bootstrap interval, and the
+smallest difference that bootstrap could detect.
 
 Assets traded over the same bars move together, so a bootstrap that resamples each asset on its own treats A
 correlated assets as A independent trials and overstates the evidence roughly √A-fold. Resampling the same time
-indices for every asset keeps that correlation in the interval.
+indices for every asset keeps that correlation in the interval (and in the detectable difference).
 """
 
 from __future__ import annotations
