@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 
-from diffquant import hpo, tracking
+from diffquant import search, tracking
 from diffquant.config import Config, flatten
 from diffquant.errors import DiffQuantError
 from diffquant.train.policy_training import TrainingData
@@ -40,12 +40,12 @@ def _positive(text: str) -> int:
 
 def _parent_run(root: Path, study: optuna.Study, storage: str, cfg: Config) -> tracking.Run:
     """The study's MLflow run, created with the study and found again by every later command."""
-    run_id = study.user_attrs.get(hpo.PARENT_RUN_ATTR)
+    run_id = study.user_attrs.get(search.PARENT_RUN_ATTR)
     if run_id is None:
-        tags = {"optuna_study": study.study_name, "optuna_storage": hpo.storage_kind(storage), "stage": "optimize"}
+        tags = {"optuna_study": study.study_name, "optuna_storage": search.storage_kind(storage), "stage": "optimize"}
         run = tracking.start_run(root, f"optimize-{study.study_name}", tags)
         run.log_params(flatten(cfg.to_dict()))
-        study.set_user_attr(hpo.PARENT_RUN_ATTR, run.run_id)
+        study.set_user_attr(search.PARENT_RUN_ATTR, run.run_id)
         return run
     try:
         return tracking.open_run(root, run_id)
@@ -76,31 +76,33 @@ def main(argv: list[str] | None = None) -> None:
     storage_url = args.storage or o.storage
     name = args.study_name or o.study_name or cfg.experiment
     epochs = args.epochs or o.epochs or cfg.train.epochs
-    storage = hpo.open_storage(storage_url, root)
+    storage = search.open_storage(storage_url, root)
 
     tracking.check_reachable(tracking.tracking_uri(root))
     data = TrainingData.load(root / args.split)
-    study = hpo.create_study(storage, name)
-    hpo.check_setup(study, hpo.setup(cfg, epochs, [root / args.split / "train.npz", root / args.split / "val.npz"]))
+    study = search.create_study(storage, name)
+    search.check_setup(
+        study, search.setup(cfg, epochs, [root / args.split / "train.npz", root / args.split / "val.npz"])
+    )
     parent = _parent_run(root, study, storage_url, cfg)
     if args.create_only:
         log.info("study '%s' ready in %s; MLflow run %s", name, storage_url, parent.run_id)
         return
 
     workers = args.workers or o.workers
-    study = hpo.load_study(storage, name, hpo.make_sampler(cfg.seed), hpo.make_pruner(o.pruner_warmup_epochs))
+    study = search.load_study(storage, name, search.make_sampler(cfg.seed), search.make_pruner(o.pruner_warmup_epochs))
     label = f"{socket.gethostname()}/{os.getpid()}"
     t0 = time.perf_counter()
     try:
-        ran = hpo.run_search(study, cfg, data, trials, epochs, parent, label, workers)
+        ran = search.run_search(study, cfg, data, trials, epochs, parent, label, workers)
     finally:
         seconds = time.perf_counter() - t0
         summary = {
-            **hpo.summarize(study),
-            "storage_kind": hpo.storage_kind(storage_url),
+            **search.summarize(study),
+            "storage_kind": search.storage_kind(storage_url),
             "objective": "val Sharpe of the checkpoint the trainer selects (train.select_min_rebalances rule)",
             "epochs_per_trial": epochs,
-            "search_space": {d.key: [d.low, d.high, "log" if d.log else "uniform"] for d in hpo.search_space(cfg)},
+            "search_space": {d.key: [d.low, d.high, "log" if d.log else "uniform"] for d in search.search_space(cfg)},
             "trials_at_once_here": workers,
             "wall_seconds_here": round(seconds, 2),
             "mlflow_run_id": parent.run_id,
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         if not summary["best_params"]:
             raise DiffQuantError("--write-params: the study has no complete trial yet; nothing written")
         # the trials tried are part of the result: the deflated Sharpe ratio in evaluate counts them
-        hpo.write_params(root / args.params, {**summary["best_params"], "eval.prior_trials": summary["n_trials"]})
+        search.write_params(root / args.params, {**summary["best_params"], "eval.prior_trials": summary["n_trials"]})
         log.info(
             "wrote the best params of trial %d and eval.prior_trials = %d into %s",
             summary["best_trial"],

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from diffquant import hpo
+from diffquant import search
 from diffquant.config import flatten, from_dict, load
 from diffquant.data.splits import Samples, Series
 from diffquant.errors import ConfigError
@@ -105,7 +105,7 @@ def _finish(proc: subprocess.Popen) -> str:
 def _check_study(project: Path, storage: str, name: str, n_trials: int, n_processes: int) -> tuple[list, list]:
     """Every trial finished once, numbered 0..n-1, one nested MLflow run each; returns the trials and the (start, end)
     times of their runs (a trial's run starts when its unit starts training)."""
-    study = optuna.load_study(study_name=name, storage=hpo.open_storage(storage, project))
+    study = optuna.load_study(study_name=name, storage=search.open_storage(storage, project))
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # none lost, none duplicated
     assert n_trials <= len(trials) < n_trials + n_processes  # racing workers may overshoot by one each
@@ -115,7 +115,7 @@ def _check_study(project: Path, storage: str, name: str, n_trials: int, n_proces
     import mlflow  # here, not at the top: only the slow scale-out tests read MLflow (an import of seconds)
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    parent_id = study.user_attrs[hpo.PARENT_RUN_ATTR]
+    parent_id = study.user_attrs[search.PARENT_RUN_ATTR]
     exp_id = client.get_run(parent_id).info.experiment_id
     children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000)
     assert sorted(int(r.data.tags["optuna_trial"]) for r in children) == list(range(len(trials)))
@@ -141,10 +141,10 @@ def _assert_reproducible(project: Path, trials: list) -> None:
     torch.set_flush_denormal(True)  # as run_stage sets it in the workers
     try:
         for t in reversed(done[-3:]):
-            seed = hpo.trial_seed(cfg.seed, t.number)
+            seed = search.trial_seed(cfg.seed, t.number)
             assert t.user_attrs["seed"] == seed
-            trial_cfg = hpo.with_params(cfg, {**t.params, "train.threads": t.user_attrs["threads"]})
-            assert hpo.train_trial(trial_cfg, data, seed).value == t.value, t.number
+            trial_cfg = search.with_params(cfg, {**t.params, "train.threads": t.user_attrs["threads"]})
+            assert search.train_trial(trial_cfg, data, seed).value == t.value, t.number
     finally:
         torch.set_flush_denormal(False)  # torch's default
 
@@ -198,27 +198,27 @@ def test_objective_is_the_selected_checkpoint_and_reports_feed_the_pruner_which_
     cfg = load(project / "params.yaml")
     data = TrainingData.load(project / "split")
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    assert hpo.run_search(study, cfg, data, 2, 3, None, "here") == 2
+    assert search.run_search(study, cfg, data, 2, 3, None, "here") == 2
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert sorted(t.intermediate_values) == [1, 2, 3]  # one report per val check
         assert t.intermediate_values[3] == t.value  # the last report is the objective
     for parallel in (1, 2):  # in this process, then the local pool: the pruned unit is stopped, not just ignored
         pruning = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9))
-        hpo.run_search(pruning, cfg, data, parallel, 3, None, "here", parallel)
+        search.run_search(pruning, cfg, data, parallel, 3, None, "here", parallel)
         assert [t.state for t in pruning.trials] == [optuna.trial.TrialState.PRUNED] * parallel
         assert all(list(t.intermediate_values) == [1] for t in pruning.trials)
 
 
 def test_trial_seed_depends_on_study_seed_and_number_only() -> None:
-    assert hpo.trial_seed(42, 3) == hpo.trial_seed(42, 3)
-    assert len({hpo.trial_seed(42, n) for n in range(100)} | {hpo.trial_seed(43, 0)}) == 101
+    assert search.trial_seed(42, 3) == search.trial_seed(42, 3)
+    assert len({search.trial_seed(42, n) for n in range(100)} | {search.trial_seed(43, 0)}) == 101
 
 
 def test_search_space_covers_the_defaults_and_the_key_lambdas() -> None:
     cfg = load(REPO / "params.yaml")
     flat = flatten(cfg.to_dict())
-    keys = {d.key for d in hpo.search_space(cfg)}
+    keys = {d.key for d in search.search_space(cfg)}
     assert {
         "train.lr",
         "train.weight_decay",
@@ -228,17 +228,17 @@ def test_search_space_covers_the_defaults_and_the_key_lambdas() -> None:
         "model.head.tau_dir",
         "model.head.tau_gate",
     } <= keys
-    for d in hpo.SPACE:
+    for d in search.SPACE:
         assert d.low <= flat[d.key] <= d.high, d.key
     sharpe_only = from_dict({"loss": {"type": "sharpe"}})
-    assert not any(d.key.startswith("loss.") for d in hpo.search_space(sharpe_only))
+    assert not any(d.key.startswith("loss.") for d in search.search_space(sharpe_only))
 
 
 def test_write_params_edits_only_the_searched_lines(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)
     before = path.read_text().splitlines()
-    hpo.write_params(path, {"train.lr": 1.5e-05, "loss.lambda_flat": 0.75, "model.head.tau_gate": 2.0})
+    search.write_params(path, {"train.lr": 1.5e-05, "loss.lambda_flat": 0.75, "model.head.tau_gate": 2.0})
     after = path.read_text().splitlines()
     changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
     assert [b.strip() for _, b in changed] == ["tau_gate: 2.0", "lambda_flat: 0.75", "lr: 1.5e-05"]
@@ -246,14 +246,14 @@ def test_write_params_edits_only_the_searched_lines(tmp_path: Path) -> None:
     assert (cfg.train.lr, cfg.loss.lambda_flat, cfg.model.head.tau_gate) == (1.5e-05, 0.75, 2.0)
     assert [a.partition("#")[2] for a in before] == [b.partition("#")[2] for b in after]  # every comment kept
     with pytest.raises(ConfigError, match=r"train\.nope"):
-        hpo.write_params(path, {"train.nope": 1.0})
+        search.write_params(path, {"train.nope": 1.0})
     assert path.read_text().splitlines() == after
 
 
 def test_write_params_keeps_a_comment_in_its_column(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("# top\ntrain:\n  lr: 1.0e-3        # step size\n  epochs: 30\nloss:\n  lambda_bias: 0.25  # key\n")
-    hpo.write_params(path, {"train.lr": 0.000123456789, "loss.lambda_bias": 0.0})
+    search.write_params(path, {"train.lr": 0.000123456789, "loss.lambda_bias": 0.0})
     lines = path.read_text().splitlines()
     assert lines == [
         "# top",
@@ -270,11 +270,13 @@ def test_a_study_refuses_trials_of_another_setup(project: Path) -> None:
     cfg = load(project / "params.yaml")
     files = [project / "split" / "train.npz", project / "split" / "val.npz"]
     study = optuna.create_study(direction="maximize")
-    hpo.check_setup(study, hpo.setup(cfg, 2, files))
-    hpo.check_setup(study, hpo.setup(hpo.with_params(cfg, {"train.lr": 5e-4}), 2, files))  # a searched key: same
-    with pytest.raises(hpo.StudyMismatch, match="epochs"):
-        hpo.check_setup(study, hpo.setup(cfg, 3, files))
-    with pytest.raises(hpo.StudyMismatch, match="params_sha256"):
-        hpo.check_setup(study, hpo.setup(hpo.with_params(cfg, {"train.batch_size": 32}), 2, files))
-    with pytest.raises(hpo.StudyMismatch, match="data_sha256"):
-        hpo.check_setup(study, hpo.setup(cfg, 2, files[:1]))
+    search.check_setup(study, search.setup(cfg, 2, files))
+    search.check_setup(
+        study, search.setup(search.with_params(cfg, {"train.lr": 5e-4}), 2, files)
+    )  # a searched key: same
+    with pytest.raises(search.StudyMismatch, match="epochs"):
+        search.check_setup(study, search.setup(cfg, 3, files))
+    with pytest.raises(search.StudyMismatch, match="params_sha256"):
+        search.check_setup(study, search.setup(search.with_params(cfg, {"train.batch_size": 32}), 2, files))
+    with pytest.raises(search.StudyMismatch, match="data_sha256"):
+        search.check_setup(study, search.setup(cfg, 2, files[:1]))

@@ -2,7 +2,7 @@
 
 The study is created once (``create_study``), then any number of commands, on this or other machines, load it
 (``load_study``): on a fresh SQL database, commands that create the schema together race and crash. A command's
-trials train through the grid runner (:mod:`diffquant.hpo.search`); a sampler's seed only decides which params
+trials train through the grid runner (:mod:`diffquant.search.rounds`); a sampler's seed only decides which params
 are proposed.
 """
 
@@ -22,7 +22,7 @@ import optuna
 
 from diffquant.config import WHERE_UNITS_RUN, Config, flatten
 from diffquant.errors import DiffQuantError
-from diffquant.hpo.objective import search_space
+from diffquant.search.objective import search_space
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attribute: the MLflow run the trials are nested under
 

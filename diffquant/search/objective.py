@@ -1,7 +1,7 @@
 """The search space and what one trial is: one configuration trained from scratch and scored on val.
 
 A trial's value is the val Sharpe of the checkpoint the trainer selects (``TrainResult.selected_score``: the final
-check when none qualified), not the maximum over noisy val checks; :mod:`diffquant.hpo.search` reports the running
+check when none qualified), not the maximum over noisy val checks; :mod:`diffquant.search.rounds` reports the running
 value of that selection at every val check, so a median pruner can stop a trial that lags behind the others at the
 same epoch. A trial is trained with a seed derived from (study seed, trial number) only, and with the thread count
 the driver gave it, so its value does not depend on which worker ran it or in what order.

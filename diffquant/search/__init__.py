@@ -5,7 +5,7 @@
 ``stages/optimize.py`` is the command.
 """
 
-from diffquant.hpo.objective import (
+from diffquant.search.objective import (
     SPACE,
     Dim,
     TrialOutcome,
@@ -14,9 +14,9 @@ from diffquant.hpo.objective import (
     trial_seed,
     with_params,
 )
-from diffquant.hpo.params_file import write_params
-from diffquant.hpo.search import TrialHooks, run_search
-from diffquant.hpo.study import (
+from diffquant.search.params_file import write_params
+from diffquant.search.rounds import TrialHooks, run_search
+from diffquant.search.storage import (
     PARENT_RUN_ATTR,
     StorageError,
     StudyMismatch,

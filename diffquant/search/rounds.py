@@ -23,7 +23,7 @@ from diffquant import tracking
 from diffquant.compute.grid import run_grid, with_unit_threads
 from diffquant.compute.units import QuietHooks, StopUnit, Unit
 from diffquant.config import Config
-from diffquant.hpo.objective import search_space, trial_seed, with_params
+from diffquant.search.objective import search_space, trial_seed, with_params
 from diffquant.train.policy_training import PolicyWork, SeedOutcome, TrainingData
 from diffquant.train.trainer import SharpeSelection
 
