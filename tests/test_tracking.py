@@ -34,3 +34,12 @@ def test_metrics_of_one_step_many_steps_and_epochs_land_and_non_numbers_are_left
     assert history(run, "loss") == [(1, 0.5), (2, 0.25)]
     equity = history(run, "equity")
     assert len(equity) == 1200 and equity[-1] == (1199, pytest.approx(2.199))
+
+
+def test_the_statistics_libraries_versions_are_run_tags() -> None:
+    """The verdict's numbers depend on arch and statsmodels: their versions go with every run, like torch's."""
+    from importlib import metadata
+
+    versions = tracking.library_versions()
+    assert versions["version.arch"] == metadata.version("arch")
+    assert versions["version.statsmodels"] == metadata.version("statsmodels")
