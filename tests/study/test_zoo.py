@@ -140,6 +140,9 @@ def test_a_configuration_runs_its_folds_once_and_keeps_its_epoch_time(tmp_path):
     assert header.startswith("Size `tiny`: 1 configurations; 2 assets (BTCUSDT, ETHUSDT) at 60-minute bars; 1 fold(s)")
     twin = dataclasses.replace(again, entry=Entry("lstm", False, "hybrid"))  # PBO needs two configurations
     table, study = judge_study([first, twin], cfg)
+    assert (
+        table["in_mcs"].nunique() == 1
+    )  # identical returns: one place in the confidence set (arch's MCS fails on twins)
     text = zoo_markdown(header, study, [entry], table)
     assert text.startswith("# Backbone and loss benchmark\n\n" + header)
     assert "Phase two ran on: itransformer_hybrid" in text and "| itransformer_hybrid |" in text
