@@ -76,13 +76,6 @@ def pip_requirements() -> list[str]:
     return wanted
 
 
-def as_model_input(bars: pd.DataFrame) -> pd.DataFrame:
-    """Canonical bars (datetime ``open_time``) -> the model's input table (``open_time`` in Unix ms)."""
-    out = bars.copy()
-    out["open_time"] = to_ms(out["open_time"])
-    return out.reset_index(drop=True)
-
-
 def log_policy_model(
     bundle: PolicyBundle | BookBundle, checkpoints: dict[str, Path], name: str, example: pd.DataFrame
 ) -> Any:

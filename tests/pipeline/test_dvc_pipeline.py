@@ -25,7 +25,6 @@ from diffquant.data.contracts import to_ms
 from diffquant.data.splits import Series
 from diffquant.evaluate.metric_names import metric_name, study_metric
 from diffquant.io import sha256
-from diffquant.tracking.models import as_model_input
 from tests.repo_copy import REPO, deep_update, env, make_repo, run
 
 pytestmark = pytest.mark.slow
@@ -163,7 +162,8 @@ def _quarter_bars(repo: Path, split: str, warmup: int) -> tuple[pd.DataFrame, Se
     series = Series.load(repo / "data_source" / "split" / f"{split}.npz")
     bars = pd.read_parquet(repo / "data_source" / "bars" / "bars.parquet")
     first = int(np.searchsorted(to_ms(bars["open_time"]), series.open_time[0]))
-    return as_model_input(bars.iloc[first - warmup : first + len(series.close)]), series
+    window = bars.iloc[first - warmup : first + len(series.close)].reset_index(drop=True)
+    return window.assign(open_time=to_ms(window["open_time"])), series  # the model's input: open_time in Unix ms
 
 
 def test_repro_registers_the_ensemble_with_honest_aliases(repo: Path) -> None:
