@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--thresholds", default="outputs/thresholds/thresholds.json")
     p.add_argument("--out", default="outputs/evaluate")
     p.add_argument("--metrics", default="outputs/metrics/evaluate.json")
-    p.add_argument("--bars", default="data_source/bars/bars.parquet", help="the models' input example comes from here")
-    p.add_argument("--raw", default="data_source/raw", help="with the download stage's folder (what features read)")
+    p.add_argument("--bars", default="data_source/bars", help="the aggregate stage's folder: the models' input example")
+    p.add_argument("--raw", default="data_source/raw", help="the download stage's folder (funding)")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
     cfg = one_asset(load_params(args.params))
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             parent=parent,
             train_files={name: split_dir / f"{name}.npz" for name in ("train", "val")},
             judged_files={name: split_dir / f"{name}.npz" for name in SPLITS},
-            example=chain_example(root / args.bars, root / args.raw, cfg, bundle.min_bars),
+            example=chain_example(root / args.bars, root / args.raw, cfg.data.universe[0], cfg, bundle.min_bars),
         )
         publish(judged, root, cfg.experiment, gates)
     parent.finish()

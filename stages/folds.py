@@ -1,6 +1,6 @@
 """Folds stage: every walk-forward fold of ``folds:`` trained, chosen on its val window and traded on its test.
 
-Reads the universe stage's feature tables; runs the folds of ``diffquant.folds.plan_folds``
+Reads the features stage's table of every asset; runs the folds of ``diffquant.folds.plan_folds``
 through ``diffquant.study.fold_run.run_folds`` into ``<out>/<fold>/`` (their training units as one grid on
 ``train.workers`` processes). The output folder persists between runs (DVC
 ``persist``): a fold whose data, params and code are unchanged is not run again, an interrupted fold resumes its
@@ -25,14 +25,14 @@ log = logging.getLogger("diffquant.stages.folds")
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__, training=True)
-    p.add_argument("--universe", default="data_source/universe", help="the universe stage's folder")
+    p.add_argument("--features", default="data_source/features", help="the features stage's folder")
     p.add_argument("--out", default="outputs/folds", help="one folder per fold (persistent)")
     p.add_argument("--metrics", default="outputs/metrics/folds.json", help="metrics JSON for dvc metrics")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params, args.workers, args.grid_address)
     tracking.check_reachable(tracking.tracking_uri(root))
-    tables = {s: read_parquet(root / args.universe / s / "features.parquet", "universe") for s in cfg.data.universe}
+    tables = {s: read_parquet(root / args.features / f"{s}.parquet", "features") for s in cfg.data.universe}
     plan = plan_folds(cfg.folds, cfg.split)
     runs = tracking.StudyRuns(
         root,

@@ -1,7 +1,7 @@
 """Information content (not a DVC stage): the rank IC of every feature channel with the next hours' returns, pooled
 over the universe's assets, with bootstrap intervals, before any training (``diffquant.evaluate.information``).
 
-Builds each asset's features as the universe stage does (``data.symbols``, ``features:``) and writes
+Builds each asset's features as the data stages do (``data.symbols``, ``features:``) and writes
 ``<out>/information.json`` and ``information.md`` (one row per channel). ``--set key=value`` changes a params key for
 this run only, as ``dvc exp run -S`` would, e.g.
 ``python -m stages.information --set 'data.symbols=[universe]' --set data.timeframe_minutes=60``.

@@ -31,7 +31,7 @@ log = logging.getLogger("diffquant.stages.lookahead")
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
-    p.add_argument("--raw", default="data_source/raw", help="the download stage's folder (bars, funding, meta)")
+    p.add_argument("--raw", default="data_source/raw", help="the download stage's folder (one per asset)")
     p.add_argument("--train-dir", default="outputs/train", help="the train stage's checkpoints")
     p.add_argument("--thresholds", default="outputs/thresholds/thresholds.json", help="the tuned hysteresis")
     p.add_argument("--cuts", default="", help="comma-separated UTC times, e.g. 2025-03-01T00:00,2025-06-01T12:00")
@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     root, cfg = repo_root(), one_asset(load_params(args.params))
 
-    raw = root / args.raw
-    meta = read_json(raw / "meta.json", "download")
-    stale = [f"data.{k}" for k in ("source", "symbol") if meta.get(k) != getattr(cfg.data, k)]
+    raw, asset = root / args.raw, root / args.raw / cfg.data.universe[0]
+    meta = read_json(asset / "meta.json", "download")
+    stale = [f"data.{k}" for k, want in (("source", cfg.data.source), ("symbol", asset.name)) if meta.get(k) != want]
     if stale or not isinstance(meta.get("source_minutes"), int):
         what = f"was downloaded with other {', '.join(stale)}" if stale else "has no integer source_minutes"
-        raise DataError(f"{raw / 'meta.json'}: the data {what}; re-run the download stage (dvc repro download)")
-    data = SourceData(read_raw(raw, "download"), read_raw_market(raw, cfg.features, "download"))
+        raise DataError(f"{asset / 'meta.json'}: the data {what}; re-run the download stage (dvc repro download)")
+    data = SourceData(read_raw(asset, "download"), read_raw_market(raw, cfg.features, "download"))
     notes: list[str] = []
     policies: list[PolicyUnderTest] = []
     if args.features_only:

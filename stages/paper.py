@@ -8,8 +8,8 @@ books them, into a ledger that survives a kill.
 
 ``--split backtest --check outputs/evaluate/backtest_record.csv`` replays the backtest quarter of the shipped data
 and prints how far the ledger is from the evaluate stage's record (exit code 1 beyond ``--tolerance``). A
-walk-forward fold as the model replays its test window of the asset's universe bars; ``--check`` with the fold
-compares with what the fold booked. Run it again on the same ledger and it resumes where it stopped. See
+walk-forward fold as the model replays its test window of the asset's bars (the aggregate stage's); ``--check`` with
+the fold compares with what the fold booked. Run it again on the same ledger and it resumes where it stopped. See
 docs/paper_trading.md.
 """
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.feed == "replay":
             start, end = _span(cfg, args, root)
-            bars, funding = replay_files(root, args.model, args.symbol, args.bars, args.funding)
+            bars, funding = replay_files(root, args.symbol or cfg.data.universe[0], args.bars, args.funding)
             source = read_replay(bars, funding)
             feed = replay_feed(source, bundle, lag, start, end, after, args.pace)
         else:

@@ -1,7 +1,8 @@
 """Split stage: feature table -> train samples and the val/test/backtest series (``diffquant.data.splits``).
 
-Reads ``data_source/features/features.parquet``; writes ``<out>/{train,train_series,val,test,backtest}.npz`` and
-the metrics JSON, each atomically. Run as ``python -m stages.split``.
+Reads the features stage's table of the one asset (``<features>/<SYMBOL>.parquet``); writes
+``<out>/{train,train_series,val,test,backtest}.npz`` and the metrics JSON, each atomically.
+Run as ``python -m stages.split``.
 """
 
 from __future__ import annotations
@@ -10,21 +11,21 @@ import logging
 
 from diffquant.data.splits import EVAL_SPLITS, make_splits
 from diffquant.io import read_parquet
-from stages._cli import load_params, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.split")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
-    p.add_argument("--features", default="data_source/features/features.parquet", help="the features stage's table")
+    p.add_argument("--features", default="data_source/features", help="the features stage's folder")
     p.add_argument("--out", default="data_source/split", help="folder for the .npz files")
     p.add_argument("--metrics", default="outputs/metrics/split.json", help="metrics JSON for dvc metrics")
     args = p.parse_args(argv)
     root = repo_root()
-    cfg = load_params(args.params)
+    cfg = one_asset(load_params(args.params))
 
-    path = root / args.features
+    path = root / args.features / f"{cfg.data.universe[0]}.parquet"
     table = read_parquet(path, "features")
     samples, series, stats = make_splits(
         table, cfg.split, cfg.window, cfg.sim.execution_lag_bars, cfg.data.timeframe_minutes

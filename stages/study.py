@@ -28,7 +28,8 @@ log = logging.getLogger("diffquant.stages.study")
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--folds", default="outputs/folds", help="the folds stage's folder")
-    p.add_argument("--universe", default="data_source/universe", help="the universe stage's folder (model inputs)")
+    p.add_argument("--bars", default="data_source/bars", help="the aggregate stage's folder (the models' inputs)")
+    p.add_argument("--raw", default="data_source/raw", help="the download stage's folder (funding)")
     p.add_argument("--out", default="outputs/study")
     p.add_argument("--metrics", default="outputs/metrics/study.json")
     args = p.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parent = tracking.open_run(root, tracking.read_run_id(folds_dir / "mlflow_run.json"))
     if cfg.registry.register:
-        publish_newest_fold(cfg, root, parent, folds[-1], root / args.universe, verdicts)
+        publish_newest_fold(cfg, root, parent, folds[-1], (root / args.bars, root / args.raw), verdicts)
     parent.log_metrics(study.metrics)
     parent.set_tags(study.tags)
     for name in study.artifacts:

@@ -22,7 +22,7 @@ from stages._cli import load_params, one_asset, parser, repo_root, run_stage, wr
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__, training=True)
     p.add_argument("--split", default="data_source/split")
-    p.add_argument("--quality", default="data_source/raw/quality.json", help="logged with the run")
+    p.add_argument("--raw", default="data_source/raw", help="the download stage's folder: its quality report is logged")
     p.add_argument("--out", default="outputs/train")
     p.add_argument("--metrics", default="outputs/metrics/train.json")
     p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where later stages find the MLflow runs")
@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parent.log_metrics({"n_parameters": metrics["n_parameters"], "n_train_samples": len(data.samples)})
     for path in (out / HISTORY_PLOT, root / args.params):
         parent.log_artifact(path, "train")
-    if (root / args.quality).exists():
-        parent.log_artifact(root / args.quality, "data")
+    quality = root / args.raw / cfg.data.universe[0] / "quality.json"
+    if quality.exists():
+        parent.log_artifact(quality, "data")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 served model's input table.
 
 ``needs`` says, from ``features:``, what to load besides an asset's bars and funding (its mark-price bars, the user's
-columns, the market's assets). A stage folder holds an asset's tables (``bars``, ``funding``, optional ``mark`` and
-``columns`` parquet files) and, for the market family, ``market/<SYMBOL>.parquet`` (each market asset's bars); a
-reader takes what is there, so a family that is off leaves no file behind. The model-input table is the asset's bars
-at the timeframe plus each family's ``model_columns`` (the MLflow input schema): :func:`model_table` writes it from
-the pipeline's inputs, :func:`inputs_from_table` reads it back into the same ``FeatureInputs``.
+columns, the market's assets). The data stages keep one folder per asset: download ``raw/<SYMBOL>/`` (the source's
+bars, funding, meta, and ``mark``, ``columns`` when read) and ``raw/market/<SYMBOL>/`` (the market's assets);
+aggregate ``bars/<SYMBOL>/`` (the tables at the timeframe) and ``bars/market/<SYMBOL>.parquet``; features reads them
+back through :func:`stage_inputs`. A reader takes what is there, so a family that is off leaves no file behind. The
+model-input table is the asset's bars at the timeframe plus each family's ``model_columns`` (the MLflow input
+schema): :func:`model_table` writes it from the pipeline's inputs, :func:`inputs_from_table` reads it back into the
+same ``FeatureInputs``.
 """
 
 from __future__ import annotations
@@ -202,27 +204,19 @@ def inputs_from_table(table: pd.DataFrame, bars: pd.DataFrame, features: Feature
     return FeatureInputs(bars.reset_index(drop=True), **fields)
 
 
-def chain_inputs(bars: pd.DataFrame, raw_folder: Path, cfg: Config) -> FeatureInputs:
-    """The one-asset chain's inputs: the aggregate stage's ``bars`` with what the download stage's folder holds
-    besides (funding; mark bars, user columns and the market's assets, aggregated here like the bars)."""
-    raw = read_raw(raw_folder, "download")
-    tf = cfg.data.timeframe_minutes
-    market = market_bars(read_raw_market(raw_folder, cfg.features, "download"), tf)
-    return feature_inputs(with_extras(bars, raw, cfg.features, tf), raw.funding, tf, market, raw.meta["symbol"])
-
-
-def universe_inputs(folder: Path, symbol: str, cfg: Config) -> FeatureInputs:
-    """An asset's inputs as the universe stage wrote them (``folder/<SYMBOL>``, the market under ``folder/market``)."""
-    tables = read_tables(folder / symbol, "universe")
-    funding = read_funding(folder / symbol / "funding.parquet", "universe")
-    market = read_market(folder, cfg.features, "universe")
+def stage_inputs(bars_dir: Path, raw_dir: Path, symbol: str, cfg: Config) -> FeatureInputs:
+    """An asset's inputs as the data stages wrote them: its tables at the timeframe (the aggregate stage's
+    ``<bars_dir>/<SYMBOL>/``), its funding (the download stage's ``<raw_dir>/<SYMBOL>/funding.parquet``) and the
+    market's bars (``<bars_dir>/market/``)."""
+    tables = read_tables(bars_dir / symbol, "aggregate")
+    funding = read_funding(raw_dir / symbol / "funding.parquet", "download")
+    market = read_market(bars_dir, cfg.features, "aggregate")
     return feature_inputs(tables, funding, cfg.data.timeframe_minutes, market, symbol)
 
 
-def chain_example(bars_path: Path, raw_folder: Path, cfg: Config, rows: int) -> pd.DataFrame:
+def chain_example(bars_dir: Path, raw_dir: Path, symbol: str, cfg: Config, rows: int) -> pd.DataFrame:
     """The one-asset chain's model-input table (bars and the columns the features read) of the last decision before
     the test quarter's first bar: the served model's input example."""
-    bars = validate_bars(read_parquet(bars_path, "aggregate"), str(bars_path))
-    table = model_table(chain_inputs(bars, raw_folder, cfg), cfg.features)
+    table = model_table(stage_inputs(bars_dir, raw_dir, symbol, cfg), cfg.features)
     before = int(to_ms(pd.Series([cfg.split.boundaries()["test"][0]]))[0])
     return table[table["open_time"] < before].tail(rows).reset_index(drop=True)

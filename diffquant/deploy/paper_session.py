@@ -93,16 +93,11 @@ def read_replay(bars_path: Path, funding_path: Path | None) -> ReplaySource:
     return ReplaySource(bars, funding)
 
 
-def replay_files(
-    root: Path, model: str, symbol: str | None, bars: str | None, funding: str | None
-) -> tuple[Path, Path | None]:
-    """The bars and funding files to replay: as given (``funding`` '' = none), else a fold asset's universe data
-    (``data_source/universe/<symbol>``), else the one-asset chain's data."""
-    if is_fold(root / model):
-        folder = Path("data_source/universe") / str(symbol)
-        default_bars, default_funding = folder / "bars.parquet", folder / "funding.parquet"
-    else:
-        default_bars, default_funding = Path("data_source/bars/bars.parquet"), Path("data_source/raw/funding.parquet")
+def replay_files(root: Path, symbol: str, bars: str | None, funding: str | None) -> tuple[Path, Path | None]:
+    """The bars and funding files to replay: as given (``funding`` '' = none), else the data stages' files of
+    ``symbol`` (``data_source/bars/<symbol>/bars.parquet``, ``data_source/raw/<symbol>/funding.parquet``)."""
+    default_bars = Path("data_source/bars") / symbol / "bars.parquet"
+    default_funding = Path("data_source/raw") / symbol / "funding.parquet"
     chosen = default_funding if funding is None else (Path(funding) if funding else None)
     return root / (bars or default_bars), None if chosen is None else root / chosen
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from diffquant.config import Config
 from diffquant.data.contracts import to_ms
-from diffquant.data.inputs import model_table, universe_inputs
+from diffquant.data.inputs import model_table, stage_inputs
 from diffquant.deploy.book_bundle import BookBundle, as_book_input
 from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.fold_model import fold_book_bundle, fold_bundle, fold_test_window
@@ -25,16 +25,18 @@ from diffquant.tracking.runs import Run
 
 
 def publish_newest_fold(
-    cfg: Config, root: Path, parent: Run, fold_dir: Path, universe: Path, verdicts: Verdicts
+    cfg: Config, root: Path, parent: Run, fold_dir: Path, data: tuple[Path, Path], verdicts: Verdicts
 ) -> dict[str, str]:
     """Log each judged policy of ``fold_dir`` (an asset's, or the portfolio's book) as the model ``policy_<NAME>`` of
-    ``parent``, with its assets' bars as run inputs, and register it; returns name -> registered version."""
+    ``parent``, with its assets' bars as run inputs, and register it; returns name -> registered version. ``data``:
+    the aggregate and download stages' folders, where the models' input examples come from."""
+    bars_dir, raw_dir = data
     _, test_end = fold_test_window(fold_dir)
     end_ms = int(to_ms(pd.Series([test_end]))[0])
 
     def before_test_end(symbol: str) -> pd.DataFrame:
         """The asset's model-input table (bars and the columns its features read) before the test end."""
-        table = model_table(universe_inputs(universe, symbol, cfg), cfg.features)
+        table = model_table(stage_inputs(bars_dir, raw_dir, symbol, cfg), cfg.features)
         return table[table["open_time"] < end_ms]
 
     versions = {}
@@ -48,7 +50,7 @@ def publish_newest_fold(
             bundle, checkpoints = fold_bundle(cfg, fold_dir, name)
             symbols = (name,)
             example = before_test_end(name).tail(bundle.min_bars).reset_index(drop=True)
-        files = {f"{s}_bars": universe / s / "bars.parquet" for s in symbols}
+        files = {f"{s}_bars": bars_dir / s / "bars.parquet" for s in symbols}
         log_datasets(parent, files, "walk-forward", root, {n: sha256(path) for n, path in files.items()})
         with mlflow.start_run(run_id=parent.run_id):
             info = log_policy_model(bundle, checkpoints, f"policy_{name}", example)

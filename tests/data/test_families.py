@@ -82,16 +82,16 @@ def test_the_default_data_stages_write_the_metrics_dvc_lock_records(tmp_path: Pa
 
     monkeypatch.setenv("DVC_ROOT", str(REPO))
     monkeypatch.delenv("DVC_STAGE", raising=False)
-    raw, bars, m = tmp_path / "raw", tmp_path / "bars.parquet", tmp_path / "m"
+    raw, bars, m = tmp_path / "raw", tmp_path / "bars", tmp_path / "m"
     download.main(["--out", str(raw), "--metrics", str(m / "download.json")])
     aggregate.main(["--raw", str(raw), "--out", str(bars), "--metrics", str(m / "aggregate.json")])
-    out = tmp_path / "features.parquet"
+    out = tmp_path / "features"
     features.main(["--bars", str(bars), "--raw", str(raw), "--out", str(out), "--metrics", str(m / "features.json")])
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
     for stage in ("download", "aggregate", "features"):
         (recorded,) = [o["md5"] for o in lock[stage]["outs"] if o["path"] == f"outputs/metrics/{stage}.json"]
         assert hashlib.md5((m / f"{stage}.json").read_bytes()).hexdigest() == recorded, stage
-    assert content_hash(pd.read_parquet(out)) == BEFORE_FAMILIES["default"]
+    assert content_hash(pd.read_parquet(out / "BTCUSDT.parquet")) == BEFORE_FAMILIES["default"]
 
 
 # --- each channel against a plain per-bar reference -----------------------------------------------------------------

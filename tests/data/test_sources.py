@@ -211,7 +211,7 @@ def test_stage_writes_tables_reports_and_metrics(tmp_path: Path, make_bars: Call
     make_bars(n=60).to_csv(tmp_path / "bars.csv", index=False)
     done = run_download(tmp_path, {"source": "file", "path": "bars.csv"})
     assert done.returncode == 0, done.stderr
-    raw = tmp_path / "data_source" / "raw"
+    raw = tmp_path / "data_source" / "raw" / "BTCUSDT"
     assert {p.name for p in outputs(tmp_path)} == {
         "bars.parquet",
         "funding.parquet",
@@ -222,7 +222,7 @@ def test_stage_writes_tables_reports_and_metrics(tmp_path: Path, make_bars: Call
     assert len(pd.read_parquet(raw / "bars.parquet")) == 60
     assert yaml.safe_load((raw / "meta.json").read_text())["funding_available"] is False
     metrics = yaml.safe_load((tmp_path / "outputs" / "metrics" / "download.json").read_text())
-    assert metrics["n_bars"] == 60 and metrics["gaps"] == 0
+    assert metrics["BTCUSDT"]["n_bars"] == 60 and metrics["BTCUSDT"]["gaps"] == 0
     assert "no funding rates" in done.stderr
 
 

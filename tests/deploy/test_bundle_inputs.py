@@ -1,9 +1,10 @@
-"""The new inputs through the walk-forward's data stage, the fold cut and the served model.
+"""The new inputs through the data stages, the fold cut and the served model.
 
-The universe stage writes what each asset's features read (mark bars, the market's bars) beside them; those files give
-the same features again, as the served model's input table does through the bundle (single asset and book), whose
-MLflow signature lists the columns; a fold's samples carry the channels; a missing or bad column is refused by name;
-the paper trader refuses a policy its feeds cannot serve. Real shipped bars (BTC, ETH, SOL at 1 h)."""
+The data stages (download -> aggregate -> features, for a universe) keep what each asset's features read (mark bars,
+the market's bars) in their folders; those files give the universe computation's features, and again, as the served
+model's input table does through the bundle (single asset and book), whose MLflow signature lists the columns; a
+fold's samples carry the channels; a missing or bad column is refused by name; the paper trader refuses a policy its
+feeds cannot serve. Real shipped bars (BTC, ETH, SOL at 1 h)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from mlflow.models import infer_signature
 from diffquant.config import Config, ModelConfig, SimConfig, build_section, load
 from diffquant.data.contracts import to_ms
 from diffquant.data.features import FEATURE_PREFIX, feature_columns, features_from_inputs, warmup_bars
-from diffquant.data.inputs import chain_example, model_columns, model_table, universe_inputs
+from diffquant.data.inputs import chain_example, model_columns, model_table, stage_inputs
 from diffquant.data.universe import universe_features
 from diffquant.deploy.book_bundle import BookBundle, BookMember, as_book_input
 from diffquant.deploy.bundle import Member, PolicyBundle
@@ -34,7 +35,7 @@ from diffquant.model.policy import PolicyNetwork
 from diffquant.model.portfolio import PortfolioPolicy
 from diffquant.study.fold_data import fold_data
 from diffquant.tracking.models import model_output
-from stages import aggregate, download, features, universe
+from stages import aggregate, download, features
 from tests.data.families_data import ALL_CHANNELS, SYMBOLS
 from tests.repo_copy import REPO, deep_update, tiny_params
 
@@ -62,15 +63,33 @@ def params(**override: Any) -> dict[str, Any]:
     return deep_update(base, override)
 
 
+def run_data_stages(params_file: Path, out: Path) -> None:
+    """download -> aggregate -> features into ``out/{raw,bars,features}``, as dvc.yaml runs them."""
+    p = ["--params", str(params_file)]
+    download.main([*p, "--out", str(out / "raw"), "--metrics", str(out / "d.json")])
+    aggregate.main([*p, "--raw", str(out / "raw"), "--out", str(out / "bars"), "--metrics", str(out / "a.json")])
+    folders = ["--bars", str(out / "bars"), "--raw", str(out / "raw"), "--out", str(out / "features")]
+    features.main([*p, *folders, "--metrics", str(out / "f.json")])
+
+
+def stage_table(out: Path, symbol: str) -> pd.DataFrame:
+    return read_parquet(out / "features" / f"{symbol}.parquet", "features")
+
+
+def inputs_of(out: Path, symbol: str, cfg: Config) -> pd.DataFrame:
+    return model_table(stage_inputs(out / "bars", out / "raw", symbol, cfg), cfg.features)
+
+
 @pytest.fixture(scope="module")
 def stage_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
-    """The universe stage run on the shipped data with every family but user columns; its folder and params."""
+    """The data stages run for a universe on the shipped data with every family but user columns; their folder and
+    params."""
     tmp = tmp_path_factory.mktemp("universe")
     (tmp / "params.yaml").write_text(yaml.safe_dump(params(), sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DVC_ROOT", str(REPO))
         mp.delenv("DVC_STAGE", raising=False)
-        universe.main(["--params", str(tmp / "params.yaml"), "--out", str(tmp / "u"), "--metrics", str(tmp / "m.json")])
+        run_data_stages(tmp / "params.yaml", tmp / "u")
     return tmp / "u", load(tmp / "params.yaml")
 
 
@@ -80,22 +99,28 @@ def policy_bundle(cfg: Config, n_features: int) -> PolicyBundle:
     return PolicyBundle((Member("seed_0", model, cfg.eval.hysteresis),), cfg.features, 60, SimConfig())
 
 
-def test_the_universe_stage_keeps_what_each_assets_features_read(stage_out: tuple[Path, Config]) -> None:
+def test_the_data_stages_keep_what_each_assets_features_read(stage_out: tuple[Path, Config]) -> None:
+    """Per asset, the stages' feature table is the in-memory universe computation's (``universe_features``) bit for
+    bit, and their folders give it again."""
     out, cfg = stage_out
-    assert sorted(p.name for p in (out / "market").iterdir()) == sorted(f"{s}.parquet" for s in SYMBOLS)
+    assert sorted(p.name for p in (out / "bars" / "market").iterdir()) == sorted(f"{s}.parquet" for s in SYMBOLS)
+    in_memory = universe_features(cfg, REPO)[1]
     for symbol in SYMBOLS:
-        assert (out / symbol / "mark.parquet").is_file() and not (out / symbol / "columns.parquet").exists()
-        table = read_parquet(out / symbol / "features.parquet", "universe")
+        assert (out / "bars" / symbol / "mark.parquet").is_file() and not (
+            out / "bars" / symbol / "columns.parquet"
+        ).exists()
+        table = stage_table(out, symbol)
         assert sum(n.startswith(NEW) for n in feature_columns(table)) == 10
-        again = features_from_inputs(universe_inputs(out, symbol, cfg), cfg.features, 60)
+        pd.testing.assert_frame_equal(table, in_memory[symbol].features, check_exact=True)
+        again = features_from_inputs(stage_inputs(out / "bars", out / "raw", symbol, cfg), cfg.features, 60)
         pd.testing.assert_frame_equal(again, table, check_exact=True)
 
 
 def test_the_served_models_input_table_gives_the_stages_features(stage_out: tuple[Path, Config]) -> None:
     """The bundle computes the features from its input table (bars + the families' columns) bit for bit as the
-    universe stage did, from any start past the warm-up; its MLflow signature lists every column it reads."""
+    data stages did, from any start past the warm-up; its MLflow signature lists every column it reads."""
     out, cfg = stage_out
-    table = read_parquet(out / "SOLUSDT" / "features.parquet", "universe")
+    table = stage_table(out, "SOLUSDT")
     names = feature_columns(table)
     bundle = policy_bundle(cfg, len(names))
     assert (
@@ -108,7 +133,7 @@ def test_the_served_models_input_table_gives_the_stages_features(stage_out: tupl
             *(f"close_{s}" for s in SYMBOLS),
         ]
     )
-    inputs = model_table(universe_inputs(out, "SOLUSDT", cfg), cfg.features)
+    inputs = inputs_of(out, "SOLUSDT", cfg)
     w = warmup_bars(cfg.features, 60)
     for start in (0, 400):
         series = bundle.series(inputs.iloc[start:].reset_index(drop=True))
@@ -136,8 +161,8 @@ def test_a_missing_or_bad_input_column_is_refused_by_name(
     stage_out: tuple[Path, Config], column: str, value: float | None, match: str
 ) -> None:
     out, cfg = stage_out
-    inputs = model_table(universe_inputs(out, "BTCUSDT", cfg), cfg.features).tail(800).reset_index(drop=True)
-    bundle = policy_bundle(cfg, len(feature_columns(read_parquet(out / "BTCUSDT" / "features.parquet", "u"))))
+    inputs = inputs_of(out, "BTCUSDT", cfg).tail(800).reset_index(drop=True)
+    bundle = policy_bundle(cfg, len(feature_columns(stage_table(out, "BTCUSDT"))))
     if value is None:
         inputs = inputs.drop(columns=[column])
     else:
@@ -148,17 +173,17 @@ def test_a_missing_or_bad_input_column_is_refused_by_name(
 
 def test_a_portfolio_book_reads_the_same_columns_per_asset(stage_out: tuple[Path, Config]) -> None:
     out, cfg = stage_out
-    names = feature_columns(read_parquet(out / "BTCUSDT" / "features.parquet", "universe"))
+    names = feature_columns(stage_table(out, "BTCUSDT"))
     torch.manual_seed(0)
     policy = PortfolioPolicy(build_section(ModelConfig, TINY, "model"), len(names), CTX)
     book = BookBundle(
         (BookMember("seed_0", policy, cfg.eval.hysteresis),), tuple(SYMBOLS), cfg.features, 60, SimConfig()
     )
-    tables = {s: model_table(universe_inputs(out, s, cfg), cfg.features).tail(600) for s in SYMBOLS}
+    tables = {s: inputs_of(out, s, cfg).tail(600) for s in SYMBOLS}
     series = book.book_series(as_book_input(tables))
     w = warmup_bars(cfg.features, 60)
     for a, symbol in enumerate(SYMBOLS):
-        want = read_parquet(out / symbol / "features.parquet", "universe").iloc[-600 + w :]
+        want = stage_table(out, symbol).iloc[-600 + w :]
         got = series.assets[a].features
         np.testing.assert_array_equal(got, want[[FEATURE_PREFIX + n for n in names]].to_numpy())
     assert np.isfinite(book.decide(as_book_input(tables))[[f"weight_{s}" for s in SYMBOLS]].to_numpy()).all()
@@ -166,7 +191,7 @@ def test_a_portfolio_book_reads_the_same_columns_per_asset(stage_out: tuple[Path
 
 def test_a_fold_cuts_the_new_channels_with_the_rest(stage_out: tuple[Path, Config]) -> None:
     out, cfg = stage_out
-    tables = {s: read_parquet(out / s / "features.parquet", "universe") for s in SYMBOLS}
+    tables = {s: stage_table(out, s) for s in SYMBOLS}
     (fold,) = plan_folds(cfg.folds, cfg.split)
     data = fold_data(fold, tables, cfg)
     for symbol, asset in data.assets.items():
@@ -195,17 +220,11 @@ def test_the_one_asset_chain_builds_the_same_features_and_example(tmp_path: Path
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(one, sort_keys=False))
     monkeypatch.setenv("DVC_ROOT", str(REPO))
     monkeypatch.delenv("DVC_STAGE", raising=False)
-    p = ["--params", str(tmp_path / "params.yaml")]
-    raw, bars, feats = tmp_path / "raw", tmp_path / "bars.parquet", tmp_path / "features.parquet"
-    download.main([*p, "--out", str(raw), "--metrics", str(tmp_path / "d.json")])
-    aggregate.main([*p, "--raw", str(raw), "--out", str(bars), "--metrics", str(tmp_path / "a.json")])
-    features.main(
-        [*p, "--bars", str(bars), "--raw", str(raw), "--out", str(feats), "--metrics", str(tmp_path / "f.json")]
-    )
+    run_data_stages(tmp_path / "params.yaml", tmp_path)
     cfg = load(tmp_path / "params.yaml")
-    table = pd.read_parquet(feats)
+    table = stage_table(tmp_path, "BTCUSDT")
     assert sum(n.startswith(NEW) for n in feature_columns(table)) == 10
-    example = chain_example(bars, raw, cfg, 200)
+    example = chain_example(tmp_path / "bars", tmp_path / "raw", "BTCUSDT", cfg, 200)
     assert list(example.columns[6:]) == model_columns(cfg.features) and len(example) == 200
     assert example["open_time"].iloc[-1] < to_ms(pd.Series([pd.Timestamp(cfg.split.test_start, tz="UTC")]))[0]
     universe_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, symbols=SYMBOLS))

@@ -171,7 +171,7 @@ def workspace(tmp_path: Path, real: tuple[pd.DataFrame, pd.DataFrame], monkeypat
     bars, funding = real
     params = tiny_params(window={"context": CTX}, baselines={"momentum_lookbacks": [12, 24]})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    raw = tmp_path / "data_source" / "raw"
+    raw = tmp_path / "data_source" / "raw" / "BTCUSDT"
     write_parquet(bars, raw / "bars.parquet")
     write_parquet(funding, raw / "funding.parquet")
     (raw / "meta.json").write_text(json.dumps({"source": "bundled", "symbol": "BTCUSDT", "source_minutes": 5}))

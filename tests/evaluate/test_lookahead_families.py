@@ -158,7 +158,8 @@ def test_stage_checks_the_families_of_a_download_and_names_a_leak(
     monkeypatch.delenv("DVC_STAGE", raising=False)
     raw, out = tmp_path / "raw", tmp_path / "report.json"
     download.main(["--params", str(tmp_path / "params.yaml"), "--out", str(raw), "--metrics", str(tmp_path / "d.json")])
-    assert (raw / "mark.parquet").is_file() and sorted(p.name for p in (raw / "market").iterdir()) == sorted(SYMBOLS)
+    assert (raw / "ETHUSDT" / "mark.parquet").is_file()
+    assert sorted(p.name for p in (raw / "market").iterdir()) == sorted(SYMBOLS)
     args = ["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--out", str(out), "--n-cuts", "2"]
     assert stage.main([*args, "--features-only"]) == 0
     report = json.loads(out.read_text())

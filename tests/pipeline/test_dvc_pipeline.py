@@ -160,7 +160,7 @@ def _model(repo: Path, uri: str):
 def _quarter_bars(repo: Path, split: str, warmup: int) -> tuple[pd.DataFrame, Series]:
     """The raw bars of a split's series (warm-up and quarter), preceded by the features' own warm-up."""
     series = Series.load(repo / "data_source" / "split" / f"{split}.npz")
-    bars = pd.read_parquet(repo / "data_source" / "bars" / "bars.parquet")
+    bars = pd.read_parquet(repo / "data_source" / "bars" / "BTCUSDT" / "bars.parquet")
     first = int(np.searchsorted(to_ms(bars["open_time"]), series.open_time[0]))
     window = bars.iloc[first - warmup : first + len(series.close)].reset_index(drop=True)
     return window.assign(open_time=to_ms(window["open_time"])), series  # the model's input: open_time in Unix ms
@@ -411,11 +411,11 @@ def test_appending_a_fold_runs_only_that_fold(repo: Path) -> None:
     assert "## Registry" in (repo / "outputs/study/report.md").read_text()
 
     # that model, and the fold itself, paper-traded over the fold's test window book what the fold booked
-    fold, universe = "outputs/folds/2025-04-01", "data_source/universe/BTCUSDT"
+    fold = "outputs/folds/2025-04-01"
     check = ["--symbol", "BTCUSDT", "--check", fold, "--no-mlflow"]
     out = _run([*PAPER, "--model", fold, *check, "--ledger", "outputs/paper/fold.db"], repo)
     assert f"ledger equals {fold} within 1e-06" in out, out[-3000:]
-    replay = ["--bars", f"{universe}/bars.parquet", "--funding", f"{universe}/funding.parquet"]
+    replay = ["--bars", "data_source/bars/BTCUSDT/bars.parquet", "--funding", "data_source/raw/BTCUSDT/funding.parquet"]
     span = ["--start", "2025-04-01", "--end", "2025-05-01", "--ledger", "outputs/paper/registered.db"]
     out = _run([*PAPER, "--model", f"models:/{name}@candidate", *replay, *span, *check], repo)
     assert f"ledger equals {fold} within 1e-06" in out, out[-3000:]

@@ -190,16 +190,16 @@ def test_the_folds_book_as_a_model_gives_the_weights_it_held(raws, first_run, tm
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow sets it; put back after the test
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    for symbol, table in raws.items():  # what the universe stage writes that the registered model's example reads
-        write_parquet(table.bars, tmp_path / "universe" / symbol / "bars.parquet")
-        write_parquet(table.funding, tmp_path / "universe" / symbol / "funding.parquet")
+    for symbol, table in raws.items():  # what the data stages write that the registered model's example reads
+        write_parquet(table.bars, tmp_path / "bars" / symbol / "bars.parquet")
+        write_parquet(table.funding, tmp_path / "raw" / symbol / "funding.parquet")
     folds = tmp_path / "folds"
     shutil.copytree(folder, folds / folder.name)
     write_json(folds / "plan.json", {"folds": [result.fold]})
     try:
         parent = tracking.start_run(tmp_path, "folds", {"role": "study"})
         write_json(folds / "mlflow_run.json", {"run_id": parent.run_id})
-        study.main(["--folds", "folds", "--universe", "universe", "--out", "study", "--metrics", "study.json"])
+        study.main(["--folds", "folds", "--bars", "bars", "--raw", "raw", "--out", "study", "--metrics", "study.json"])
         name = f"diffquant-{cfg.experiment}-walkforward-{PORTFOLIO}"
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
         logged = parent.client.get_run(parent.run_id).data.metrics
