@@ -83,8 +83,8 @@ Verdicts = dict[str, list[Gate]]  # policy name (an asset, or "portfolio" for th
 
 
 def model_key(experiment: str, name: str) -> str:
-    """What ``registered_name`` turns into ``diffquant-<experiment>-walkforward-<NAME>``."""
-    return f"{experiment}-walkforward-{name}"
+    """What ``registered_name`` turns into ``diffquant-<experiment>-<NAME>`` (an asset, or ``portfolio``)."""
+    return f"{experiment}-{name}"
 
 
 def judge_tracks(

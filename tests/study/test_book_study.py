@@ -33,7 +33,8 @@ from diffquant.io import write_json, write_parquet
 from diffquant.study.book_report import render_book_report, summarize_book
 from diffquant.study.book_run import BASELINES, PORTFOLIO, SINGLE_AVERAGE, single_config, stitched_weights
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import FOLD_JSON, load_fold, load_models, run_folds
+from diffquant.study.fold_models import fold_groups, load_models
+from diffquant.study.fold_run import FOLD_JSON, load_fold, run_folds
 from diffquant.train.layout import checkpoint_path
 from diffquant.train.policy_training import TrainingData, resume_spec
 from stages import study
@@ -51,6 +52,12 @@ def portfolio(**overrides: object) -> Config:
 @pytest.fixture(scope="module")
 def raws():
     return {s: raw_until(s, "2024-05-02") for s in ("BTCUSDT", "ETHUSDT")}
+
+
+def group_models(cfg: Config, data, folder: Path, name: str):
+    """A trained group of the fold in ``folder`` (run_folds' layout: ``models/<group>/<kind>``)."""
+    (group,) = [g for g in fold_groups(cfg, data) if g.name == name]
+    return load_models(group, lambda g, kind: folder / "models" / g.name / kind)
 
 
 def run(cfg: Config, raws, out: Path):
@@ -122,7 +129,7 @@ def test_the_single_asset_average_is_the_mean_of_the_single_asset_policies(raws,
     assert cfg.sim.impact_eta == 0.0
     single = single_config(cfg)
     data = fold_data(plan_folds(cfg.folds, cfg.split)[0], tables(cfg, raws), cfg)
-    models = load_models(single, data, folder / "models" / "pooled")["policy"]
+    models = group_models(cfg, data, folder, "pooled")["policy"]
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     nets = []
     for symbol, asset in data.assets.items():
@@ -152,7 +159,7 @@ def test_the_book_s_thresholds_are_searched_on_its_val_book(raws, first_run):
     the same metrics), never ends worse on val than them, and the fold traded the thresholds it chose."""
     cfg, result, folder = first_run
     data = fold_data(plan_folds(cfg.folds, cfg.split)[0], tables(cfg, raws), cfg)
-    model = load_models(cfg, data, folder / "models" / PORTFOLIO)["policy"]["3"]
+    model = group_models(cfg, data, folder, PORTFOLIO)["policy"]["3"]
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     val = BookSeries.of([a.val for a in data.assets.values()], list(data.assets))
     found = search_book(cfg, val, book_decisions(model, val), scorer)
