@@ -16,6 +16,7 @@ from diffquant.plots import plot_history
 from diffquant.study.fold_data import read_folds
 from diffquant.study.fold_models import keyed_folders, train_groups
 from diffquant.train.layout import HISTORY_PLOT
+from diffquant.train.trainer import resolve_device
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params, args.workers, args.grid_address)
     tracking.check_reachable(tracking.tracking_uri(root))  # fail before hours of training, not after
+    resolve_device(cfg.train.device)  # refuses a device this machine lacks before any run is opened
     folds = read_folds(root / args.split)
 
     tags = {"scheme": cfg.folds.scheme, "universe": cfg.train.universe, "symbols": ",".join(cfg.data.universe)}

@@ -22,7 +22,7 @@ import pandas as pd
 
 from diffquant.config import Config
 from diffquant.data.contracts import to_ms
-from diffquant.data.splits import Samples, Series, cut_windows
+from diffquant.data.splits import SPLIT_KEYS, Samples, Series, cut_windows
 from diffquant.errors import ConfigError, DataError
 from diffquant.folds import Fold, plan_folds
 from diffquant.io import read_json, write_json
@@ -71,8 +71,12 @@ class FoldData:
     excluded: dict[str, str]  # symbol -> why it is not in this fold
 
 
-def fold_keys(fold: Fold) -> dict[str, tuple[str, str]]:
-    """How error messages name the fold's window bounds."""
+def fold_keys(fold: Fold, cfg: Config) -> dict[str, tuple[str, str]]:
+    """How error messages name the fold's window bounds: the ``split:`` keys in the ``single`` scheme (its folds are
+    the split's quarters), else the fold's own."""
+    if cfg.folds.scheme == "single":
+        quarter = "test" if fold.test[0] == cfg.split.boundaries()["test"][0] else "backtest"
+        return {"train": SPLIT_KEYS["train"], "val": SPLIT_KEYS["val"], "test": SPLIT_KEYS[quarter]}
     return {w: (f"fold {fold.name} {w} start", f"fold {fold.name} {w} end") for w in ("train", "val", "test")}
 
 
@@ -84,7 +88,7 @@ def fold_data(fold: Fold, tables: dict[str, pd.DataFrame], cfg: Config) -> FoldD
         known = table[to_ms(table["open_time"]) < bounds["test"][1]]  # nothing after the fold's test end
         try:
             samples, series, stats = cut_windows(
-                known, bounds, fold_keys(fold), cfg.window, cfg.sim.execution_lag_bars, cfg.data.timeframe_minutes
+                known, bounds, fold_keys(fold, cfg), cfg.window, cfg.sim.execution_lag_bars, cfg.data.timeframe_minutes
             )
         except ConfigError as exc:
             excluded[symbol] = str(exc)
@@ -92,9 +96,10 @@ def fold_data(fold: Fold, tables: dict[str, pd.DataFrame], cfg: Config) -> FoldD
         assets[symbol] = AssetFold(samples, series["train_series"], series["val"], series["test"], stats)
     if not assets:
         reasons = "; ".join(f"{s}: {why}" for s, why in excluded.items())
+        where = "the split: dates" if cfg.folds.scheme == "single" else "folds.first_test / folds.train_start"
         raise ConfigError(
             f"fold {fold.name} (test {fold.test[0]:%Y-%m-%d} .. {fold.test[1]:%Y-%m-%d}): no asset of data.symbols "
-            f"has data for it ({reasons}). Move folds.first_test / folds.train_start inside the data"
+            f"has data for it ({reasons}). Move {where} inside the data"
         )
     return FoldData(fold, assets, excluded)
 
