@@ -1,4 +1,4 @@
-"""The fold plan: ``folds:`` params -> typed walk-forward windows, the one list every study stage iterates.
+"""The fold plan: ``folds:`` params -> typed walk-forward windows, the one list every stage from split on iterates.
 
 A :class:`Fold` trains on ``train``, selects its checkpoint, thresholds and baseline settings on ``val`` and trades
 ``test``. Test windows tile (each starts where the previous ended), so the per-fold test tracks concatenate into

@@ -4,7 +4,7 @@
     python -m stages.zoo --size full --workers 4   # the study the issue asks for
     python -m stages.zoo --size reduced --best tcn-series_hybrid,dlinear_hybrid   # fix phase two's backbones
 
-Each configuration is a walk-forward study of the folds stage's kind (``diffquant.study.fold_run``) into
+Each configuration is a walk-forward study of the chain's kind (``diffquant.study.fold_run``) into
 ``outputs/zoo/<size>/runs/<configuration>/<fold>/``, cached per fold by the same key, so a rerun trains only what is
 missing or stale. Writes ``outputs/zoo/<size>/zoo.{md,csv,json}`` (``diffquant.study.zoo``). Not a DVC stage: like
 the ablation, a study of many configurations, each a variant of the params.

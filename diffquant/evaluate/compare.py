@@ -11,7 +11,7 @@ from diffquant.evaluate.metric_names import study_metric, verdict_metric
 
 LAMBDAS = ("sharpe", "turnover", "drawdown", "terminal", "flat", "bias")
 
-# A study's headline book, per model kind: (track, book) of the study stage's metrics (``study_metric``). The
+# A study's headline book, per model kind: (track, book) of the evaluate stage's metrics (``study_metric``). The
 # single-asset study's universe book is its single-asset policies held equally; the portfolio's, its one book.
 STUDY_BOOKS = {
     "single": {"policy": ("universe", "policy"), "hold_1_over_n": ("universe", "buy_and_hold")},
@@ -38,7 +38,7 @@ STUDY_COLUMNS = (
 
 
 def headline_artifact(kind: str) -> str:
-    """Where the study stage logs a study's headline track (its universe book, or the portfolio's): the artifact
+    """Where the evaluate stage logs a study's headline track (its universe book, or the portfolio's): the artifact
     compare reads back to run SPA across studies."""
     return f"study/{STUDY_BOOKS[kind]['policy'][0]}.csv"
 

@@ -199,4 +199,4 @@ def write_weights(out: Path, table: pd.DataFrame) -> None:
 def stitched_weights(folds: list[Path]) -> pd.DataFrame:
     """The ensemble's weights, per-asset net returns and trades of every fold, end to end (assets a fold left out
     are NaN there)."""
-    return pd.concat([read_parquet(f / WEIGHTS, "the folds stage") for f in folds], ignore_index=True)
+    return pd.concat([read_parquet(f / WEIGHTS, "the evaluate stage") for f in folds], ignore_index=True)

@@ -41,7 +41,7 @@ from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
 from diffquant.io import read_json, read_parquet, write_json, write_parquet
 from diffquant.model.portfolio import PortfolioPolicy
-from diffquant.study.book_run import BASELINES, PORTFOLIO, BookChoices, Singles, choose_book, trade_book, write_weights
+from diffquant.study.book_run import PORTFOLIO, BookChoices, Singles, choose_book, trade_book, write_weights
 from diffquant.study.fold_data import AssetFold, FoldData
 from diffquant.study.fold_models import FolderOf, Group, HooksFor, Models, fold_groups, kinds, load_models, train_groups
 from diffquant.train.resume import code_hash
@@ -244,21 +244,6 @@ def _judge_assets(
                 entries[symbol]["buy_and_hold"]["sharpe"],
             )
     return entries, returns
-
-
-def headline(result: FoldResult) -> dict[str, dict[str, float]]:
-    """A fold's test Sharpe per entry (asset, or the portfolio) and book: what the folds stage's metrics keep."""
-    out = {}
-    for name, e in result.entries.items():
-        if name == PORTFOLIO:
-            out[name] = {PORTFOLIO: e[PORTFOLIO]["ensemble"]["metrics"]["sharpe"]}
-            out[name] |= {b: e[b]["metrics"]["sharpe"] for b in BASELINES}
-        else:
-            out[name] = {
-                "policy": e["policy"]["ensemble"]["metrics"]["sharpe"],
-                "buy_and_hold": e["buy_and_hold"]["sharpe"],
-            }
-    return out
 
 
 def load_fold(out: Path) -> FoldResult:

@@ -1,5 +1,5 @@
-"""The study stage's files and numbers: the folds' tracks stitched and judged, written as tables and figures, with
-the MLflow metrics, the report body and what the registry gates judge, for either kind of study.
+"""The evaluate stage's study files and numbers: the folds' tracks stitched and judged, written as tables and
+figures, with the MLflow metrics, the report body and what the registry gates judge, for either kind of study.
 
 A single-asset study judges the universe book and every asset (``report.summarize``); a portfolio study its one book
 beside the baselines (``book_report.summarize_book``). Nothing here talks to MLflow: the stage logs what it returns.

@@ -131,7 +131,6 @@ LOADER_CASES: dict[str, Case] = {
     # out of range
     "negative_commission": ("evaluate", {"sim": {"commission": -0.1}}, ("sim.commission", "out of range")),
     "psr_gate_above_one": ("evaluate", {"registry": {"min_psr": 1.5}}, ("registry.min_psr", "out of range")),
-    "gate_on_val": ("evaluate", {"registry": {"gate_split": "val"}}, ("registry.gate_split", "one of")),
     "zero_lr": ("train", {"train": {"lr": 0.0}}, ("train.lr", "out of range")),
     "probability_above_one": ("train", {"train": {"mirror_prob": 1.5}}, ("train.mirror_prob", "out of range")),
     "timeframe_above_a_day": ("aggregate", {"data": {"timeframe_minutes": 2880}}, ("data.timeframe_minutes",)),
