@@ -264,8 +264,13 @@ def read_run_id(path: Path) -> str:
 class StudyRuns:
     """A study in MLflow: one parent run per execution of a train stage (``role``: ``study`` for the policies,
     ``proxy`` for the MSE proxy), one child per fold x model group x seed (and kind), each fed by the ``SeedHooks``
-    that :meth:`hooks` returns. The parent's id goes to ``run_file`` so the evaluate stage logs the study's results
-    into it."""
+    that :meth:`hooks` returns.
+
+    The parent's id and its children's go to ``run_file``: evaluate logs the study's results into that parent, and a
+    train stage restarted after a kill (some group ``begin``-s resuming) continues the runs recorded there, logging
+    only the epochs they lack. Without a run file, or with nothing to resume, every start opens new runs (a resumed
+    seed's earlier epochs are then carried into its new child).
+    """
 
     def __init__(
         self,
@@ -278,18 +283,52 @@ class StudyRuns:
     ):
         self.root, self.run_name, self.run_file, self.role = root, run_name, run_file, role
         self.params, self.tags = dict(params), dict(tags)
+        self.children: dict[str, str] = {}  # "<fold>/<group>/<kind>/seed_<s>" -> run id
+        self.resuming = False  # set by a group's begin() before the parent opens
         self._parent: Run | None = None
 
     @property
     def parent(self) -> Run:
-        """Opened on first use, so a study that has nothing new to train opens no run."""
+        """Opened on first use: the recorded run when resuming, else a new one."""
         if self._parent is None:
-            self._parent = start_run(self.root, self.run_name, {**self.tags, "role": self.role})
-            self._parent.log_params(self.params)
-            if self.run_file is not None:
-                self.run_file.parent.mkdir(parents=True, exist_ok=True)
-                self.run_file.write_text(json.dumps({"run_id": self._parent.run_id}) + "\n")
+            recorded = self._recorded()
+            if recorded is not None:
+                self._parent, self.children = open_run(self.root, recorded["run_id"]), dict(recorded["children"])
+                log.info("resuming MLflow run %s", self._parent.run_id)
+            else:
+                self._parent = start_run(self.root, self.run_name, {**self.tags, "role": self.role})
+                self._parent.log_params(self.params)
+                self._save()
         return self._parent
+
+    def _recorded(self) -> dict[str, Any] | None:
+        if not (self.resuming and self.run_file is not None and self.run_file.exists()):
+            return None
+        recorded = json.loads(self.run_file.read_text())
+        return recorded if isinstance(recorded.get("children"), dict) else None
+
+    def _save(self) -> None:
+        if self.run_file is None:
+            return
+        record = {"run_id": self.parent.run_id, "experiment": self.run_name, "children": self.children}
+        self.run_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_file.with_name(self.run_file.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.run_file)
+
+    def child(self, key: str, name: str, tags: Mapping[str, str], finished: list[dict[str, Any]]) -> Run:
+        """The unit's run: the recorded one (its missing epochs logged), or a new child with ``finished`` logged."""
+        parent = self.parent  # opened first: a resumed parent brings its recorded children
+        if key in self.children:
+            run = open_run(self.root, self.children[key])
+            logged = run.logged_steps("train_loss")
+            run.log_history([r for r in finished if r["epoch"] not in logged])  # a kill can fall between the two
+            return run
+        run = start_child(parent, name, tags)
+        self.children[key] = run.run_id
+        self._save()
+        run.log_history(finished)
+        return run
 
     def hooks(self, fold: str, group: str, kind: str) -> _FoldSeedHooks:
         return _FoldSeedHooks(self, fold, group, kind)
@@ -301,24 +340,30 @@ class _FoldSeedHooks:
     def __init__(self, study: StudyRuns, fold: str, group: str, kind: str) -> None:
         self.study, self.fold, self.group, self.kind = study, fold, group, kind
         self._runs: dict[int, Run] = {}
+        self._clock: dict[int, float] = {}
 
     def begin(self, resuming: bool) -> None:
-        """Nothing to open: the parent is opened on the first seed."""
+        """Before any seed of any group starts: an interrupted run continues the study's recorded runs."""
+        self.study.resuming |= resuming
 
     def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
+        key = f"{self.fold}/{self.group}/{self.kind}/seed_{seed}"
         tags = {"fold": self.fold, "group": self.group, "seed": str(seed), "role": f"{self.kind}_seed"}
-        run = start_child(self.study.parent, f"{self.fold} {self.group} {self.kind} seed {seed}", tags)
-        run.log_history(finished)
-        self._runs[seed] = run
+        self._runs[seed] = self.study.child(key, f"{self.fold} {self.group} {self.kind} seed {seed}", tags, finished)
+        self._clock[seed] = time.perf_counter()
 
     def epoch(self, seed: int, record: dict[str, Any]) -> None:
-        self._runs[seed].log_history([record])
+        now = time.perf_counter()
+        self._runs[seed].log_history([{**record, "epoch_seconds": now - self._clock[seed]}])
+        self._clock[seed] = now
 
     def finished(self, seed: int, outcome: Any) -> None:
         self._runs[seed].log_metrics(outcome.run_metrics(), step=len(outcome.result.history))
         self._runs[seed].finish()
 
     def failed(self, seed: int, exc: BaseException) -> None:
-        run = self._runs.get(seed)
-        if run is not None:
-            run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        """Until a restart resumes them, the store says why the seed's run and the parent stopped."""
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for run in (self._runs.get(seed), self.study._parent):
+            if run is not None:
+                run.finish(status)
