@@ -80,7 +80,7 @@ class BinanceConfig:
 class DataConfig:
     source: SourceName = "bundled"
     symbol: str = "BTCUSDT"  # the one-asset form, used when ``symbols`` is empty
-    symbols: list[str] = _f([])  # a universe; the walk-forward study trains and judges every one
+    symbols: list[str] = _f([])  # a universe; the chain trains and judges every one
     start: str | None = "2024-01-01"  # first bar kept (UTC date); null keeps all the source has
     timeframe_minutes: int = _f(30, **_range(1, 1440))
     path: str | None = None
@@ -317,7 +317,7 @@ class PortfolioConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     # single: one position on one asset (each asset of a universe traded alone); portfolio: one book of weights
-    # over every asset of data.symbols (the walk-forward study only)
+    # over every asset of data.symbols
     kind: ModelKind = "single"
     portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
     backbone: BackboneName = "itransformer"
@@ -446,15 +446,15 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """What the evaluate stage publishes (``tracking.registry``; gates: ``deploy.gates``): the ensemble is registered
-    and aliased ``candidate``; ``champion`` only when every gate passes on ``gate_split``, an out-of-sample quarter."""
+    """What the evaluate stage publishes (``tracking.study_registry``; gates: ``deploy.gates``): the newest fold's
+    policies are registered and aliased ``candidate``; ``champion`` only when every gate passes on the policy's
+    stitched out-of-sample track."""
 
     register: bool = True
-    gate_split: Literal["test", "backtest"] = "test"
     min_psr: float = _f(0.95, **PROBABILITY)  # probabilistic Sharpe ratio above this
     min_dsr: float = _f(0.95, **PROBABILITY)  # deflated Sharpe ratio (every trial counted) above this
     beat_buy_and_hold: bool = True  # and the 95% interval of Sharpe minus buy-and-hold's above zero
-    # walk-forward study only: and its SPA p-value (any configuration beats the benchmark) below this; null: no gate
+    # and the study's SPA p-value (any configuration beats the benchmark) below this; null: no gate
     max_spa_p: float | None = _f(None, **OPEN_UNIT)
 
 
@@ -567,7 +567,7 @@ class Config:
             if len(set(market)) != len(market) or len(market) < 2:
                 raise ConfigError(
                     f"features.market.channels {f.market.channels} need a market of two or more distinct assets, "
-                    f"got {market} (features.market.symbols, else data.symbols); the one-asset chain names its "
+                    f"got {market} (features.market.symbols, else data.symbols); a one-asset study names its "
                     "market in features.market.symbols, e.g. [universe] or [BTCUSDT, ETHUSDT, SOLUSDT]"
                 )
         names = [c.name for c in f.columns]

@@ -1,4 +1,4 @@
-"""The fold plan: ``folds:`` params -> typed walk-forward windows, the one list every study stage iterates.
+"""The fold plan: ``folds:`` params -> typed walk-forward windows, the one list every stage from split on iterates.
 
 A :class:`Fold` trains on ``train``, selects its checkpoint, thresholds and baseline settings on ``val`` and trades
 ``test``. Test windows tile (each starts where the previous ended), so the per-fold test tracks concatenate into
@@ -24,6 +24,7 @@ from diffquant.data.contracts import MINUTE_MS
 from diffquant.errors import ConfigError
 
 Window = tuple[dt.datetime, dt.datetime]  # half-open [start, end), UTC
+WINDOWS = ("train", "val", "test")
 
 
 def add_months(day: dt.datetime, months: int) -> dt.datetime:
@@ -54,12 +55,18 @@ class Fold:
             "test": (unix_ms(self.test[0]), unix_ms(self.test[1])),
         }
 
+    @classmethod
+    def from_describe(cls, d: dict[str, str]) -> Fold:
+        """The fold :meth:`describe` gave (the split stage's plan keeps it): windows are whole UTC days."""
+        windows = [tuple(parse_date(d[f"{k}_{e}"], f"{k}_{e}") for e in ("start", "end")) for k in WINDOWS]
+        return cls(d["name"], *windows, embargo_bars=int(d["embargo_bars"]))
+
     def describe(self) -> dict[str, str]:
         day = "%Y-%m-%d"
         return {
             "name": self.name,
-            **{f"{k}_start": getattr(self, k)[0].strftime(day) for k in ("train", "val", "test")},
-            **{f"{k}_end": getattr(self, k)[1].strftime(day) for k in ("train", "val", "test")},
+            **{f"{k}_start": getattr(self, k)[0].strftime(day) for k in WINDOWS},
+            **{f"{k}_end": getattr(self, k)[1].strftime(day) for k in WINDOWS},
             "embargo_bars": str(self.embargo_bars),
         }
 

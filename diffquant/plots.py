@@ -12,7 +12,6 @@ from typing import Any
 
 import pandas as pd
 
-from diffquant.evaluate.metrics import underwater
 from diffquant.io import atomic_path
 
 
@@ -29,50 +28,6 @@ def _figure(rows: int, height: float) -> Any:
 def _save(fig: Any, path: str | Path) -> None:
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-
-
-def plot_walk_forward(
-    record: pd.DataFrame,
-    title: str,
-    path: str | Path,
-    benchmark_record: pd.DataFrame | None = None,
-    benchmark_label: str = "buy and hold",
-    label: str = "policy",
-    others: dict[str, pd.DataFrame] | None = None,
-) -> None:
-    """Equity, drawdown and positions of a walk-forward ``record``; a benchmark's equity and ``others`` (e.g. the
-    single seeds beside their ensemble) are overlaid thinly on the equity panel."""
-    fig = _figure(3, 8.0)
-    ax_eq, ax_dd, ax_pos = fig.axes
-    time = record["time"]
-    equity = record["equity"].to_numpy()
-    for name, other in (others or {}).items():  # single seeds thin, other books dashed
-        seed = name.startswith("seed")
-        ax_eq.plot(
-            other["time"],
-            other["equity"],
-            lw=0.6 if seed else 1.0,
-            ls="-" if seed else "--",
-            alpha=0.5 if seed else 0.9,
-            label=name,
-        )
-    ax_eq.plot(time, equity, lw=1.4, color="black", label=label)
-    if benchmark_record is not None:
-        ax_eq.plot(benchmark_record["time"], benchmark_record["equity"], lw=1.0, color="grey", label=benchmark_label)
-    ax_eq.axhline(1.0, color="black", lw=0.5)
-    ax_eq.set_ylabel("equity")
-    ax_eq.legend(loc="upper left", fontsize="small", ncol=2)
-    ax_eq.set_title(title)
-    drawdown_pct = -underwater(equity) * 100.0
-    ax_dd.fill_between(time, drawdown_pct, 0.0, color="tab:red", alpha=0.4, step="post")
-    ax_dd.set_ylabel("drawdown %")
-    if record["raw_position"].notna().any():
-        ax_pos.plot(time, record["raw_position"], lw=0.5, color="grey", alpha=0.7, label="raw")
-    ax_pos.step(time, record["position"], where="post", lw=0.8, label="held")
-    ax_pos.axhline(0.0, color="black", lw=0.5)
-    ax_pos.set_ylabel("position")
-    ax_pos.legend(loc="upper left")
-    _save(fig, path)
 
 
 def plot_history(histories: dict[str, list[dict[str, Any]]], path: str | Path) -> None:

@@ -77,19 +77,14 @@ def load_params(path: str | Path = "params.yaml", workers: int = 0, grid_address
 
 
 def one_asset(cfg: Config) -> Config:
-    """``cfg``, refused unless it trades one asset with the single-asset model: the one-asset chain's stages from
-    split on (dvc.yaml) train one; a universe or a book is the walk-forward study's (walkforward/dvc.yaml), which
-    reads the same data stages' folders."""
+    """``cfg``, refused unless it names one asset and the single-asset model: what a command that trades one asset
+    (the paper trader, the look-ahead check, the hyper-parameter search) needs; the chain runs any study."""
     if cfg.model.kind != "single":
-        raise ConfigError(
-            "model.kind is 'portfolio': this stage of the one-asset chain (dvc.yaml) trades one asset; run the "
-            "portfolio through the walk-forward study (dvc repro walkforward/dvc.yaml) or set model.kind to single"
-        )
+        raise ConfigError("model.kind is 'portfolio': this command trades one asset's policy; set model.kind to single")
     if len(cfg.data.universe) != 1:
         raise ConfigError(
-            f"data.symbols names {len(cfg.data.universe)} assets ({', '.join(cfg.data.universe)}): this stage of the "
-            "one-asset chain (dvc.yaml) trains one; run the walk-forward study (dvc repro walkforward/dvc.yaml) or "
-            "set data.symbols to [] (data.symbol) or one asset"
+            f"data.symbols names {len(cfg.data.universe)} assets ({', '.join(cfg.data.universe)}): this command "
+            "trades one; set data.symbols to [] (data.symbol) or to one asset"
         )
     return cfg
 

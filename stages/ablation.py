@@ -16,7 +16,7 @@ import sys
 
 from diffquant import tracking
 from diffquant.errors import DiffQuantError
-from diffquant.evaluate.compare import ABLATION_PREFIX, LAMBDAS, ablation_table, comparison_table, to_markdown
+from diffquant.evaluate.compare import ABLATION_PREFIX, LAMBDAS, ablation_table, study_table, to_markdown
 from diffquant.io import atomic_path
 from stages._cli import repo_root, run_stage, write_csv
 
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
             _dvc("queue", "start", "-j", "1", detached=True)
             log.info("one queue worker started; follow it with: dvc queue status")
         return
-    table = ablation_table(comparison_table(tracking.search_runs(root)))
-    missing = [row.switched_off for row in table.itertuples() if row.test_sharpe != row.test_sharpe]
+    table = ablation_table(study_table(tracking.search_runs(root)))
+    missing = [row.switched_off for row in table.itertuples() if row.sharpe != row.sharpe]
     out = root / args.out
     write_csv(out / "ablation.csv", table)
     with atomic_path(out / "ablation.md") as tmp:

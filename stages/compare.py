@@ -1,6 +1,6 @@
-"""Compare stage: one table (markdown + CSV) over every MLflow run of the experiment, with buy-and-hold beside; and
-``studies.{md,csv}``, every walk-forward study (single-asset and portfolio) side by side with its verdict, and SPA
-over the studies' headline books read back from their runs (``diffquant.study.across``)."""
+"""Compare stage: one table (``compare.{md,csv}``) over every evaluated study in the MLflow store (single-asset and
+portfolio side by side, each with its headline book beside holding and its verdict), and SPA over the studies'
+headline books read back from their runs (``diffquant.study.across``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from diffquant import tracking
-from diffquant.evaluate.compare import comparison_table, headline_artifact, study_table, to_markdown
+from diffquant.evaluate.compare import headline_artifact, study_table, to_markdown
 from diffquant.io import atomic_path
 from diffquant.study.across import across_markdown, judge_studies
 from stages._cli import parser, repo_root, run_stage, write_csv, write_json
 
 log = logging.getLogger("diffquant.stages.compare")
-NO_STUDY = "No walk-forward study in this MLflow store yet: `dvc repro walkforward/dvc.yaml` (docs/walk_forward.md).\n"
+NO_STUDY = "No evaluated study in this MLflow store yet: `dvc repro` (docs/walk_forward.md).\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +28,6 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
 
     runs = tracking.search_runs(root)
-    table = comparison_table(runs)
     with tempfile.TemporaryDirectory() as scratch:
 
         def load(run_id: str, kind: str) -> pd.DataFrame | None:
@@ -36,16 +35,13 @@ def main(argv: list[str] | None = None) -> None:
             return None if path is None else pd.read_csv(path, parse_dates=["time"])
 
         studies, across = judge_studies(study_table(runs), load)
-    write_csv(out / "compare.csv", table)
+    write_csv(out / "compare.csv", studies)
     with atomic_path(out / "compare.md") as tmp:
-        tmp.write_text(to_markdown(table.drop(columns=["run_id", "start_time"])))
-    write_csv(out / "studies.csv", studies)
-    with atomic_path(out / "studies.md") as tmp:
         shown = studies.drop(columns=["run_id", "start_time"])
         tmp.write_text(f"{to_markdown(shown)}\n{across_markdown(across)}" if len(studies) else NO_STUDY)
-    best = table["test_sharpe"].astype(float).max() if len(table) else None
-    write_json(root / args.metrics, {"runs": len(table), "best_test_sharpe": None if best != best else best})
-    log.info("%d evaluated run(s), %d study run(s); tables in %s", len(table), len(studies), out)
+    best = studies["sharpe"].astype(float).max() if len(studies) else None
+    write_json(root / args.metrics, {"studies": len(studies), "best_sharpe": None if best != best else best})
+    log.info("%d evaluated stud(ies); table in %s", len(studies), out / "compare.md")
 
 
 if __name__ == "__main__":

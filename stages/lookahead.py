@@ -11,6 +11,7 @@ input. Without checkpoints only the features are checked. See ``diffquant.evalua
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import sys
@@ -23,6 +24,8 @@ from diffquant.errors import DataError
 from diffquant.evaluate.lookahead import DEFAULT_CUTS, PolicyUnderTest, SourceData, check_lookahead, parse_cuts
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.io import read_json
+from diffquant.study.fold_data import read_folds
+from diffquant.study.fold_models import fold_groups, keyed_folders
 from diffquant.train import checkpoint, layout
 from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
 
@@ -32,8 +35,11 @@ log = logging.getLogger("diffquant.stages.lookahead")
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--raw", default="data_source/raw", help="the download stage's folder (one per asset)")
-    p.add_argument("--train-dir", default="outputs/train", help="the train stage's checkpoints")
-    p.add_argument("--thresholds", default="outputs/thresholds/thresholds.json", help="the tuned hysteresis")
+    p.add_argument("--split", default="data_source/split", help="the split stage's folds (to find the newest)")
+    p.add_argument("--train-dir", default="outputs/train", help="the train stage's folder")
+    p.add_argument("--threshold-dir", default="outputs/thresholds", help="threshold-opt's folder")
+    p.add_argument("--models", default="", help="a group's seed folders (default: the asset's in the newest fold)")
+    p.add_argument("--thresholds", default="", help="their tuned hysteresis (default: the newest fold's)")
     p.add_argument("--cuts", default="", help="comma-separated UTC times, e.g. 2025-03-01T00:00,2025-06-01T12:00")
     p.add_argument("--n-cuts", type=int, default=DEFAULT_CUTS, help="cuts spread over the data when --cuts is empty")
     p.add_argument("--features-only", action="store_true", help="skip the policies")
@@ -54,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("policies skipped (--features-only)")
     else:
         names = feature_names(cfg.features, "num_trades" in data.raw.bars.columns)
-        policies = load_policies(cfg, names, root, Path(args.train_dir), Path(args.thresholds), notes)
+        models, thresholds = Path(args.models), Path(args.thresholds)
+        if not args.models or not args.thresholds:
+            newest = newest_fold_files(cfg, root, args)
+            models, thresholds = models if args.models else newest[0], thresholds if args.thresholds else newest[1]
+        policies = load_policies(cfg, names, root, models, thresholds, notes)
     report = check_lookahead(data, cfg, policies, parse_cuts(args.cuts) or None, n_cuts=args.n_cuts, seed=cfg.seed)
     report = dataclasses.replace(report, notes=notes + report.notes)
     write_json(root / args.out, report.to_dict())
@@ -63,9 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-def policy_checkpoint(train_dir: Path, seed: int, cfg: Config) -> Path:
+def newest_fold_files(cfg: Config, root: Path, args: argparse.Namespace) -> tuple[Path, Path]:
+    """The newest fold's seeds of the asset's model group and their thresholds, relative to ``root``: what the
+    study would trade next."""
+    data = read_folds(root / args.split)[-1]
+    symbol = cfg.data.universe[0]
+    (group,) = [g for g in fold_groups(cfg, data) if symbol in g.symbols]
+    models = keyed_folders({"policy": Path(args.train_dir)})(group, "policy")
+    return models, Path(args.threshold_dir) / data.fold.name / f"{symbol}.json"
+
+
+def policy_checkpoint(models: Path, seed: int, cfg: Config) -> Path:
     """The one place this stage spells where a seed's trained policy lives."""
-    return layout.checkpoint_path(train_dir, seed, cfg.eval.checkpoint)
+    return layout.checkpoint_path(models, seed, cfg.eval.checkpoint)
 
 
 def traded_hysteresis(cfg: Config, root: Path, path: Path, seeds: list[int], notes: list[str]) -> dict[int, Hysteresis]:
@@ -83,15 +103,15 @@ def traded_hysteresis(cfg: Config, root: Path, path: Path, seeds: list[int], not
 
 
 def load_policies(
-    cfg: Config, names: list[str], root: Path, train_dir: Path, thresholds: Path, notes: list[str]
+    cfg: Config, names: list[str], root: Path, models: Path, thresholds: Path, notes: list[str]
 ) -> list[PolicyUnderTest]:
     """Every seed's policy that has a checkpoint, checked against the current params (a mismatch stops the run).
-    ``train_dir`` and ``thresholds`` are relative to ``root`` (the notes name them so)."""
-    paths = {s: root / policy_checkpoint(train_dir, s, cfg) for s in cfg.train.seeds}
+    ``models`` and ``thresholds`` are relative to ``root`` (the notes name them so)."""
+    paths = {s: root / policy_checkpoint(models, s, cfg) for s in cfg.train.seeds}
     found = [s for s, path in paths.items() if path.exists()]
     if not found:
         notes.append(
-            f"policies skipped: no {cfg.eval.checkpoint}.pt under {train_dir} (dvc repro train); features checked only"
+            f"policies skipped: no {cfg.eval.checkpoint}.pt under {models} (dvc repro train); features checked only"
         )
         return []
     if len(found) < len(paths):

@@ -22,6 +22,7 @@ import optuna
 from diffquant import search, tracking
 from diffquant.config import Config, flatten
 from diffquant.errors import DiffQuantError
+from diffquant.study.fold_data import newest_cut
 from diffquant.train.policy_training import TrainingData
 from stages._cli import add_grid_address, load_params, one_asset, parser, repo_root, run_stage, write_json
 
@@ -58,7 +59,7 @@ def _parent_run(root: Path, study: optuna.Study, storage: str, cfg: Config) -> t
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
-    p.add_argument("--split", default="data_source/split", help="train.npz and val.npz from the split stage")
+    p.add_argument("--split", default="data_source/split", help="the split stage's folds: the newest one's train, val")
     p.add_argument("--out", default="outputs/optimize", help="summary.json goes here")
     p.add_argument("--trials", type=_positive, help="trials the study aims at (default optimize.trials)")
     p.add_argument("--workers", type=_positive, help="trials trained at once (default optimize.workers)")
@@ -79,11 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     storage = search.open_storage(storage_url, root)
 
     tracking.check_reachable(tracking.tracking_uri(root))
-    data = TrainingData.load(root / args.split)
+    cut = newest_cut(root / args.split, cfg.data.universe[0])
+    data = TrainingData.load(cut)
     study = search.create_study(storage, name)
-    search.check_setup(
-        study, search.setup(cfg, epochs, [root / args.split / "train.npz", root / args.split / "val.npz"])
-    )
+    search.check_setup(study, search.setup(cfg, epochs, [cut / "train.npz", cut / "val.npz"]))
     parent = _parent_run(root, study, storage_url, cfg)
     if args.create_only:
         log.info("study '%s' ready in %s; MLflow run %s", name, storage_url, parent.run_id)

@@ -1,15 +1,15 @@
 """Paper trader (not a DVC stage): a model trades closed bars it has never seen, booked as the walk-forward engine
 books them, into a ledger that survives a kill.
 
-    python -m stages.paper --model models:/diffquant-itransformer_hybrid@candidate --split backtest
-    python -m stages.paper --model outputs/train/seed_42/best.pt --bars my_bars.csv --pace 2
-    python -m stages.paper --model models:/diffquant-itransformer_hybrid@champion --feed binance
-    python -m stages.paper --model outputs/folds/2025-10-01 --symbol ETHUSDT --check outputs/folds/2025-10-01
+    python -m stages.paper --model outputs/evaluate/folds/2025-10-01 --symbol BTCUSDT \
+        --check outputs/evaluate/folds/2025-10-01
+    python -m stages.paper --model models:/diffquant-itransformer_hybrid-BTCUSDT@candidate --split backtest
+    python -m stages.paper --model models:/diffquant-itransformer_hybrid-BTCUSDT@champion --feed binance
+    python -m stages.paper --model outputs/train/pooled/<digest>/seed_42/best.pt --bars my_bars.csv --pace 2
 
-``--split backtest --check outputs/evaluate/backtest_record.csv`` replays the backtest quarter of the shipped data
-and prints how far the ledger is from the evaluate stage's record (exit code 1 beyond ``--tolerance``). A
-walk-forward fold as the model replays its test window of the asset's bars (the aggregate stage's); ``--check`` with
-the fold compares with what the fold booked. Run it again on the same ledger and it resumes where it stopped. See
+A fold of the evaluate stage as the model replays its test window of the asset's bars (the aggregate stage's);
+``--check`` with the fold (or a record CSV of yours) prints how far the ledger is from what the fold booked (exit
+code 1 beyond ``--tolerance``). Run it again on the same ledger and it resumes where it stopped. See
 docs/paper_trading.md.
 """
 

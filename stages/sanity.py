@@ -6,12 +6,12 @@ import logging
 
 import torch
 
-from diffquant.data.splits import Samples
 from diffquant.errors import DiffQuantError
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
+from diffquant.study.fold_data import read_folds
 from diffquant.train.sanity import run_checks
-from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.sanity")
 
@@ -22,12 +22,13 @@ class SanityError(DiffQuantError):
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
-    p.add_argument("--train", default="data_source/split/train.npz")
+    p.add_argument("--split", default="data_source/split", help="the split stage's fold plan: the feature channels")
     p.add_argument("--out", default="outputs/metrics/sanity.json")
     args = p.parse_args(argv)
     root = repo_root()
-    cfg = one_asset(load_params(args.params))
-    n_features = len(Samples.load(root / args.train).feature_names)
+    cfg = load_params(args.params)
+    first = read_folds(root / args.split)[0]
+    n_features = len(next(iter(first.assets.values())).samples.feature_names)
 
     torch.manual_seed(cfg.seed)
     model = PolicyNetwork(cfg.model, n_features, cfg.window.context)

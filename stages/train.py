@@ -1,8 +1,10 @@
-"""Train stage: fit one policy per seed in ``train.seeds`` on the train samples, validating by walk-forward on val.
+"""Train stage: every seed's policy of every model group of every fold, as one grid (``diffquant.study.fold_models``).
 
-Opens the experiment's MLflow parent run and one child run per seed; each seed's checkpoints go to
-``<out>/seed_<seed>/``. A killed run restarted with the same params resumes the unfinished seed from its
-``last.pt`` and continues the same MLflow runs, logging only the epochs they have not logged yet.
+Reads the split stage's fold plan and cuts. Each group trains into ``<out>/<group>/<digest>/seed_<s>/``, the digest
+naming the train and val data it learns from: folds with the same data (the ``single`` scheme's two) share a
+folder, an appended fold or asset trains only its own, a finished seed is not trained again and a killed one resumes
+from its ``last.pt``. ``train.workers`` processes (or Ray, ``train.grid_address``) share the grid. MLflow: the
+study's parent run (its id in ``--run-file``, where evaluate logs the results) and a child per fold x group x seed.
 """
 
 from __future__ import annotations
@@ -10,56 +12,47 @@ from __future__ import annotations
 from diffquant import tracking
 from diffquant.config import flatten
 from diffquant.evaluate.stats import distribution
-from diffquant.model.policy import PolicyNetwork, count_parameters
 from diffquant.plots import plot_history
-from diffquant.sim.losses import Objective
+from diffquant.study.fold_data import read_folds
+from diffquant.study.fold_models import keyed_folders, train_groups
 from diffquant.train.layout import HISTORY_PLOT
-from diffquant.train.policy_training import TrainingData, train_policies
 from diffquant.train.trainer import resolve_device
-from stages._cli import load_params, one_asset, parser, repo_root, run_stage, write_json
+from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__, training=True)
-    p.add_argument("--split", default="data_source/split")
-    p.add_argument("--raw", default="data_source/raw", help="the download stage's folder: its quality report is logged")
+    p.add_argument("--split", default="data_source/split", help="the split stage's fold plan and cuts")
+    p.add_argument("--raw", default="data_source/raw", help="the download stage's folder: quality reports logged")
     p.add_argument("--out", default="outputs/train")
     p.add_argument("--metrics", default="outputs/metrics/train.json")
-    p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where later stages find the MLflow runs")
+    p.add_argument("--run-file", default="outputs/mlflow_run.json", help="where evaluate finds the study's run")
     args = p.parse_args(argv)
     root, out = repo_root(), repo_root() / args.out
-    cfg = one_asset(load_params(args.params, args.workers, args.grid_address))
+    cfg = load_params(args.params, args.workers, args.grid_address)
     tracking.check_reachable(tracking.tracking_uri(root))  # fail before hours of training, not after
-    data = TrainingData.load(root / args.split)
+    resolve_device(cfg.train.device)  # refuses a device this machine lacks before any run is opened
+    folds = read_folds(root / args.split)
 
-    tags = {"data_hash": data.digest, "seeds": ",".join(map(str, cfg.train.seeds))}
-    child_params = {
-        "objective": repr(Objective(cfg.loss, cfg.sim.smooth_abs_eps)),
-        "device": str(resolve_device(cfg.train.device)),
-    }
-    runs = tracking.SeedRuns(
-        root, cfg.experiment, "policy", flatten(cfg.to_dict()), tags, child_params, root / args.run_file
-    )
-    outcomes = train_policies(cfg, data, out, runs)
-    parent = runs.parent
+    tags = {"scheme": cfg.folds.scheme, "universe": cfg.train.universe, "symbols": ",".join(cfg.data.universe)}
+    runs = tracking.StudyRuns(root, cfg.experiment, flatten(cfg.to_dict()), tags, root / args.run_file)
+    outcomes = train_groups(cfg, folds, keyed_folders({"policy": out}), runs.hooks, only=["policy"])
 
-    plot_history({f"seed {s}": o.result.history for s, o in outcomes.items()}, out / HISTORY_PLOT)
-    seeds = {str(s): o.summary() for s, o in outcomes.items()}
+    groups: dict[str, dict[str, dict]] = {}
+    for unit, outcome in sorted(outcomes.items()):
+        groups.setdefault(unit.group, {})[str(unit.seed)] = outcome.summary()
     metrics = {
-        "seeds": seeds,
-        "best_val_sharpe": distribution([s["best_val_sharpe"] for s in seeds.values()]),
-        "epochs": cfg.train.epochs,
-        "n_parameters": count_parameters(PolicyNetwork(cfg.model, len(data.samples.feature_names), cfg.window.context)),
-        "n_train_samples": len(data.samples),
+        group: {"seeds": seeds, "best_val_sharpe": distribution([s["best_val_sharpe"] for s in seeds.values()])}
+        for group, seeds in groups.items()
     }
     write_json(root / args.metrics, metrics)  # deterministic: timings go to MLflow only
-    parent.log_metrics({f"best_val_sharpe_{k}": v for k, v in metrics["best_val_sharpe"].items()})
-    parent.log_metrics({"n_parameters": metrics["n_parameters"], "n_train_samples": len(data.samples)})
-    for path in (out / HISTORY_PLOT, root / args.params):
-        parent.log_artifact(path, "train")
-    quality = root / args.raw / cfg.data.universe[0] / "quality.json"
-    if quality.exists():
-        parent.log_artifact(quality, "data")
+    plot_history({unit.name: o.result.history for unit, o in sorted(outcomes.items())}, out / HISTORY_PLOT)
+    runs.parent.log_artifact(out / HISTORY_PLOT, "train")
+    runs.parent.log_artifact(root / args.params, "train")
+    for symbol in cfg.data.universe:
+        quality = root / args.raw / symbol / "quality.json"
+        if quality.exists():
+            runs.parent.log_artifact(quality, f"data/{symbol}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """The backbone and loss benchmark: every backbone with the hybrid loss, the best two (on val) with every loss.
 
-    python -m stages.zoo --size reduced            # the committed run (walkforward/zoo.yaml: its overrides)
+    python -m stages.zoo --size reduced            # the committed run (stages/zoo.yaml: its overrides)
     python -m stages.zoo --size full --workers 4   # the study the issue asks for
     python -m stages.zoo --size reduced --best tcn-series_hybrid,dlinear_hybrid   # fix phase two's backbones
 
-Each configuration is a walk-forward study of the folds stage's kind (``diffquant.study.fold_run``) into
+Each configuration is a walk-forward study of the chain's kind (``diffquant.study.fold_run``) into
 ``outputs/zoo/<size>/runs/<configuration>/<fold>/``, cached per fold by the same key, so a rerun trains only what is
 missing or stale. Writes ``outputs/zoo/<size>/zoo.{md,csv,json}`` (``diffquant.study.zoo``). Not a DVC stage: like
 the ablation, a study of many configurations, each a variant of the params.
@@ -37,7 +37,7 @@ log = logging.getLogger("diffquant.stages.zoo")
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__, training=True)
     p.add_argument("--size", default="reduced", help="a section of --sizes")
-    p.add_argument("--sizes", default="walkforward/zoo.yaml", help="the sizes' overrides")
+    p.add_argument("--sizes", default="stages/zoo.yaml", help="the sizes' overrides")
     p.add_argument("--best", default="", help="phase two's configurations, comma-separated (default: best two on val)")
     p.add_argument("--out", default="outputs/zoo")
     args = p.parse_args(argv)

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffquant.config import SimConfig
 from diffquant.data.splits import Series
-from diffquant.evaluate.walk_forward import constant_positions, walk_forward
-from diffquant.plots import plot_history, plot_walk_forward
+from diffquant.plots import plot_history
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -26,18 +24,6 @@ def _series(n: int = 300) -> Series:
 
 def _is_png(path: Path) -> bool:
     return path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG
-
-
-def test_walk_forward_figure(tmp_path: Path) -> None:
-    series = _series()
-    raw = np.sin(np.arange(300) / 20.0)
-    policy = walk_forward(series, np.round(raw, 1), SimConfig(), raw=raw, gate=np.abs(raw)).record
-    hold = walk_forward(series, constant_positions(series, 1.0), SimConfig()).record
-    path = tmp_path / "figs" / "test.png"
-    plot_walk_forward(policy, "test quarter", path, benchmark_record=hold, others={"seed 1": hold})
-    plot_walk_forward(hold, "buy and hold", tmp_path / "hold.png")
-    assert _is_png(path) and _is_png(tmp_path / "hold.png")
-    assert sorted(p.name for p in path.parent.iterdir()) == ["test.png"]  # no temp file left behind
 
 
 def test_history_figure(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """One unit of training work: a policy or an MSE proxy, of one seed, in one model group.
 
-A group is what a set of seeds trains on: the one-asset chain's train split (group ``""``), or one fold's pooled or
-per-asset samples in a walk-forward study (``"<fold>/<group>"``). The grid runner (:mod:`diffquant.compute.grid`)
+A group is what a set of seeds trains on: one fold's pooled, per-asset or portfolio samples in a study
+(``"<fold>/<group>"``, :mod:`diffquant.study.fold_models`). The grid runner (:mod:`diffquant.compute.grid`)
 schedules units on processes, GPUs or machines and routes what they report to :class:`SeedHooks`; a unit knows
 nothing of workers and the runner nothing of losses or models. A unit's work is picklable (it travels to a worker
 process or another machine) and its result depends on the work alone (config with its thread count, data, seed),
@@ -27,7 +27,7 @@ Kind = Literal["policy", "proxy"]
 class Unit:
     kind: Kind
     seed: int
-    group: str = ""  # "" for the train stages; "<fold>/<group>" in a walk-forward study
+    group: str = ""  # "<fold>/<group>" in a study; "" for a lone set of seeds (a search trial)
 
     @property
     def name(self) -> str:
@@ -78,7 +78,7 @@ class StopUnit(Exception):
 
 
 class SeedHooks(Protocol):
-    """How the units of one group report (``diffquant.tracking.SeedRuns`` logs them to MLflow)."""
+    """How the units of one group report (``diffquant.tracking.StudyRuns`` logs them to MLflow)."""
 
     def begin(self, resuming: bool) -> None:
         """Once the params are accepted, before any seed; ``resuming``: an interrupted run is being continued."""

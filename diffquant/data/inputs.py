@@ -212,11 +212,3 @@ def stage_inputs(bars_dir: Path, raw_dir: Path, symbol: str, cfg: Config) -> Fea
     funding = read_funding(raw_dir / symbol / "funding.parquet", "download")
     market = read_market(bars_dir, cfg.features, "aggregate")
     return feature_inputs(tables, funding, cfg.data.timeframe_minutes, market, symbol)
-
-
-def chain_example(bars_dir: Path, raw_dir: Path, symbol: str, cfg: Config, rows: int) -> pd.DataFrame:
-    """The one-asset chain's model-input table (bars and the columns the features read) of the last decision before
-    the test quarter's first bar: the served model's input example."""
-    table = model_table(stage_inputs(bars_dir, raw_dir, symbol, cfg), cfg.features)
-    before = int(to_ms(pd.Series([cfg.split.boundaries()["test"][0]]))[0])
-    return table[table["open_time"] < before].tail(rows).reset_index(drop=True)

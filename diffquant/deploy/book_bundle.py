@@ -89,7 +89,7 @@ class BookBundle(BundleParts):
 
     @classmethod
     def load(cls, folder: Path) -> BookBundle:
-        manifest, members, settings = read_bundle(folder, MANIFEST, "an MLflow portfolio model (study stage)")
+        manifest, members, settings = read_bundle(folder, MANIFEST, "an MLflow portfolio model (evaluate stage)")
         return cls(members=tuple(BookMember(*m) for m in members), symbols=tuple(manifest["symbols"]), **settings)
 
 

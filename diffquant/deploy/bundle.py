@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffquant.config import Config, FeatureConfig, Hysteresis, SimConfig, build_section
+from diffquant.config import FeatureConfig, Hysteresis, SimConfig, build_section
 from diffquant.data.aggregate import check_grid
 from diffquant.data.contracts import MINUTE_MS, to_ms, validate_bars
 from diffquant.data.features import feature_columns, features_from_inputs, warmup_bars
@@ -33,13 +33,11 @@ from diffquant.data.inputs import inputs_from_table, model_columns
 from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
-from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import encode_windows, policy_decisions
 from diffquant.float_mode import denormals_flushed
 from diffquant.io import read_json, write_json
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
-from diffquant.train.layout import checkpoint_path
 
 MANIFEST = "bundle.json"
 FUNDING_COLUMN = "funding_rate"  # optional in the input: the rate charged during each bar (the paper trader books it)
@@ -299,16 +297,3 @@ def feature_series(
         timeframe_ms=timeframe_minutes * MINUTE_MS,
         feature_names=names,
     )
-
-
-def pipeline_bundle(
-    cfg: Config, train_dir: Path, thresholds: TunedThresholds, seeds: Sequence[str]
-) -> tuple[PolicyBundle, dict[str, Path]]:
-    """The bundle of the given seeds as the pipeline trained (``eval.checkpoint``) and tuned them, with its files."""
-    paths = {f"seed_{s}": checkpoint_path(train_dir, s, cfg.eval.checkpoint) for s in seeds}
-    tuned = thresholds.kind("policy")
-    members = tuple(
-        Member(f"seed_{s}", checkpoint.load_policy(paths[f"seed_{s}"]), tuned[str(s)].hysteresis) for s in seeds
-    )
-    bundle = PolicyBundle(members, cfg.features, cfg.data.timeframe_minutes, cfg.sim)
-    return bundle, paths

@@ -1,8 +1,8 @@
 """A walk-forward fold's policy as a bundle: what the study traded on one asset's test window, ready to paper-trade;
 or a portfolio fold's book (``fold_book_bundle``).
 
-A fold folder of the folds stage (``outputs/folds/<fold>``) holds each model group's seeds
-(``models/<group>/policy/seed_<s>``) and, in ``fold.json``, each asset's hysteresis chosen on the fold's val. The
+A fold folder of the evaluate stage (``outputs/evaluate/folds/<fold>``) holds, in ``fold.json``, where each model
+group's seeds are (the train stage's folders) and each asset's hysteresis chosen on the fold's val. The
 asset's bundle is its group's seeds at ``eval.checkpoint`` with those thresholds: replayed over the fold's test
 window, it books what the fold booked (``fold_record``). The newest fold's bundle is the model a study would trade
 next.
@@ -49,7 +49,7 @@ def fold_bundle(cfg: Config, fold_dir: Path, symbol: str) -> tuple[PolicyBundle,
             f"{fold_dir}: thresholds tuned for {tuned['checkpoint']}.pt but eval.checkpoint is "
             f"{cfg.eval.checkpoint!r}; give the params the study ran with (--params)"
         )
-    members, paths = _seeds(cfg, fold_dir, group, tuned["policy"], symbol)
+    members, paths = _seeds(cfg, fold_dir / result.models[group], tuned["policy"], symbol)
     return PolicyBundle(tuple(Member(*m) for m in members), cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
 
 
@@ -75,7 +75,8 @@ def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str,
     result = load_fold(fold_dir)
     if PORTFOLIO not in result.entries:
         raise DataError(f"{fold_dir}: not a portfolio fold (it traded {sorted(result.entries)} one by one)")
-    members, paths = _seeds(cfg, fold_dir, PORTFOLIO, result.entries[PORTFOLIO]["tuned"][PORTFOLIO], PORTFOLIO)
+    folder = fold_dir / result.models[PORTFOLIO]
+    members, paths = _seeds(cfg, folder, result.entries[PORTFOLIO]["tuned"][PORTFOLIO], PORTFOLIO)
     for name, policy, _ in members:
         if not isinstance(policy, PortfolioPolicy):
             raise DataError(f"{paths[name]}: not a portfolio policy; give the study's params (model.kind)")
@@ -85,15 +86,15 @@ def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str,
 
 
 def _seeds(
-    cfg: Config, fold_dir: Path, group: str, tuned: dict[str, dict[str, Any]], owner: str
+    cfg: Config, folder: Path, tuned: dict[str, dict[str, Any]], owner: str
 ) -> tuple[list[tuple[str, Any, Hysteresis]], dict[str, Path]]:
-    """The fold's seeds of ``group`` at ``eval.checkpoint`` as (name, policy, hysteresis ``owner`` chose on val),
+    """A group's seeds (in ``folder``) at ``eval.checkpoint`` as (name, policy, hysteresis ``owner`` chose on val),
     and their checkpoint files; a seed of the params the fold did not tune is refused."""
     members, paths = [], {}
     for seed in (str(s) for s in cfg.train.seeds):
         if seed not in tuned:
-            raise DataError(f"{fold_dir}: no seed {seed} for {owner} (it has {sorted(tuned)}); give the study's params")
+            raise DataError(f"{folder}: no seed {seed} for {owner} (it has {sorted(tuned)}); give the study's params")
         name = f"seed_{seed}"
-        paths[name] = checkpoint_path(fold_dir / "models" / group / "policy", seed, cfg.eval.checkpoint)
+        paths[name] = checkpoint_path(folder, seed, cfg.eval.checkpoint)
         members.append((name, checkpoint.load_policy(paths[name]), TunedModel.from_dict(tuned[seed]).hysteresis))
     return members, paths

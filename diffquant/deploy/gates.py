@@ -34,7 +34,7 @@ def registered_name(experiment: str) -> str:
 
 
 def judge_gates(ensemble: dict[str, Any], cfg: RegistryConfig) -> list[Gate]:
-    """The champion's gates on the ensemble's entry of the gate quarter (``evaluate.json``'s numbers)."""
+    """The champion's gates on a book's significance entry (its stitched track's numbers)."""
     sig = ensemble["significance"]
 
     def gate(key: str, label: str, value: float | None, threshold: float) -> Gate:
@@ -47,44 +47,12 @@ def judge_gates(ensemble: dict[str, Any], cfg: RegistryConfig) -> list[Gate]:
     return gates
 
 
-def gates_summary(gates: list[Gate], cfg: RegistryConfig) -> dict[str, Any]:
-    """The gates as ``evaluate.json`` keeps them."""
-    return {
-        "split": cfg.gate_split,
-        "champion": all(g.passed for g in gates),
-        "gates": [
-            {"key": g.key, "label": g.label, "value": g.value, "threshold": g.threshold, "passed": g.passed}
-            for g in gates
-        ],
-    }
-
-
-def gates_markdown(experiment: str, gates: list[Gate], cfg: RegistryConfig) -> str:
-    """The report's registry section: which gate failed, when one did."""
-    name = registered_name(experiment)
-    lines = [
-        "## Registry",
-        "",
-        f"The seed ensemble is registered as `{name}` with the alias `candidate`. Gates for `champion`, on the "
-        f"{cfg.gate_split} quarter:",
-        "",
-    ]
-    lines += [f"- {'passed' if g.passed else 'FAILED'}: {g.describe()}" for g in gates]
-    failed = [g.label for g in gates if not g.passed]
-    verdict = (
-        f"All gates pass: `{name}@champion` is this version."
-        if not failed
-        else f"Not promoted to `champion` (failed: {', '.join(failed)}); `champion` stays where it was, if anywhere."
-    )
-    return "\n".join([*lines, "", verdict, ""])
-
-
 Verdicts = dict[str, list[Gate]]  # policy name (an asset, or "portfolio" for the book) -> its gates
 
 
 def model_key(experiment: str, name: str) -> str:
-    """What ``registered_name`` turns into ``diffquant-<experiment>-walkforward-<NAME>``."""
-    return f"{experiment}-walkforward-{name}"
+    """What ``registered_name`` turns into ``diffquant-<experiment>-<NAME>`` (an asset, or ``portfolio``)."""
+    return f"{experiment}-{name}"
 
 
 def judge_tracks(

@@ -1,5 +1,5 @@
-"""One table over every tracked run: what was trained, and what it earned beside buy-and-hold on the same bars; and
-one over every walk-forward study, single-asset and portfolio side by side."""
+"""One table over every evaluated study (every ``dvc repro`` or ``dvc exp run`` of the chain), single-asset and
+portfolio side by side: what was trained, what its headline book earned beside holding, and the verdict."""
 
 from __future__ import annotations
 
@@ -7,57 +7,11 @@ import math
 
 import pandas as pd
 
-from diffquant.evaluate.metric_names import metric_name, study_metric, verdict_metric
+from diffquant.evaluate.metric_names import study_metric, verdict_metric
 
 LAMBDAS = ("sharpe", "turnover", "drawdown", "terminal", "flat", "bias")
 
-# (column in the table, column of mlflow.search_runs); a policy's Sharpe is its seed ensemble's
-COLUMNS = (
-    ("run", "tags.mlflow.runName"),
-    ("dvc_exp", "tags.dvc_exp_name"),
-    ("backbone", "params.model.backbone"),
-    ("loss", "params.loss.type"),
-    *((f"lambda_{t}", f"params.loss.lambda_{t}") for t in LAMBDAS),
-    ("epochs", "params.train.epochs"),
-    ("seeds", "tags.seeds"),
-    ("val_sharpe_median", "metrics.best_val_sharpe_median"),
-    *(
-        (f"{split}_{column}", f"metrics.{metric_name(split, metric, book)}")
-        for split in ("test", "backtest")
-        for column, metric, book in (
-            ("sharpe", "sharpe", "policy"),
-            ("sharpe_seed_median", "sharpe_seed_median", "policy"),
-            ("sharpe_seed_min", "sharpe_seed_min", "policy"),
-            ("sharpe_seed_max", "sharpe_seed_max", "policy"),
-            ("ci_low", "sharpe_ci_low", "policy"),
-            ("ci_high", "sharpe_ci_high", "policy"),
-            ("psr", "psr", "policy"),
-            ("dsr", "dsr", "policy"),
-            ("return_pct", "total_return_pct", "policy"),
-            ("break_even_bps", "break_even_bps", "policy"),
-            ("proxy_sharpe", "sharpe", "proxy"),
-            ("momentum_sharpe", "sharpe", "momentum"),
-            ("bh_sharpe", "sharpe", "buy_and_hold"),
-        )
-    ),
-    ("run_id", "run_id"),
-    ("start_time", "start_time"),
-)
-
-
-def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Evaluated experiment runs (``mlflow.search_runs`` frame; not their per-seed children or the proxy's runs),
-    newest first; absent values stay empty (NaN)."""
-    if runs.empty:
-        return pd.DataFrame(columns=[c for c, _ in COLUMNS])
-    table = pd.DataFrame({name: runs.get(src, pd.NA) for name, src in COLUMNS})
-    role = runs.get("tags.role", pd.Series("", index=runs.index))
-    tested = runs.get("metrics.test_sharpe", pd.Series(float("nan"), index=runs.index)).notna()
-    table = table[((role == "policy") & tested).to_numpy(bool)]
-    return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
-
-
-# A study's headline book, per model kind: (track, book) of the study stage's metrics (``study_metric``). The
+# A study's headline book, per model kind: (track, book) of the evaluate stage's metrics (``study_metric``). The
 # single-asset study's universe book is its single-asset policies held equally; the portfolio's, its one book.
 STUDY_BOOKS = {
     "single": {"policy": ("universe", "policy"), "hold_1_over_n": ("universe", "buy_and_hold")},
@@ -73,7 +27,8 @@ STUDY_METRICS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "dsr")
 STUDY_BASELINES = ("hold_1_over_n", "single_average", "inverse_vol", "xs_momentum")
 VERDICT_COLUMNS = ("spa_p", "stepm_size", "mde_sharpe")  # the verdict's metrics (``verdict_metric``) shown
 STUDY_COLUMNS = (
-    *("run", "dvc_exp", "kind", "scheme", "assets", "backbone", "epochs", "seeds"),
+    *("run", "dvc_exp", "kind", "scheme", "assets", "backbone", "loss", *(f"lambda_{t}" for t in LAMBDAS)),
+    *("epochs", "seeds"),
     *STUDY_METRICS,
     *(f"{b}_sharpe" for b in STUDY_BASELINES),
     "pbo",
@@ -83,13 +38,13 @@ STUDY_COLUMNS = (
 
 
 def headline_artifact(kind: str) -> str:
-    """Where the study stage logs a study's headline track (its universe book, or the portfolio's): the artifact
+    """Where the evaluate stage logs a study's headline track (its universe book, or the portfolio's): the artifact
     compare reads back to run SPA across studies."""
     return f"study/{STUDY_BOOKS[kind]['policy'][0]}.csv"
 
 
 def study_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Every judged walk-forward study (the folds stage's parent run, role ``study``), newest first: its kind,
+    """Every judged study (the train stage's parent run, role ``study``, after evaluate), newest first: its kind,
     folds and assets, the headline book's Sharpe with its 95% interval and DSR, the baselines' Sharpe, PBO, and the
     verdict: SPA p-value, StepM set size, detectable edge and the model confidence set (empty for studies judged
     before the verdict existed; ``diffquant.study.across`` adds the false-discovery adjustment over the studies)."""
@@ -109,6 +64,8 @@ def study_table(runs: pd.DataFrame) -> pd.DataFrame:
             "scheme": run.get("tags.scheme"),
             "assets": len(str(run.get("tags.symbols", "")).split(",")),
             "backbone": run.get("params.model.backbone"),
+            "loss": run.get("params.loss.type"),
+            **{f"lambda_{t}": run.get(f"params.loss.lambda_{t}") for t in LAMBDAS},
             "epochs": run.get("params.train.epochs"),
             "seeds": run.get("params.train.seeds"),
         }
@@ -144,23 +101,11 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 ABLATION_PREFIX = "ablate-"
-ABLATION_COLUMNS = (
-    "val_sharpe_median",
-    "test_sharpe",
-    "test_sharpe_seed_median",
-    "test_sharpe_seed_min",
-    "test_sharpe_seed_max",
-    "test_dsr",
-    "backtest_sharpe",
-    "backtest_sharpe_seed_median",
-    "backtest_sharpe_seed_min",
-    "backtest_sharpe_seed_max",
-    "backtest_dsr",
-)
+ABLATION_COLUMNS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "dsr", "hold_1_over_n_sharpe", "spa_p")
 
 
 def ablation_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The regulariser ablation from a :func:`comparison_table`: the newest run of each ``ablate-<term>``
+    """The regulariser ablation from a :func:`study_table`: the newest run of each ``ablate-<term>``
     experiment (that hybrid term switched off) below the newest run made outside ``dvc exp`` (every term on)."""
     named = table["dvc_exp"].fillna("").astype(str)
     keep = [*(f"lambda_{t}" for t in LAMBDAS), *ABLATION_COLUMNS]

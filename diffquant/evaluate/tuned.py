@@ -1,4 +1,5 @@
-"""What threshold-opt hands to evaluate (``thresholds.json``): every choice made on val, typed and defined once.
+"""What threshold-opt hands to evaluate for one asset of one fold (``outputs/thresholds/<fold>/<SYMBOL>.json``): every
+choice made on val, typed and defined once.
 
 Per model kind (``policy``, ``proxy``) and seed: the hysteresis traded and the search behind it (every trial's val
 Sharpe, which the deflated Sharpe ratio needs); for momentum: the lookback and its candidates' val Sharpes.
@@ -50,7 +51,7 @@ class MomentumChoice:
 
 @dataclass(frozen=True)
 class TunedThresholds:
-    """The whole of ``thresholds.json``: for which checkpoint, per kind and seed, and momentum."""
+    """The whole of an asset's thresholds file: for which checkpoint, per kind and seed, and momentum."""
 
     checkpoint: str  # "best" or "final": the checkpoint the thresholds were tuned for
     policy: dict[str, TunedModel]
@@ -70,7 +71,7 @@ class TunedThresholds:
 
     @classmethod
     def load(cls, path: Path) -> TunedThresholds:
-        """Read ``thresholds.json``; a missing or malformed entry is a ``DataError`` naming the file and the key."""
+        """Read an asset's thresholds file; a missing or malformed entry is a ``DataError`` naming file and key."""
         raw = read_json(path, PRODUCER)
         key = "checkpoint"
         try:

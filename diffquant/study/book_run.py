@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.metrics import compute_metrics
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_book, search_config
+from diffquant.evaluate.tuned import TunedModel
 from diffquant.evaluate.walk_forward import policy_decisions
 from diffquant.io import read_parquet, write_parquet
 from diffquant.model.policy import PolicyNetwork
@@ -62,20 +64,63 @@ def single_config(cfg: Config) -> Config:
     )
 
 
+@dataclass(frozen=True)
+class BookChoices:
+    """What a portfolio fold chooses on its val window (threshold-opt): each seed's book hysteresis (one set for every
+    asset, ``search_book``) and, for the single-asset average, each asset's seeds' hysteresis on that asset's val."""
+
+    portfolio: dict[str, TunedModel]  # seed -> its book's thresholds
+    singles: dict[str, dict[str, TunedModel]]  # asset -> seed -> its single-asset policy's thresholds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            PORTFOLIO: {s: t.to_dict() for s, t in self.portfolio.items()},
+            SINGLE_AVERAGE: {a: {s: t.to_dict() for s, t in by_seed.items()} for a, by_seed in self.singles.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BookChoices:
+        singles = {
+            a: {s: TunedModel.from_dict(t) for s, t in by_seed.items()} for a, by_seed in d[SINGLE_AVERAGE].items()
+        }
+        return cls({s: TunedModel.from_dict(t) for s, t in d[PORTFOLIO].items()}, singles)
+
+
+def choose_book(cfg: Config, data: FoldData, models: dict[str, PortfolioPolicy], singles: Singles) -> BookChoices:
+    """Every choice a portfolio fold makes on its val window; nothing of its test window is read."""
+    symbols = list(data.assets)
+    val_book = BookSeries.of([data.assets[s].val for s in symbols], symbols)
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    portfolio = {
+        seed: search_book(cfg, val_book, book_decisions(model, val_book), scorer).tuned()
+        for seed, model in models.items()
+    }
+    tuned_singles = {
+        symbol: {
+            seed: search_config(
+                cfg, data.assets[symbol].val, policy_decisions(m, data.assets[symbol].val), scorer
+            ).tuned()
+            for seed, m in singles[symbol].items()
+        }
+        for symbol in symbols
+    }
+    return BookChoices(portfolio, tuned_singles)
+
+
 def single_average_weights(
-    cfg: Config, data: FoldData, singles: Singles, book: BookSeries, scorer: Scorer
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The single-asset policies at 1/A each (N, A), and each asset's tuned thresholds per seed."""
-    positions, tuned = [], {}
+    cfg: Config, data: FoldData, singles: Singles, book: BookSeries, choices: BookChoices
+) -> np.ndarray:
+    """The single-asset policies at 1/A each (N, A), each seed with its thresholds chosen on its asset's val."""
+    positions = []
     for symbol in book.symbols:
-        asset, executed = data.assets[symbol], []
-        for seed, model in singles[symbol].items():
-            chosen = search_config(cfg, asset.val, policy_decisions(model, asset.val), scorer).tuned()
-            executed.append(apply_hysteresis(policy_decisions(model, asset.test).raw, chosen.hysteresis))
-            tuned.setdefault(symbol, {})[seed] = chosen.to_dict()
+        asset = data.assets[symbol]
+        executed = [
+            apply_hysteresis(policy_decisions(model, asset.test).raw, choices.singles[symbol][seed].hysteresis)
+            for seed, model in singles[symbol].items()
+        ]
         positions.append(np.mean(executed, axis=0))
     scale = min(1.0, cfg.model.portfolio.leverage) / len(book.symbols)
-    return book.per_slot(positions) * scale, tuned
+    return book.per_slot(positions) * scale
 
 
 def baseline_weights(cfg: Config, book: BookSeries) -> dict[str, np.ndarray]:
@@ -89,21 +134,18 @@ def baseline_weights(cfg: Config, book: BookSeries) -> dict[str, np.ndarray]:
 
 
 def trade_book(
-    cfg: Config, data: FoldData, models: dict[str, PortfolioPolicy], singles: Singles
+    cfg: Config, data: FoldData, models: dict[str, PortfolioPolicy], singles: Singles, choices: BookChoices
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """The test window traded: the fold's entry, its per-bar returns (one column per configuration, costs beside
-    the books) and the ensemble's weights and per-asset net returns per bar."""
+    """The test window traded with the choices made on val: the fold's entry, its per-bar returns (one column per
+    configuration, costs beside the books) and the ensemble's weights and per-asset net returns per bar."""
     symbols = list(data.assets)
     book = BookSeries.of([data.assets[s].test for s in symbols], symbols)
-    val_book = BookSeries.of([data.assets[s].val for s in symbols], symbols)
-    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     leverage, minutes, days = cfg.model.portfolio.leverage, cfg.data.timeframe_minutes, cfg.eval.days_per_year
-    executed, tuned = {}, {}
-    for seed, model in models.items():
-        chosen = search_book(cfg, val_book, book_decisions(model, val_book), scorer).tuned()
-        executed[seed] = executed_book(book_decisions(model, book), chosen.hysteresis, leverage)
-        tuned[seed] = chosen
-    singles_weights, singles_tuned = single_average_weights(cfg, data, singles, book, scorer)
+    executed = {
+        seed: executed_book(book_decisions(model, book), choices.portfolio[seed].hysteresis, leverage)
+        for seed, model in models.items()
+    }
+    singles_weights = single_average_weights(cfg, data, singles, book, choices)
     weights = {
         PORTFOLIO: np.mean(list(executed.values()), axis=0),
         **baseline_weights(cfg, book),
@@ -122,8 +164,8 @@ def trade_book(
         },
         **{k: {"metrics": metrics[k]} for k in BASELINES},
         # the configurations tried on val to arrive at the portfolio: every threshold trial of every seed
-        "trials": {f"{PORTFOLIO}_n": sum(t.trials for t in tuned.values())},
-        "tuned": {PORTFOLIO: {s: t.to_dict() for s, t in tuned.items()}, SINGLE_AVERAGE: singles_tuned},
+        "trials": {f"{PORTFOLIO}_n": sum(t.trials for t in choices.portfolio.values())},
+        "tuned": choices.to_dict(),
         "assets": {
             s: {
                 "contribution_pct": 100.0 * float(a["net"].sum()),
@@ -157,4 +199,4 @@ def write_weights(out: Path, table: pd.DataFrame) -> None:
 def stitched_weights(folds: list[Path]) -> pd.DataFrame:
     """The ensemble's weights, per-asset net returns and trades of every fold, end to end (assets a fold left out
     are NaN there)."""
-    return pd.concat([read_parquet(f / WEIGHTS, "the folds stage") for f in folds], ignore_index=True)
+    return pd.concat([read_parquet(f / WEIGHTS, "the evaluate stage") for f in folds], ignore_index=True)

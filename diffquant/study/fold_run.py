@@ -1,19 +1,19 @@
 """One walk-forward fold end to end: train on its train window, choose on its val window, trade its test window.
 
-The same library calls as the one-asset chain (train, train-proxy, threshold-opt, evaluate), per fold:
+The chain's stages run these steps over every fold (train and train-proxy: ``fold_models.train_groups``;
+threshold-opt: :func:`choose_fold`; evaluate: :func:`judge_fold`); :func:`run_folds` runs them in one process for the
+callers that want a study's folds without the chain (the benchmark zoo, tests):
 
-1. models: ``train.universe: pooled`` trains one policy (and one MSE proxy) per seed on the samples of every asset;
-   ``per_asset`` one per asset and seed. Each group trains into ``<fold>/models/<group>/{policy,proxy}/seed_<s>``
-   and resumes from there after a kill. Every seed is a unit of the grid runner, and :func:`run_folds` trains the
-   units of all the folds it runs as one grid, so ``train.workers`` processes share the whole study.
-2. choices on val, per asset: each seed's hysteresis (threshold search), the momentum lookback.
+1. models: every seed of every model group (``fold_models``) is a unit of the grid runner.
+2. choices on val, per asset: each seed's hysteresis (threshold search), the momentum lookback; a portfolio's book
+   hysteresis per seed and its single-asset average's choices (``book_run.choose_book``).
 3. the test window, per asset, through ``score_quarter``: every book with its metrics, PSR/DSR, bootstrap
-   intervals and cost sweep. The book starts flat at the fold's first test bar (what the evaluate stage does for
-   each quarter), so a fold's track depends on nothing but its own models and choices.
+   intervals and cost sweep; a portfolio's one book (``book_run.trade_book``). The book starts flat at the fold's
+   first test bar, so a fold's track depends on nothing but its own models and choices.
 
-``fold.json`` records the result under a key that hashes the config, the code and the fold's data (train, val and
-test, cut at the test end): a fold whose key is unchanged is not run again, so appending a fold or more data after
-a fold's end runs only what is new.
+``fold.json`` records the result and where each group's policy seeds are; :func:`run_folds` keys it by the config,
+the code and the fold's data (train, val and test, cut at the test end): a fold whose key is unchanged is not run
+again, so appending a fold or more data after a fold's end runs only what is new.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffquant.compute.grid import run_grid, with_unit_threads
-from diffquant.compute.reporting import HooksOf
-from diffquant.compute.units import SeedHooks, Unit, Work
+from diffquant.compute.grid import with_unit_threads
 from diffquant.config import Config
-from diffquant.data.splits import Samples
 from diffquant.errors import DataError
 from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
 from diffquant.evaluate.report import Judge, score_quarter, trials_tried
@@ -43,22 +40,17 @@ from diffquant.evaluate.threshold_search import search_config
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
 from diffquant.io import read_json, read_parquet, write_json, write_parquet
-from diffquant.model.forecaster import Forecaster
-from diffquant.model.policy import PolicyNetwork
-from diffquant.study.book_run import BASELINES, PORTFOLIO, single_config, trade_book, write_weights
+from diffquant.model.portfolio import PortfolioPolicy
+from diffquant.study.book_run import PORTFOLIO, BookChoices, Singles, choose_book, trade_book, write_weights
 from diffquant.study.fold_data import AssetFold, FoldData
-from diffquant.train import checkpoint
-from diffquant.train.layout import checkpoint_path
-from diffquant.train.policy_training import TrainingData, policy_works, prepare_policies
-from diffquant.train.proxy_training import prepare_proxies, proxy_works
+from diffquant.study.fold_models import FolderOf, Group, HooksFor, Models, fold_groups, kinds, load_models, train_groups
 from diffquant.train.resume import code_hash
 
 log = logging.getLogger(__name__)
 
 FOLD_JSON = "fold.json"
-PRODUCER = "walkforward/dvc.yaml:folds"
-HooksFor = Callable[[str, str, str], SeedHooks]  # (fold, group, kind) -> hooks of that group's seeds
-Models = dict[str, dict[str, PolicyNetwork | Forecaster]]  # kind -> seed -> the model at eval.checkpoint
+PRODUCER = "evaluate"
+Choices = dict[str, TunedThresholds | BookChoices]  # asset -> its choices on val; a portfolio: its book's
 
 
 @dataclass(frozen=True)
@@ -69,37 +61,13 @@ class FoldResult:
     key: str
     fold: dict[str, str]
     groups: dict[str, list[str]]  # model group -> the assets it trained on
+    models: dict[str, str]  # model group -> its policy seeds' folder, relative to the fold's folder
     entries: dict[str, dict[str, Any]]  # asset -> score_quarter's entry (+ "tuned": the val choices)
     excluded: dict[str, str]
     returns: dict[str, pd.DataFrame]  # asset -> time + one net-return column per book
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "returns"}
-
-
-def kinds(cfg: Config) -> list[str]:
-    """The models a group trains: the policy, and the MSE proxy when asked (a single-asset model's baseline)."""
-    return ["policy", "proxy"] if cfg.baselines.proxy and cfg.model.kind == "single" else ["policy"]
-
-
-def model_groups(cfg: Config, assets: list[str]) -> dict[str, list[str]]:
-    """Which assets each model trains on: a single-asset policy per ``train.universe``; a portfolio holds them all,
-    beside those single-asset policies (its single-asset-average baseline)."""
-    singles = {"pooled": assets} if cfg.train.universe == "pooled" else {a: [a] for a in assets}
-    return {PORTFOLIO: assets, **singles} if cfg.model.kind == "portfolio" else singles
-
-
-def group_config(cfg: Config, group: str) -> Config:
-    """The config a model group trains with: its own, or a portfolio's single-asset baseline's."""
-    return single_config(cfg) if cfg.model.kind == "portfolio" and group != PORTFOLIO else cfg
-
-
-def pooled_samples(parts: list[Samples]) -> Samples:
-    """The samples of several assets as one set (asset after asset; the trainer's shuffling mixes them)."""
-    if len(parts) == 1:
-        return parts[0]
-    cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ("features", "close", "funding", "open_time")}
-    return Samples(**cat, feature_names=parts[0].feature_names)
 
 
 def fold_key(cfg: Config, data: FoldData) -> str:
@@ -113,42 +81,6 @@ def fold_key(cfg: Config, data: FoldData) -> str:
         "code": code_hash(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fold_works(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> tuple[list[Work], HooksOf]:
-    """The training units of a fold: every seed's policy (and proxy) of each model group, into
-    ``<out>/models/<group>/{policy,proxy}/seed_<s>``; and the hooks each unit reports to."""
-    works: list[Work] = []
-    hooks: dict[tuple[str, str], SeedHooks] = {}
-    for group, symbols in model_groups(cfg, list(data.assets)).items():
-        cfg_g = group_config(cfg, group)
-        parts = [data.assets[a] for a in symbols]
-        digest = hashlib.sha256("".join(a.model_digest for a in parts).encode()).hexdigest()[:16]
-        name, folder = f"{data.fold.name}/{group}", out / "models" / group
-        samples = pooled_samples([a.samples for a in parts])
-        books = tuple(a.train_series for a in parts) if cfg_g.model.kind == "portfolio" else ()
-        train = TrainingData(samples, tuple(a.val for a in parts), digest, f"fold {name}", books)
-        hooks[name, "policy"] = hooks_for(data.fold.name, group, "policy")
-        prepare_policies(cfg_g, train, folder / "policy", hooks[name, "policy"])
-        works += policy_works(cfg_g, train, folder / "policy", name)
-        if "proxy" in kinds(cfg_g):
-            series = [a.train_series for a in parts], [a.val for a in parts]
-            proxies = proxy_works(cfg_g, *series, folder / "proxy", name)
-            hooks[name, "proxy"] = hooks_for(data.fold.name, group, "proxy")
-            prepare_proxies(proxies, folder / "proxy", hooks[name, "proxy"])
-            works += proxies
-    return works, lambda unit: hooks[unit.group, unit.kind]
-
-
-def load_models(cfg: Config, data: FoldData, folder: Path) -> Models:
-    """A model group's trained seeds at ``eval.checkpoint``: {kind: {seed: model}}."""
-    names = next(iter(data.assets.values())).samples.feature_names
-    expected = checkpoint.policy_spec(cfg.model, names, cfg.window.context)
-    load = {"policy": checkpoint.load_policy, "proxy": checkpoint.load_forecaster}
-    return {
-        k: {str(s): load[k](checkpoint_path(folder / k, s, cfg.eval.checkpoint), expected) for s in cfg.train.seeds}
-        for k in kinds(cfg)
-    }
 
 
 def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: Models) -> TunedThresholds:
@@ -189,10 +121,73 @@ def judge_test(
     return entry, pd.DataFrame({k: np.asarray(v) for k, v in returns.items()})
 
 
+def choose_fold(cfg: Config, data: FoldData, folder_of: FolderOf) -> Choices:
+    """threshold-opt of one fold: each asset's choices on its val window (a portfolio: its book's)."""
+    groups = fold_groups(cfg, data)
+    if cfg.model.kind == "portfolio":
+        return {PORTFOLIO: choose_book(cfg, data, *_book_models(groups, folder_of))}
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    choices: Choices = {}
+    for group in groups:
+        models = load_models(group, folder_of)
+        choices |= {s: choose_on_val(group.cfg, scorer, data.assets[s], models) for s in group.symbols}
+    return choices
+
+
+def write_choices(folder: Path, choices: Choices) -> None:
+    """A fold's choices as threshold-opt hands them to evaluate: ``<folder>/<asset or portfolio>.json``."""
+    for name, choice in choices.items():
+        write_json(folder / f"{name}.json", choice.to_dict())
+
+
+def read_choices(folder: Path, data: FoldData, cfg: Config) -> Choices:
+    """What :func:`write_choices` wrote for the fold ``data``, checked against the params it is traded with."""
+    if cfg.model.kind == "portfolio":
+        path = folder / f"{PORTFOLIO}.json"
+        raw = read_json(path, "threshold-opt")
+        try:
+            return {PORTFOLIO: BookChoices.from_dict(raw)}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: not a portfolio's choices ({exc!r}); re-run threshold-opt") from None
+    seeds = [str(s) for s in cfg.train.seeds]
+    choices: Choices = {}
+    for symbol in data.assets:
+        path = folder / f"{symbol}.json"
+        choices[symbol] = TunedThresholds.load(path)
+        choices[symbol].require(path, cfg.eval.checkpoint, kinds(cfg), seeds)
+    return choices
+
+
+def judge_fold(cfg: Config, data: FoldData, folder_of: FolderOf, choices: Choices, out: Path, key: str) -> FoldResult:
+    """A trained fold's books on test with its choices on val, per asset (a portfolio's: its one book,
+    ``book_run.trade_book``); written to ``out`` (``fold.json`` last)."""
+    groups = fold_groups(cfg, data)
+    if cfg.model.kind == "portfolio":
+        entry, table, weights = trade_book(cfg, data, *_book_models(groups, folder_of), choices[PORTFOLIO])
+        entries, returns = {PORTFOLIO: entry}, {PORTFOLIO: table}
+        write_weights(out, weights)
+    else:
+        entries, returns = _judge_assets(cfg, data, groups, folder_of, choices)
+    result = FoldResult(
+        name=data.fold.name,
+        key=key,
+        fold=data.fold.describe(),
+        groups={g.name: list(g.symbols) for g in groups},
+        models={g.name: os.path.relpath(folder_of(g, "policy"), out) for g in groups},
+        entries=entries,
+        excluded=data.excluded,
+        returns=returns,
+    )
+    for symbol, table in returns.items():
+        write_parquet(table, out / "returns" / f"{symbol}.parquet")
+    write_json(out / FOLD_JSON, result.to_dict())  # last: a fold without it is not done
+    return result
+
+
 def run_folds(cfg: Config, folds: list[tuple[FoldData, Path]], hooks_for: HooksFor) -> list[FoldResult]:
-    """Each fold's result (``(data, folder)`` in, in that order): read from its ``fold.json`` when the key still
-    matches; the others' units trained as one grid (every fold's seeds side by side on ``train.workers``), then
-    each of those folds chosen on val, traded on test and written. ``train.threads`` is resolved here, the driver,
+    """Each fold's result (``(data, folder)`` in, in that order), in one process: read from its ``fold.json`` when
+    the key still matches; the others' units trained as one grid into ``<folder>/models/<group>/<kind>``, then each
+    of those folds chosen on val, traded on test and written. ``train.threads`` is resolved here, the driver,
     before any key or unit exists."""
     cfg = with_unit_threads(cfg)
     results: dict[str, FoldResult] = {}
@@ -204,15 +199,14 @@ def run_folds(cfg: Config, folds: list[tuple[FoldData, Path]], hooks_for: HooksF
             results[data.fold.name] = done
         else:
             todo.append((data, out, key))
-    works: list[Work] = []
-    hooks: dict[Unit, SeedHooks] = {}
-    for data, out, _ in todo:
-        fold_units, hooks_of = fold_works(cfg, data, out, hooks_for)
-        works += fold_units
-        hooks.update({w.unit: hooks_of(w.unit) for w in fold_units})
-    run_grid(works, hooks.__getitem__, cfg.train)
+    folders = {data.fold.name: out for data, out, _ in todo}
+
+    def folder_of(group: Group, kind: str) -> Path:
+        return folders[group.fold.fold.name] / "models" / group.name / kind
+
+    train_groups(cfg, [data for data, _, _ in todo], folder_of, hooks_for)
     for data, out, key in todo:
-        results[data.fold.name] = judge_fold(cfg, data, out, key)
+        results[data.fold.name] = judge_fold(cfg, data, folder_of, choose_fold(cfg, data, folder_of), out, key)
     return [results[data.fold.name] for data, _ in folds]
 
 
@@ -221,40 +215,27 @@ def run_fold(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> Fol
     return run_folds(cfg, [(data, out)], hooks_for)[0]
 
 
-def judge_fold(cfg: Config, data: FoldData, out: Path, key: str) -> FoldResult:
-    """A trained fold's choices on val and books on test, per asset (a portfolio's: its one book,
-    ``book_run.trade_book``); written to ``out`` (``fold.json`` last)."""
-    groups = model_groups(cfg, list(data.assets))
-    if cfg.model.kind == "portfolio":
-        models = load_models(cfg, data, out / "models" / PORTFOLIO)["policy"]
-        singles = {}
-        for group in [g for g in groups if g != PORTFOLIO]:
-            by_seed = load_models(group_config(cfg, group), data, out / "models" / group)["policy"]
-            singles.update({symbol: by_seed for symbol in groups[group]})
-        entry, table, weights = trade_book(cfg, data, models, singles)
-        entries, returns = {PORTFOLIO: entry}, {PORTFOLIO: table}
-        write_weights(out, weights)
-    else:
-        entries, returns = _judge_assets(cfg, data, out, groups)
-    result = FoldResult(data.fold.name, key, data.fold.describe(), groups, entries, data.excluded, returns)
-    for symbol, table in returns.items():
-        write_parquet(table, out / "returns" / f"{symbol}.parquet")
-    write_json(out / FOLD_JSON, result.to_dict())  # last: a fold without it is not done
-    return result
+def _book_models(groups: list[Group], folder_of: FolderOf) -> tuple[dict[str, PortfolioPolicy], Singles]:
+    """A portfolio fold's book seeds, and each asset's single-asset seeds (its single-asset-average baseline)."""
+    (book,) = [g for g in groups if g.name == PORTFOLIO]
+    singles: Singles = {}
+    for group in [g for g in groups if g.name != PORTFOLIO]:
+        by_seed = load_models(group, folder_of)["policy"]
+        singles.update({symbol: by_seed for symbol in group.symbols})
+    return load_models(book, folder_of)["policy"], singles
 
 
 def _judge_assets(
-    cfg: Config, data: FoldData, out: Path, groups: dict[str, list[str]]
+    cfg: Config, data: FoldData, groups: list[Group], folder_of: FolderOf, choices: Choices
 ) -> tuple[dict[str, dict[str, Any]], dict[str, pd.DataFrame]]:
-    """Each asset's choices on val and books on test, with its group's models."""
+    """Each asset's books on test, with its group's models and its choices on val."""
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     entries, returns = {}, {}
-    for group, members in groups.items():
-        models = load_models(cfg, data, out / "models" / group)
-        for symbol in members:
-            asset = data.assets[symbol]
-            tuned = choose_on_val(cfg, scorer, asset, models)
-            entries[symbol], returns[symbol] = judge_test(cfg, scorer, asset, models, tuned)
+    for group in groups:
+        models = load_models(group, folder_of)
+        for symbol in group.symbols:
+            tuned = choices[symbol]
+            entries[symbol], returns[symbol] = judge_test(group.cfg, scorer, data.assets[symbol], models, tuned)
             log.info(
                 "fold %s %s: policy ensemble Sharpe %+.3f | buy-and-hold %+.3f",
                 data.fold.name,
@@ -265,21 +246,6 @@ def _judge_assets(
     return entries, returns
 
 
-def headline(result: FoldResult) -> dict[str, dict[str, float]]:
-    """A fold's test Sharpe per entry (asset, or the portfolio) and book: what the folds stage's metrics keep."""
-    out = {}
-    for name, e in result.entries.items():
-        if name == PORTFOLIO:
-            out[name] = {PORTFOLIO: e[PORTFOLIO]["ensemble"]["metrics"]["sharpe"]}
-            out[name] |= {b: e[b]["metrics"]["sharpe"] for b in BASELINES}
-        else:
-            out[name] = {
-                "policy": e["policy"]["ensemble"]["metrics"]["sharpe"],
-                "buy_and_hold": e["buy_and_hold"]["sharpe"],
-            }
-    return out
-
-
 def load_fold(out: Path) -> FoldResult:
     """A finished fold's result; ``DataError`` naming the file when it is missing, unreadable or of another layout."""
     raw = read_json(out / FOLD_JSON, PRODUCER)
@@ -287,7 +253,9 @@ def load_fold(out: Path) -> FoldResult:
         returns = {s: read_parquet(out / "returns" / f"{s}.parquet", PRODUCER) for s in raw["entries"]}
         return FoldResult(**raw, returns=returns)
     except (KeyError, TypeError) as exc:
-        raise DataError(f"{out / FOLD_JSON}: not a fold result ({exc}); re-run {PRODUCER}") from None
+        raise DataError(
+            f"{out / FOLD_JSON}: not a fold result ({exc}); re-run the {PRODUCER} stage (dvc repro {PRODUCER})"
+        ) from None
 
 
 def _previous(out: Path) -> FoldResult | None:

@@ -1,5 +1,5 @@
-"""The study stage's files and numbers: the folds' tracks stitched and judged, written as tables and figures, with
-the MLflow metrics, the report body and what the registry gates judge, for either kind of study.
+"""The evaluate stage's study files and numbers: the folds' tracks stitched and judged, written as tables and
+figures, with the MLflow metrics, the report body and what the registry gates judge, for either kind of study.
 
 A single-asset study judges the universe book and every asset (``report.summarize``); a portfolio study its one book
 beside the baselines (``book_report.summarize_book``). Nothing here talks to MLflow: the stage logs what it returns.
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from diffquant.config import Config
@@ -18,14 +19,15 @@ from diffquant.evaluate.metric_names import study_metric
 from diffquant.io import write_csv
 from diffquant.plots import plot_asset_contributions, plot_fold_heatmap, plot_stitched, plot_weight_heatmap
 from diffquant.study.book_report import render_book_report, summarize_book, verdict
+from diffquant.study.book_run import BENCHMARK, PORTFOLIO, stitched_weights
 from diffquant.study.book_run import BOOKS as BOOK_NAMES
-from diffquant.study.book_run import PORTFOLIO, stitched_weights
 from diffquant.study.fold_run import FoldResult
 from diffquant.study.pooled import BOOKS, UNIVERSE
 from diffquant.study.report import render_report, summarize
 from diffquant.study.verdict import spa_pvalue
 from diffquant.study.verdict_report import verdict_metrics, verdict_tags
 
+EQUITY_CSV = "equity.csv"
 HEADLINE_KEYS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "psr", "dsr")  # per book, under study_metric names
 
 
@@ -50,6 +52,16 @@ def headline_metrics(track: str, entry: dict[str, Any], books: tuple[str, ...]) 
     return {study_metric(track, b, k): entry[b][k] for b in books if b in entry for k in HEADLINE_KEYS}
 
 
+def write_equity(track: pd.DataFrame, book: str, benchmark: str, path: Path) -> None:
+    """The headline book's and its benchmark's equity per bar over the stitched out-of-sample track (what
+    ``dvc plots`` draws): each fold's book compounds on from where the previous fold ended."""
+    equity = {
+        "equity": np.cumprod(1.0 + track[book].to_numpy()),
+        "benchmark": np.cumprod(1.0 + track[benchmark].to_numpy()),
+    }
+    write_csv(path, pd.DataFrame({"time": track["time"], **equity}))
+
+
 def write_study(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
     """The study of ``results`` (the folds in test order, from the fold folders ``folds``), its files in ``out``."""
     if cfg.model.kind == "portfolio":
@@ -63,6 +75,7 @@ def _judge_assets(cfg: Config, results: list[FoldResult], out: Path) -> JudgedSt
     for name, track in tracks.items():
         write_csv(out / "tracks" / f"{name}.csv", track)
     plot_stitched(tracks, BOOKS, out / "equity.png")
+    write_equity(tracks[UNIVERSE], "policy", "buy_and_hold", out / EQUITY_CSV)
     plot_fold_heatmap(table, "policy_minus_bh", out / "heatmap.png")
     metrics: dict[str, float | None] = {}
     for name, entry in summary["tracks"].items():
@@ -97,6 +110,7 @@ def _judge_book(cfg: Config, results: list[FoldResult], folds: list[Path], out: 
     write_csv(out / "tracks" / f"{PORTFOLIO}.csv", tracks[PORTFOLIO])
     write_csv(out / "weights.csv", weights)
     plot_stitched(tracks, BOOK_NAMES, out / "equity.png")
+    write_equity(tracks[PORTFOLIO], PORTFOLIO, BENCHMARK, out / EQUITY_CSV)
     plot_weight_heatmap(weights, out / "heatmap.png")
     plot_asset_contributions(pd.DataFrame(summary["assets"]), out / "assets.png")
     metrics = headline_metrics(PORTFOLIO, summary["tracks"][PORTFOLIO], BOOK_NAMES)

@@ -3,8 +3,8 @@
 Phase one runs every backbone (and the series path of those that have one) with the hybrid loss; phase two runs the
 best two of them with every other loss. "Best" is ranked on validation only: the median over asset-folds and seeds
 of the val Sharpe of each seed's tuned hysteresis, never a test number. Every configuration is one study of the
-folds stage's kind (``fold_run.run_folds``, then ``report.summarize``), so its universe book, interval and turnover
-are what the study stage would report for it. Across the study:
+chain's kind (``fold_run.run_folds``, then ``report.summarize``), so its universe book, interval and turnover
+are what the evaluate stage would report for it. Across the study:
 
 - **DSR** counts every configuration: the trials are the sum over all configurations of their own (seeds x
   (threshold trials + 1) per asset-fold), and the spread of Sharpe ratios is that of every policy track (seed
@@ -190,7 +190,7 @@ def zoo_verdict(books: pd.DataFrame, hold: pd.Series, cfg: Config) -> dict[str, 
 def run_configuration(
     entry: Entry, phase: str, cfg: Config, tables: dict[str, Any], out: Path, workers: int
 ) -> Configuration:
-    """One configuration's folds (trained where not cached), pooled as the study stage pools them."""
+    """One configuration's folds (trained where not cached), pooled as the evaluate stage pools them."""
     folds = [(fold_data(fold, tables, cfg), out / fold.name) for fold in plan_folds(cfg.folds, cfg.split)]
     clocks: dict[str, EpochClock] = {}
 

@@ -1,6 +1,6 @@
 """The one package that talks to MLflow (DESIGN section 5): nothing outside it imports mlflow (a test checks).
 
-- ``runs``: the store, runs and their tags, the seed and study run bookkeeping (mlflow imported lazily);
+- ``runs``: the store, runs and their tags, a study's run bookkeeping (mlflow imported lazily);
 - ``models``: a policy bundle as a pyfunc model, loading one back;
 - ``registry``: datasets, model versions and their aliases.
 ``from diffquant import tracking`` gives the run API below; models and registry are imported where they are used
@@ -10,7 +10,6 @@
 from diffquant.tracking.runs import (
     EXPERIMENT,
     Run,
-    SeedRuns,
     StudyRuns,
     TrackingError,
     check_reachable,
@@ -18,9 +17,7 @@ from diffquant.tracking.runs import (
     download_artifact,
     library_versions,
     open_run,
-    parent_of,
     read_run_id,
-    run_of_checkpoint,
     search_runs,
     start_child,
     start_run,
@@ -30,7 +27,6 @@ from diffquant.tracking.runs import (
 __all__ = [
     "EXPERIMENT",
     "Run",
-    "SeedRuns",
     "StudyRuns",
     "TrackingError",
     "check_reachable",
@@ -38,9 +34,7 @@ __all__ = [
     "download_artifact",
     "library_versions",
     "open_run",
-    "parent_of",
     "read_run_id",
-    "run_of_checkpoint",
     "search_runs",
     "start_child",
     "start_run",

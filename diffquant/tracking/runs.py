@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from diffquant.errors import DiffQuantError
-from diffquant.io import sha256
 
 EXPERIMENT = "diffquant"
 # MLflow 3 opens an experiment without this tag in its GenAI view; this one opens on the model-training runs table
@@ -215,36 +214,6 @@ def open_run(root: Path, run_id: str) -> Run:
     return Run(client, run_id)
 
 
-def checkpoint_tag(name: str) -> str:
-    return f"checkpoint.{name}_sha256"
-
-
-def run_of_checkpoint(root: Path, name: str, sha256: str) -> Run:
-    """The run whose train stage wrote this checkpoint (newest first), found by the checkpoint's content hash.
-
-    threshold-opt and evaluate log into it. The link is the checkpoint itself, not a file beside it, so it holds in
-    DVC's temp workspaces and after ``dvc checkout`` restores an older model.
-    """
-    client, exp_id = _client_and_experiment(root)
-    runs = client.search_runs(
-        [exp_id], filter_string=f"tags.`{checkpoint_tag(name)}` = '{sha256}'", order_by=["attributes.start_time DESC"]
-    )
-    if not runs:
-        raise TrackingError(
-            f"no MLflow run in {tracking_uri(root)} was trained into this {name}.pt (sha256 {sha256[:12]}...); "
-            "re-run the train stage (dvc repro -f train) so the model and its run are recorded together"
-        )
-    return Run(client, runs[0].info.run_id)
-
-
-def parent_of(run: Run) -> Run:
-    """The parent run of a child run (a seed's run -> the experiment's run)."""
-    parent_id = run.client.get_run(run.run_id).data.tags.get("mlflow.parentRunId")
-    if parent_id is None:
-        raise TrackingError(f"MLflow run {run.run_id} has no parent run; re-run the train stage (dvc repro -f train)")
-    return Run(run.client, parent_id)
-
-
 def start_child(parent: Run, run_name: str, tags: Mapping[str, str] | None = None) -> Run:
     """A nested run under ``parent`` (one seed's model, one HPO trial); the caller finishes it."""
     run = parent.client.create_run(
@@ -292,123 +261,74 @@ def read_run_id(path: Path) -> str:
         raise TrackingError(f"{path}: no MLflow run id; run the train stage first (dvc repro -f train)") from None
 
 
-# Params of the stages after train (thresholds, which checkpoint) may change without retraining: those stages set
-# them as tags, since an MLflow param can not change once logged.
-DOWNSTREAM_PARAMS = ("thresholds.", "eval.checkpoint", "optimize.")
+class StudyRuns:
+    """A study in MLflow: one parent run per execution of a train stage (``role``: ``study`` for the policies,
+    ``proxy`` for the MSE proxy), one child per fold x model group x seed (and kind), each fed by the ``SeedHooks``
+    that :meth:`hooks` returns.
 
-
-class SeedRuns:
-    """A parent run with one child run per seed: the ``SeedHooks`` of ``diffquant.compute.units``.
-
-    Nothing is opened before :meth:`begin`. With a run file (``outputs/mlflow_run.json``) a restarted stage
-    continues the parent and the children it recorded, logging only the epochs they lack; without one, every start
-    opens new runs and a resumed seed's earlier epochs are carried into its new child.
+    The parent's id and its children's go to ``run_file``: evaluate logs the study's results into that parent, and a
+    train stage restarted after a kill (some group ``begin``-s resuming) continues the runs recorded there, logging
+    only the epochs they lack. Without a run file, or with nothing to resume, every start opens new runs (a resumed
+    seed's earlier epochs are then carried into its new child).
     """
 
     def __init__(
         self,
         root: Path,
         run_name: str,
-        role: str,
         params: Mapping[str, Any],
         tags: Mapping[str, str],
-        child_params: Mapping[str, Any] | None = None,
         run_file: Path | None = None,
-    ) -> None:
-        self.root, self.run_name, self.role, self.run_file = root, run_name, role, run_file
-        self.params, self.tags, self.child_params = dict(params), dict(tags), dict(child_params or {})
-        self.seeds: dict[str, str] = {}
+        role: str = "study",
+    ):
+        self.root, self.run_name, self.run_file, self.role = root, run_name, run_file, role
+        self.params, self.tags = dict(params), dict(tags)
+        self.children: dict[str, str] = {}  # "<fold>/<group>/<kind>/seed_<s>" -> run id
+        self.resuming = False  # set by a group's begin() before the parent opens
         self._parent: Run | None = None
-        self._children: dict[int, Run] = {}
-        self._clock: dict[int, float] = {}
 
     @property
     def parent(self) -> Run:
+        """Opened on first use: the recorded run when resuming, else a new one."""
         if self._parent is None:
-            raise TrackingError("SeedRuns.parent before begin(): no MLflow run is open yet")
+            recorded = self._recorded()
+            if recorded is not None:
+                self._parent, self.children = open_run(self.root, recorded["run_id"]), dict(recorded["children"])
+                log.info("resuming MLflow run %s", self._parent.run_id)
+            else:
+                self._parent = start_run(self.root, self.run_name, {**self.tags, "role": self.role})
+                self._parent.log_params(self.params)
+                self._save()
         return self._parent
 
-    def begin(self, resuming: bool) -> None:
-        """Continue the runs recorded in the run file when ``resuming`` (an interrupted stage), else open a parent."""
-        if resuming and self.run_file is not None and self.run_file.exists():
-            recorded = json.loads(self.run_file.read_text())
-            if recorded.get("seeds") is not None:
-                self._parent = open_run(self.root, read_run_id(self.run_file))
-                self.seeds = dict(recorded["seeds"])
-                log.info("resuming MLflow run %s", self._parent.run_id)
-                return
-        self._parent = start_run(self.root, self.run_name, {**self.tags, "role": self.role})
-        self._parent.log_params({k: v for k, v in self.params.items() if not k.startswith(DOWNSTREAM_PARAMS)})
-        self._save()
+    def _recorded(self) -> dict[str, Any] | None:
+        if not (self.resuming and self.run_file is not None and self.run_file.exists()):
+            return None
+        recorded = json.loads(self.run_file.read_text())
+        return recorded if isinstance(recorded.get("children"), dict) else None
 
     def _save(self) -> None:
         if self.run_file is None:
             return
-        record = {"run_id": self.parent.run_id, "experiment": self.run_name, "seeds": self.seeds}
+        record = {"run_id": self.parent.run_id, "experiment": self.run_name, "children": self.children}
         self.run_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.run_file.with_name(self.run_file.name + ".tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, self.run_file)
 
-    def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
-        """Open (or continue) the seed's run and log the finished epochs it does not have yet."""
-        if str(seed) in self.seeds:
-            run = open_run(self.root, self.seeds[str(seed)])
+    def child(self, key: str, name: str, tags: Mapping[str, str], finished: list[dict[str, Any]]) -> Run:
+        """The unit's run: the recorded one (its missing epochs logged), or a new child with ``finished`` logged."""
+        parent = self.parent  # opened first: a resumed parent brings its recorded children
+        if key in self.children:
+            run = open_run(self.root, self.children[key])
             logged = run.logged_steps("train_loss")
             run.log_history([r for r in finished if r["epoch"] not in logged])  # a kill can fall between the two
-        else:
-            name = f"seed {seed}" if self.role == "policy" else f"{self.role} seed {seed}"
-            run = start_child(self.parent, name, {"seed": str(seed), "role": f"{self.role}_seed"})
-            self.seeds[str(seed)] = run.run_id
-            self._save()
-            run.log_params({"seed": seed, **self.child_params})
-            run.log_history(finished)  # resuming without the run that began it: carry the finished epochs over
-        self._children[seed] = run
-        self._clock[seed] = time.perf_counter()
-
-    def epoch(self, seed: int, record: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        self._children[seed].log_history([{**record, "epoch_seconds": now - self._clock[seed]}])
-        self._clock[seed] = now
-
-    def finished(self, seed: int, outcome: Any) -> None:
-        """The seed's summary metrics, files and checkpoints (linked by their sha256), then the run ends."""
-        run, result = self._children[seed], outcome.result
-        run.log_metrics(outcome.run_metrics(), step=len(result.history))
-        for path in outcome.files.values():
-            run.log_artifact(path, "train")
-        for name in ("best", "final"):
-            run.log_artifact(result.checkpoints[name], "checkpoints")
-        run.set_tags({checkpoint_tag(n): sha256(result.checkpoints[n]) for n in ("best", "final")})
-        run.finish()
-
-    def failed(self, seed: int, exc: BaseException) -> None:
-        """Until a restart resumes them, the store says why the seed's run and the parent stopped."""
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        for run in (self._children.get(seed), self.parent):
-            if run is not None:
-                run.finish(status)
-
-
-class StudyRuns:
-    """A walk-forward study in MLflow: one parent run per execution, one child per fold x model group x seed (and
-    kind), each fed by the ``SeedHooks`` that :meth:`hooks` returns. The parent's id goes to ``run_file`` so the
-    study stage logs its pooled results into it."""
-
-    def __init__(self, root: Path, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], run_file: Path):
-        self.root, self.run_name, self.run_file = root, run_name, run_file
-        self.params, self.tags = dict(params), dict(tags)
-        self._parent: Run | None = None
-
-    @property
-    def parent(self) -> Run:
-        """Opened on first use, so a study that has nothing new to train opens no run."""
-        if self._parent is None:
-            self._parent = start_run(self.root, self.run_name, {**self.tags, "role": "study"})
-            self._parent.log_params(self.params)
-            self.run_file.parent.mkdir(parents=True, exist_ok=True)
-            self.run_file.write_text(json.dumps({"run_id": self._parent.run_id}) + "\n")
-        return self._parent
+            return run
+        run = start_child(parent, name, tags)
+        self.children[key] = run.run_id
+        self._save()
+        run.log_history(finished)
+        return run
 
     def hooks(self, fold: str, group: str, kind: str) -> _FoldSeedHooks:
         return _FoldSeedHooks(self, fold, group, kind)
@@ -420,24 +340,30 @@ class _FoldSeedHooks:
     def __init__(self, study: StudyRuns, fold: str, group: str, kind: str) -> None:
         self.study, self.fold, self.group, self.kind = study, fold, group, kind
         self._runs: dict[int, Run] = {}
+        self._clock: dict[int, float] = {}
 
     def begin(self, resuming: bool) -> None:
-        """Nothing to open: the parent is opened on the first seed."""
+        """Before any seed of any group starts: an interrupted run continues the study's recorded runs."""
+        self.study.resuming |= resuming
 
     def started(self, seed: int, finished: list[dict[str, Any]]) -> None:
-        tags = {"fold": self.fold, "group": self.group, "seed": str(seed), "role": f"study_{self.kind}_seed"}
-        run = start_child(self.study.parent, f"{self.fold} {self.group} {self.kind} seed {seed}", tags)
-        run.log_history(finished)
-        self._runs[seed] = run
+        key = f"{self.fold}/{self.group}/{self.kind}/seed_{seed}"
+        tags = {"fold": self.fold, "group": self.group, "seed": str(seed), "role": f"{self.kind}_seed"}
+        self._runs[seed] = self.study.child(key, f"{self.fold} {self.group} {self.kind} seed {seed}", tags, finished)
+        self._clock[seed] = time.perf_counter()
 
     def epoch(self, seed: int, record: dict[str, Any]) -> None:
-        self._runs[seed].log_history([record])
+        now = time.perf_counter()
+        self._runs[seed].log_history([{**record, "epoch_seconds": now - self._clock[seed]}])
+        self._clock[seed] = now
 
     def finished(self, seed: int, outcome: Any) -> None:
         self._runs[seed].log_metrics(outcome.run_metrics(), step=len(outcome.result.history))
         self._runs[seed].finish()
 
     def failed(self, seed: int, exc: BaseException) -> None:
-        run = self._runs.get(seed)
-        if run is not None:
-            run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        """Until a restart resumes them, the store says why the seed's run and the parent stopped."""
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for run in (self._runs.get(seed), self.study._parent):
+            if run is not None:
+                run.finish(status)

@@ -1,6 +1,6 @@
 """Publishing a walk-forward study: each asset's policy of the newest fold (the model the procedure would trade
-next) as an MLflow model of the study run, registered as ``diffquant-<experiment>-walkforward-<SYMBOL>``; for a
-portfolio study, the book (``diffquant-<experiment>-walkforward-portfolio``). Gates: ``deploy.gates.judge_tracks``.
+next) as an MLflow model of the study run, registered as ``diffquant-<experiment>-<SYMBOL>``; for a
+portfolio study, the book (``diffquant-<experiment>-portfolio``). Gates: ``deploy.gates.judge_tracks``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Build and train policies from config sections: the one entry point of the train stage and the search.
 
-:func:`train_policy` builds one seed's network, objective, validation and mirror map and trains it;
-:func:`train_policies` trains every seed of ``train.seeds`` into the seed layout, resuming an interrupted seed, and
-reports through :class:`~diffquant.compute.units.SeedHooks` (the stage connects them to MLflow; nothing here imports
-tracking). Each seed is a unit of the grid runner (:class:`PolicyWork`), so ``train.workers`` trains seeds side by
-side.
+:func:`train_policy` builds one seed's network, objective, validation and mirror map and trains it; each seed is a
+unit of the grid runner (:class:`PolicyWork`, :func:`policy_works`), so ``train.workers`` trains seeds side by side,
+an interrupted seed resuming from its folder (``diffquant.study.fold_models`` builds a study's units and reports
+them through :class:`~diffquant.compute.units.SeedHooks`; nothing here imports tracking).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffquant.compute.grid import run_grid, with_unit_threads
 from diffquant.compute.units import SeedHooks, Unit
 from diffquant.config import Config, Hysteresis
 from diffquant.data.features import mirror_spec
@@ -223,12 +221,3 @@ def prepare_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHook
     check_batch_size(len(training_episodes(cfg, data)), cfg.train, data.source)
     hooks.begin(resumable(cfg, data, out))
     layout.prune(out, cfg.train.seeds)
-
-
-def train_policies(cfg: Config, data: TrainingData, out: Path, hooks: SeedHooks) -> dict[int, SeedOutcome]:
-    """Every seed of ``train.seeds`` into ``<out>/seed_<s>/``, through the grid runner (``train.workers``
-    processes, or Ray); ``train.threads`` resolved here, the driver, before the units exist."""
-    cfg = with_unit_threads(cfg)
-    prepare_policies(cfg, data, out, hooks)
-    outcomes = run_grid(policy_works(cfg, data, out), lambda unit: hooks, cfg.train)
-    return {unit.seed: outcome for unit, outcome in sorted(outcomes.items())}

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from diffquant.compute.grid import run_grid, with_unit_threads
 from diffquant.compute.units import SeedHooks, Unit
 from diffquant.config import Config
 from diffquant.data.splits import Series
@@ -141,18 +140,6 @@ def prepare_proxies(works: Sequence[ProxyWork], out: Path, hooks: SeedHooks) -> 
     """Before a group's seeds train: tell the hooks whether an interrupted run is continued; drop stale seeds."""
     hooks.begin(any(w.finished_epochs() for w in works))
     layout.prune(out, [w.unit.seed for w in works])
-
-
-def train_proxies(
-    cfg: Config, train: Sequence[Series], val: Sequence[Series], out: Path, hooks: SeedHooks
-) -> dict[int, ProxyOutcome]:
-    """Every seed's forecaster into ``<out>/seed_<s>/``, fitted on the train series of every asset given (pooled),
-    through the grid runner (``train.workers`` processes, or Ray); ``train.threads`` resolved here, the driver."""
-    cfg = with_unit_threads(cfg)
-    works = proxy_works(cfg, train, val, out)
-    prepare_proxies(works, out, hooks)
-    outcomes = run_grid(works, lambda unit: hooks, cfg.train)
-    return {unit.seed: outcome for unit, outcome in sorted(outcomes.items())}
 
 
 def _calibrate_file(model: Forecaster, path: Path, train_set: ForecastSet, val_set: ForecastSet) -> dict[str, float]:

@@ -22,7 +22,7 @@ from diffquant.compute.grid import run_grid
 from diffquant.compute.reporting import GridError
 from diffquant.config import TrainConfig
 from diffquant.errors import ConfigError
-from diffquant.study import fold_run
+from diffquant.study import fold_models
 from diffquant.train import checkpoint
 from tests.compute.grid_units import Gated, Recorder, Stopper, Tee, scripted, tiny_works
 from tests.compute.test_grid import assert_same_files, study
@@ -55,7 +55,7 @@ def test_a_study_on_ray_with_a_unit_killed_mid_unit_equals_the_one_worker_run(
         outcomes["victim"] = works[victim].unit
         return outcomes
 
-    monkeypatch.setattr(fold_run, "run_grid", with_a_victim)
+    monkeypatch.setattr(fold_models, "run_grid", with_a_victim)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # a throwaway MLflow store: <tmp_path>/mlruns
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runs = tracking.StudyRuns(tmp_path, "ray", {}, {}, tmp_path / "run.json")

@@ -22,7 +22,7 @@ from mlflow.models import infer_signature
 from diffquant.config import Config, ModelConfig, SimConfig, build_section, load
 from diffquant.data.contracts import to_ms
 from diffquant.data.features import FEATURE_PREFIX, feature_columns, features_from_inputs, warmup_bars
-from diffquant.data.inputs import chain_example, model_columns, model_table, stage_inputs
+from diffquant.data.inputs import model_columns, model_table, stage_inputs
 from diffquant.data.universe import universe_features
 from diffquant.deploy.book_bundle import BookBundle, BookMember, as_book_input
 from diffquant.deploy.bundle import Member, PolicyBundle
@@ -211,9 +211,10 @@ def test_the_paper_trader_refuses_a_policy_its_feeds_cannot_serve(stage_out: tup
         PaperTrader(bundle, Ledger(f"sqlite:///{tmp_path / 'ledger.db'}"), PaperSettings(SimConfig()))
 
 
-def test_the_one_asset_chain_builds_the_same_features_and_example(tmp_path: Path, monkeypatch) -> None:
-    """download -> aggregate -> features for BTC with every family (its market named in features.market.symbols):
-    the same feature table as the universe computation, and evaluate's model-input example has the columns."""
+def test_one_asset_gets_the_same_features_and_model_inputs(tmp_path: Path, monkeypatch) -> None:
+    """download -> aggregate -> features for BTC alone with every family (its market named in
+    features.market.symbols): the same feature table as the universe computation, and its model-input table has the
+    families' columns."""
     split = {"train_start": "2025-09-01", "val_start": "2025-10-01", "test_start": "2025-11-01"}
     one = params(data={"symbol": "BTCUSDT", "symbols": []}, split={**split, "backtest_start": "2025-12-01"})
     one["features"]["market"] = {**one["features"]["market"], "symbols": SYMBOLS}
@@ -224,9 +225,7 @@ def test_the_one_asset_chain_builds_the_same_features_and_example(tmp_path: Path
     cfg = load(tmp_path / "params.yaml")
     table = stage_table(tmp_path, "BTCUSDT")
     assert sum(n.startswith(NEW) for n in feature_columns(table)) == 10
-    example = chain_example(tmp_path / "bars", tmp_path / "raw", "BTCUSDT", cfg, 200)
-    assert list(example.columns[6:]) == model_columns(cfg.features) and len(example) == 200
-    assert example["open_time"].iloc[-1] < to_ms(pd.Series([pd.Timestamp(cfg.split.test_start, tz="UTC")]))[0]
+    assert list(inputs_of(tmp_path, "BTCUSDT", cfg).columns[6:]) == model_columns(cfg.features)
     universe_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, symbols=SYMBOLS))
     btc = universe_features(universe_cfg, REPO)[1]["BTCUSDT"].features
     pd.testing.assert_frame_equal(table, btc, check_exact=True)

@@ -1,5 +1,5 @@
-"""The cross-run tables: only evaluated experiment runs, newest first; the ablation picks its runs by name; the
-studies table sets single-asset and portfolio studies side by side, each by its own headline book."""
+"""The cross-run table: only evaluated study runs, newest first, single-asset and portfolio side by side, each by its
+own headline book; the ablation picks its runs by name."""
 
 from __future__ import annotations
 
@@ -7,44 +7,37 @@ import math
 
 import pandas as pd
 
-from diffquant.evaluate.compare import LAMBDAS, ablation_table, comparison_table, study_table
-from diffquant.evaluate.metric_names import metric_name
+from diffquant.evaluate.compare import LAMBDAS, ablation_table, study_table
 
 
 def _runs() -> pd.DataFrame:
+    """Study runs as mlflow.search_runs returns them: the parent runs of train (role study), with the children and
+    the proxy's runs that the table must leave out."""
     return pd.DataFrame(
         {
             "run_id": ["old", "seed", "proxy", "new", "abl", "abl_old", "unevaluated"],
             "start_time": [1, 2, 3, 4, 5, 0, 6],
-            "tags.role": ["policy", "policy_seed", "proxy", "policy", "policy", "policy", "policy"],
+            "tags.role": ["study", "policy_seed", "proxy", "study", "study", "study", "study"],
             "tags.dvc_exp_name": [None, None, None, None, "ablate-bias", "ablate-bias", None],
             "params.loss.lambda_bias": ["0.25", "0.25", None, "0.25", "0", "0", "0.25"],
-            f"metrics.{metric_name('test', 'sharpe')}": [1.0, 9.0, 9.0, 2.0, 3.0, 4.0, float("nan")],
+            "metrics.universe/policy/sharpe": [1.0, 9.0, 9.0, 2.0, 3.0, 4.0, float("nan")],
         }
     )
 
 
-def test_comparison_lists_evaluated_parent_runs_newest_first() -> None:
-    table = comparison_table(_runs())
+def test_the_table_lists_evaluated_study_runs_newest_first() -> None:
+    table = study_table(_runs())
     assert list(table["run_id"]) == ["abl", "new", "old", "abl_old"]  # no seed, proxy or unevaluated run
 
 
 def test_ablation_takes_the_newest_baseline_and_the_newest_run_of_each_term() -> None:
-    table = ablation_table(comparison_table(_runs()))
+    table = ablation_table(study_table(_runs()))
     assert list(table["switched_off"]) == ["(none)", *(f"lambda_{t}" for t in LAMBDAS)]
     rows = table.set_index("switched_off")
-    assert rows.loc["(none)", "test_sharpe"] == 2.0 and rows.loc["lambda_bias", "test_sharpe"] == 3.0
+    assert rows.loc["(none)", "sharpe"] == 2.0 and rows.loc["lambda_bias", "sharpe"] == 3.0
     assert rows.loc["lambda_bias", "lambda_bias"] == "0"
-    assert math.isnan(rows.loc["lambda_flat", "test_sharpe"])  # not run yet: an empty row, not a missing one
+    assert math.isnan(rows.loc["lambda_flat", "sharpe"])  # not run yet: an empty row, not a missing one
     assert rows.loc["lambda_flat", "note"] == "no evaluated run" and rows.loc["lambda_bias", "note"] == ""
-
-
-def test_metric_names_are_the_documented_mlflow_keys() -> None:
-    """Users filter runs by these names (README, MLflow UI): renaming one is a breaking change."""
-    assert metric_name("test", "sharpe") == "test_sharpe"
-    assert metric_name("val", "dsr") == "tuned_val_dsr"  # "val_sharpe" is a seed run's training curve
-    assert metric_name("backtest", "sharpe_seed_median") == "backtest_sharpe_seed_median"
-    assert metric_name("test", "sharpe", "buy_and_hold") == "test_buy_and_hold_sharpe"
 
 
 def test_the_studies_table_sets_single_and_portfolio_studies_side_by_side() -> None:

@@ -165,6 +165,9 @@ def test_altered_bars_differ_after_the_cut_only(real: tuple[pd.DataFrame, pd.Dat
 # ---- the stage -------------------------------------------------------------------------------------------------
 
 
+EXPLICIT = ["--models", "models", "--thresholds", "thresholds.json"]  # a group's seeds, no tuned thresholds
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, real: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> Path:
     """params (a 32-bar window, one tiny seed), the download stage's files and one untrained 'best' checkpoint."""
@@ -179,7 +182,7 @@ def workspace(tmp_path: Path, real: tuple[pd.DataFrame, pd.DataFrame], monkeypat
     torch.manual_seed(0)
     model = PolicyNetwork(cfg.model, 6, CTX)
     spec = checkpoint.policy_spec(cfg.model, ["open", "high", "low", "close", "volume", "rolling_vol"], CTX)
-    path = stage.policy_checkpoint(tmp_path / "outputs" / "train", cfg.train.seeds[0], cfg)
+    path = stage.policy_checkpoint(tmp_path / "models", cfg.train.seeds[0], cfg)
     checkpoint.save(path, {"spec": {"policy": spec}, "model_state": model.state_dict()})
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("DVC_STAGE", raising=False)
@@ -189,10 +192,10 @@ def workspace(tmp_path: Path, real: tuple[pd.DataFrame, pd.DataFrame], monkeypat
 def test_stage_passes_then_exits_1_on_a_leak_naming_it(
     workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert stage.main(["--n-cuts", "2"]) == 0
+    assert stage.main([*EXPLICIT, "--n-cuts", "2"]) == 0
     report = json.loads((workspace / "outputs" / "lookahead" / "report.json").read_text())
     assert report["ok"] and report["policies"] == ["seed_42"] and report["leaks"] == []
-    assert any("trade eval.hysteresis" in n for n in report["notes"])  # no thresholds.json here
+    assert any("trade eval.hysteresis" in n for n in report["notes"])  # no thresholds file here
     assert "OK: nothing at or before a cut changed" in capsys.readouterr().out
 
     honest = lookahead.features_from_inputs
@@ -203,7 +206,7 @@ def test_stage_passes_then_exits_1_on_a_leak_naming_it(
         return table
 
     monkeypatch.setattr(lookahead, "features_from_inputs", next_close)
-    assert stage.main(["--n-cuts", "2"]) == 1
+    assert stage.main([*EXPLICIT, "--n-cuts", "2"]) == 1
     out = capsys.readouterr().out
     assert "LEAK" in out and "seed_42 raw decision changed at 2 of 2 cut(s) (altered)" in out
     assert (
@@ -217,7 +220,7 @@ def test_stage_passes_then_exits_1_on_a_leak_naming_it(
 def test_stage_without_checkpoints_checks_features_and_refuses_missing_data(
     workspace: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert stage.main(["--train-dir", "nowhere", "--cuts", "2025-03-01T00:00"]) == 0
+    assert stage.main(["--models", "nowhere", "--thresholds", "none.json", "--cuts", "2025-03-01T00:00"]) == 0
     assert "policies skipped: no best.pt under" in capsys.readouterr().out
     try:
         with pytest.raises(SystemExit) as exit_info:

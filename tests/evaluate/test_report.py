@@ -9,7 +9,7 @@ import pytest
 
 from diffquant.config import Hysteresis, SimConfig
 from diffquant.evaluate.baselines import momentum_decisions
-from diffquant.evaluate.report import Judge, books_table, group, render_report
+from diffquant.evaluate.report import Judge, group
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.stats import expected_max_sharpe, null_max_sharpe
 from diffquant.evaluate.tuned import MomentumChoice, TunedModel, TunedThresholds
@@ -47,19 +47,6 @@ def test_group_scores_each_seed_their_spread_and_the_ensemble_book() -> None:
     assert records["ensemble"].record["position"].to_numpy() == pytest.approx(mean_position[series.start - 2 : -2])
     sig = entry["ensemble"]["significance"]
     assert sig["dsr"] < sig["psr"]  # a positive null Sharpe can only lower the probability
-
-    summary = {"trials": {"policy_n": 3, "policy_null_sharpe_annual": 1.0}, "momentum_lookback": 4}
-    for split in ("val", "test"):
-        summary[split] = {
-            "policy": entry,
-            "momentum": entry["ensemble"],
-            "buy_and_hold": scorer.constant(series, 1.0)[1],
-            "flat": scorer.constant(series, 0.0)[1],
-        }
-    table = books_table(summary, ("val", "test"), ["policy"])
-    assert len(table) == 2 * (3 + 1 + 1 + 2)  # per quarter: 3 seeds, ensemble, momentum, buy-and-hold, flat
-    text = render_report("x", summary, table, ("val", "test"), ["policy"], [0.0, 1.0, 2.0])
-    assert "| policy ensemble |" in text and "## Cost sweep" in text and "| test | policy | 16 |" in text
 
 
 def test_trials_counted_are_seeds_times_threshold_trials_plus_prior_ones() -> None:

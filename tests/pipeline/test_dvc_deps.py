@@ -249,19 +249,19 @@ def report(problems: dict[str, list[str]]) -> str:
     )
 
 
-PIPELINES = ("dvc.yaml", "walkforward/dvc.yaml")  # the walk-forward stages run at the repository root (wdir: ..)
-
-
-@pytest.mark.parametrize("pipeline", PIPELINES)
-def test_every_stage_declares_the_code_and_files_it_reads(pipeline: str) -> None:
-    problems = dvc_problems(REPO / pipeline)
+def test_every_stage_declares_the_code_and_files_it_reads() -> None:
+    problems = dvc_problems(REPO / "dvc.yaml")
     assert not problems, report(problems)
 
 
-@pytest.mark.parametrize("pipeline", PIPELINES)
-def test_every_params_key_of_a_stage_is_in_its_params_file(pipeline: str) -> None:
-    problems = params_problems(REPO / pipeline)
+def test_every_params_key_of_a_stage_is_in_its_params_file() -> None:
+    problems = params_problems(REPO / "dvc.yaml")
     assert not problems, report(problems)
+
+
+def test_the_chain_is_the_only_pipeline() -> None:
+    """One chain runs every study: no second dvc.yaml anywhere in the repository."""
+    assert [p.relative_to(REPO) for p in REPO.rglob("dvc.yaml") if ".dvc" not in p.parts] == [Path("dvc.yaml")]
 
 
 # The checker itself: each kind of omission in an otherwise complete dvc.yaml is reported.

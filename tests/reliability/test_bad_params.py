@@ -30,10 +30,12 @@ import yaml
 
 from diffquant import tracking
 from diffquant.config import Hysteresis, ModelConfig, from_dict, load
-from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DiffQuantError
 from diffquant.evaluate.tuned import MomentumChoice, TunedModel, TunedThresholds
 from diffquant.model.policy import PolicyNetwork
+from diffquant.study.fold_data import read_folds
+from diffquant.study.fold_models import fold_groups, keyed_folders
+from diffquant.study.fold_run import write_choices
 from diffquant.train import checkpoint
 from tests.repo_copy import REPO, TINY, deep_update, stage, tiny_params
 
@@ -129,7 +131,6 @@ LOADER_CASES: dict[str, Case] = {
     # out of range
     "negative_commission": ("evaluate", {"sim": {"commission": -0.1}}, ("sim.commission", "out of range")),
     "psr_gate_above_one": ("evaluate", {"registry": {"min_psr": 1.5}}, ("registry.min_psr", "out of range")),
-    "gate_on_val": ("evaluate", {"registry": {"gate_split": "val"}}, ("registry.gate_split", "one of")),
     "zero_lr": ("train", {"train": {"lr": 0.0}}, ("train.lr", "out of range")),
     "probability_above_one": ("train", {"train": {"mirror_prob": 1.5}}, ("train.mirror_prob", "out of range")),
     "timeframe_above_a_day": ("aggregate", {"data": {"timeframe_minutes": 2880}}, ("data.timeframe_minutes",)),
@@ -248,12 +249,11 @@ STAGE_CASES: dict[str, Case] = {
         ("data.timeframe_minutes (7)", "source resolution (5 min)"),
     ),
     "timeframe_of_other_features": ("split", {"data": {"timeframe_minutes": 60}}, ("data.timeframe_minutes",)),
-    "portfolio_in_the_one_asset_chain": (
+    "batch_larger_than_data": (
         "train",
-        {"model": {"kind": "portfolio"}},
-        ("model.kind is 'portfolio'", "walkforward/dvc.yaml"),
+        {"train": {"batch_size": 4096}},
+        ("train.batch_size (4096)", "fold 2025-07-01/pooled"),
     ),
-    "batch_larger_than_data": ("train", {"train": {"batch_size": 4096}}, ("train.batch_size (4096)", "train.npz")),
 }
 if not torch.cuda.is_available():
     STAGE_CASES["cuda_without_gpu"] = ("train", {"train": {"device": "cuda"}}, ("train.device",))
@@ -341,7 +341,13 @@ def _save_policy(path: Path, model_override: dict[str, Any], feature_names: list
 
 
 def _names(root: Path) -> list[str]:
-    return Series.load(root / "data_source" / "split" / "val.npz").feature_names
+    return next(iter(read_folds(root / "data_source" / "split")[0].assets.values())).val.feature_names
+
+
+def _seed_dir(root: Path, train_dir: Path) -> Path:
+    """Where the train stage keeps seed 42 of the first fold's group for the tiny params under ``root``."""
+    (group,) = fold_groups(load(root / "params.yaml"), read_folds(root / "data_source" / "split")[0])
+    return keyed_folders({"policy": train_dir})(group, "policy") / "seed_42"
 
 
 CHECKPOINTS: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
@@ -369,8 +375,8 @@ CHECKPOINTS: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
 def test_threshold_opt_refuses_a_bad_checkpoint(in_root: Path, tmp_path: Path, case: str) -> None:
     make, fragments = CHECKPOINTS[case]
     train_dir = tmp_path / "train"
-    (train_dir / "seed_42").mkdir(parents=True)
-    make(train_dir / "seed_42" / "best.pt", in_root)
+    _seed_dir(in_root, train_dir).mkdir(parents=True)
+    make(_seed_dir(in_root, train_dir) / "best.pt", in_root)
     before = snapshot(in_root)
     out = tmp_path / "thresholds"
     args = ("--train-dir", str(train_dir), "--out", str(out), "--metrics", str(tmp_path / "thresholds.json"))
@@ -380,12 +386,14 @@ def test_threshold_opt_refuses_a_bad_checkpoint(in_root: Path, tmp_path: Path, c
 
 
 @pytest.fixture(scope="module")
-def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with an open MLflow run and thresholds, to show a refused checkpoint logs nothing anywhere."""
+def eval_root(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with an open MLflow run and every fold's thresholds, to show a refused checkpoint logs nothing
+    anywhere."""
     dst = tmp_path_factory.mktemp("evaluate")
     tuned = TunedModel(Hysteresis(), "default", 1.0, 0.5, 10.0, 2, [0.0, 1.0])
     thresholds = TunedThresholds("best", {"42": tuned}, {"42": tuned}, MomentumChoice(24, 0.0, [0.0]))
-    (dst / "thresholds.json").write_text(json.dumps(thresholds.to_dict()))
+    for fold in read_folds(root / "data_source" / "split"):
+        write_choices(dst / "thresholds" / fold.fold.name, dict.fromkeys(fold.assets, thresholds))
     with pytest.MonkeyPatch.context() as mp:
         use_root(mp, dst)
         run = tracking.start_run(dst, "bad-checkpoint", {})
@@ -398,8 +406,8 @@ def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_evaluate_refuses_a_bad_checkpoint_end_to_end(root: Path, eval_root: Path, tmp_path: Path, case: str) -> None:
     make, fragments = CHECKPOINTS[case]
     train_dir = tmp_path / "train"
-    (train_dir / "seed_42").mkdir(parents=True)
-    make(train_dir / "seed_42" / "best.pt", root)
+    _seed_dir(root, train_dir).mkdir(parents=True)
+    make(_seed_dir(root, train_dir) / "best.pt", root)
     before = snapshot(eval_root, skip="mlruns")
     out = tmp_path / "evaluate"
     done = stage(
@@ -412,7 +420,9 @@ def test_evaluate_refuses_a_bad_checkpoint_end_to_end(root: Path, eval_root: Pat
         "--train-dir",
         str(train_dir),
         "--thresholds",
-        "thresholds.json",
+        "thresholds",
+        "--run-file",
+        "run.json",
         "--out",
         str(out),
         "--metrics",

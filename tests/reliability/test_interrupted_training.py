@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from diffquant.evaluate.metric_names import study_metric
 from diffquant.train import checkpoint
 from tests.repo_copy import client, clone_tree, commit, dvc, env, read_json, runs, tiny_params
 
@@ -47,10 +48,16 @@ def _epoch_of(path: Path) -> int:
         return 0
 
 
+def _seed_dir(repo: Path, seed: int) -> Path:
+    """Where the train stage keeps ``seed`` of the (one) pooled group: ``outputs/train/pooled/<digest>/seed_<s>``; a
+    path that does not exist yet while the group's folder is not made."""
+    found = sorted((repo / "outputs" / "train" / "pooled").glob(f"*/seed_{seed}"))
+    return found[0] if found else repo / "outputs" / "train" / "pooled" / "-" / f"seed_{seed}"
+
+
 def _kill_mid_run(repo: Path, timeout_s: float = 180) -> int:
     """Start the train stage and SIGKILL it once the last seed's ``last.pt`` shows an epoch in [1, EPOCHS); the epoch
     it left."""
-    last = repo / "outputs" / "train" / f"seed_{SEEDS[-1]}" / "last.pt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stages.train"],
         cwd=repo,
@@ -61,10 +68,10 @@ def _kill_mid_run(repo: Path, timeout_s: float = 180) -> int:
     )
     deadline = time.monotonic() + timeout_s
     try:
-        while _epoch_of(last) < 1:
+        while _epoch_of(_seed_dir(repo, SEEDS[-1]) / "last.pt") < 1:
             if proc.poll() is not None:
                 pytest.fail(f"train exited ({proc.returncode}) before its first epoch:\n{proc.stderr.read()[-3000:]}")
-            assert time.monotonic() < deadline, f"no epoch checkpoint in {last} after {timeout_s} s"
+            assert time.monotonic() < deadline, f"no epoch checkpoint in {repo}/outputs/train after {timeout_s} s"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -73,7 +80,7 @@ def _kill_mid_run(repo: Path, timeout_s: float = 180) -> int:
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"train was not killed but exited with {proc.returncode}"
-    done = _epoch_of(last)
+    done = _epoch_of(_seed_dir(repo, SEEDS[-1]) / "last.pt")
     assert 1 <= done < EPOCHS, f"the kill landed after the last epoch ({done}); make epochs slower"
     return done
 
@@ -95,9 +102,9 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(prepared: Path
     _forget_epoch(killed, cut.info.run_id, done)
 
     out = dvc("repro", cwd=killed)
-    seed_dir = killed.resolve() / "outputs" / "train"
-    assert f"resuming from {seed_dir / f'seed_{SEEDS[-1]}' / 'last.pt'} after epoch {done}" in out, out[-3000:]
-    assert f"resuming from {seed_dir / f'seed_{SEEDS[0]}' / 'last.pt'} after epoch {EPOCHS}" in out, out[-3000:]
+    last, first = (_seed_dir(killed.resolve(), s) / "last.pt" for s in (SEEDS[-1], SEEDS[0]))
+    assert f"resuming from {last} after epoch {done}" in out, out[-3000:]
+    assert f"resuming from {first} after epoch {EPOCHS}" in out, out[-3000:]
 
     clean = _with_params(clone_tree(prepared, tmp_path / "clean"))
     dvc("repro", cwd=clean)
@@ -106,13 +113,13 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(prepared: Path
         assert read_json(killed / "outputs/metrics" / name) == read_json(clean / "outputs/metrics" / name), name
     for seed in SEEDS:
         for name in ("best.pt", "final.pt"):
-            a, b = (checkpoint.load(r / f"outputs/train/seed_{seed}" / name)["model_state"] for r in (killed, clean))
+            a, b = (checkpoint.load(_seed_dir(r, seed) / name)["model_state"] for r in (killed, clean))
             assert all(torch.equal(a[k], b[k]) for k in b), (seed, name)
 
-    (parent,) = runs(killed, "policy")  # one parent: the restart continued the killed one, opened no second
-    (ref,) = runs(clean, "policy")
+    (parent,) = runs(killed, "study")  # one parent: the restart continued the killed one, opened no second
+    (ref,) = runs(clean, "study")
     assert parent.info.run_id == read_json(killed / "outputs/mlflow_run.json")["run_id"]
-    assert parent.info.status == "FINISHED" and "test_sharpe" in parent.data.metrics
+    assert parent.info.status == "FINISHED" and study_metric("universe", "policy", "sharpe") in parent.data.metrics
     assert parent.data.metrics.keys() == ref.data.metrics.keys()
     children = {r.data.tags["seed"]: r for r in runs(killed, "policy_seed")}
     references = {r.data.tags["seed"]: r for r in runs(clean, "policy_seed")}

@@ -31,12 +31,13 @@ from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.folds import plan_folds
 from diffquant.io import write_json, write_parquet
 from diffquant.study.book_report import render_book_report, summarize_book
-from diffquant.study.book_run import BASELINES, PORTFOLIO, SINGLE_AVERAGE, single_config, stitched_weights
-from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import FOLD_JSON, load_fold, load_models, run_folds
+from diffquant.study.book_run import BASELINES, PORTFOLIO, SINGLE_AVERAGE, BookChoices, single_config, stitched_weights
+from diffquant.study.fold_data import fold_data, write_folds
+from diffquant.study.fold_models import fold_groups, load_models
+from diffquant.study.fold_run import FOLD_JSON, load_fold, run_folds, write_choices
 from diffquant.train.layout import checkpoint_path
 from diffquant.train.policy_training import TrainingData, resume_spec
-from stages import study
+from stages import evaluate
 from tests.study.test_fold_run import assert_same_weights, quiet, raw_until, tables, tiny
 
 
@@ -51,6 +52,12 @@ def portfolio(**overrides: object) -> Config:
 @pytest.fixture(scope="module")
 def raws():
     return {s: raw_until(s, "2024-05-02") for s in ("BTCUSDT", "ETHUSDT")}
+
+
+def group_models(cfg: Config, data, folder: Path, name: str):
+    """A trained group of the fold in ``folder`` (run_folds' layout: ``models/<group>/<kind>``)."""
+    (group,) = [g for g in fold_groups(cfg, data) if g.name == name]
+    return load_models(group, lambda g, kind: folder / "models" / g.name / kind)
 
 
 def run(cfg: Config, raws, out: Path):
@@ -122,7 +129,7 @@ def test_the_single_asset_average_is_the_mean_of_the_single_asset_policies(raws,
     assert cfg.sim.impact_eta == 0.0
     single = single_config(cfg)
     data = fold_data(plan_folds(cfg.folds, cfg.split)[0], tables(cfg, raws), cfg)
-    models = load_models(single, data, folder / "models" / "pooled")["policy"]
+    models = group_models(cfg, data, folder, "pooled")["policy"]
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     nets = []
     for symbol, asset in data.assets.items():
@@ -152,7 +159,7 @@ def test_the_book_s_thresholds_are_searched_on_its_val_book(raws, first_run):
     the same metrics), never ends worse on val than them, and the fold traded the thresholds it chose."""
     cfg, result, folder = first_run
     data = fold_data(plan_folds(cfg.folds, cfg.split)[0], tables(cfg, raws), cfg)
-    model = load_models(cfg, data, folder / "models" / PORTFOLIO)["policy"]["3"]
+    model = group_models(cfg, data, folder, PORTFOLIO)["policy"]["3"]
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
     val = BookSeries.of([a.val for a in data.assets.values()], list(data.assets))
     found = search_book(cfg, val, book_decisions(model, val), scorer)
@@ -186,27 +193,32 @@ def test_the_folds_book_as_a_model_gives_the_weights_it_held(raws, first_run, tm
         np.testing.assert_array_equal(decided[f"weight_{symbol}"].to_numpy(), held[f"w_{symbol}"].to_numpy())
     assert (held[[f"w_{s}" for s in bundle.symbols]] != 0).any().all()  # both assets were traded
 
-    # the study stage on that fold: report, study.json and the registry (a fresh MLflow store under tmp_path)
+    # the evaluate stage on that fold: report, metrics and the registry (a fresh MLflow store under tmp_path), from
+    # what split, train and threshold-opt would hand it: the fold's cut, its groups' seeds, its choices on val
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow sets it; put back after the test
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     for symbol, table in raws.items():  # what the data stages write that the registered model's example reads
         write_parquet(table.bars, tmp_path / "bars" / symbol / "bars.parquet")
         write_parquet(table.funding, tmp_path / "raw" / symbol / "funding.parquet")
-    folds = tmp_path / "folds"
-    shutil.copytree(folder, folds / folder.name)
-    write_json(folds / "plan.json", {"folds": [result.fold]})
+    write_folds([data], tmp_path / "split")
+    for group in fold_groups(cfg, data):
+        shutil.copytree(folder / "models" / group.name / "policy", tmp_path / "train" / group.name / group.digest)
+    choices = {PORTFOLIO: BookChoices.from_dict(result.entries[PORTFOLIO]["tuned"])}
+    write_choices(tmp_path / "thresholds" / data.fold.name, choices)
     try:
-        parent = tracking.start_run(tmp_path, "folds", {"role": "study"})
-        write_json(folds / "mlflow_run.json", {"run_id": parent.run_id})
-        study.main(["--folds", "folds", "--bars", "bars", "--raw", "raw", "--out", "study", "--metrics", "study.json"])
-        name = f"diffquant-{cfg.experiment}-walkforward-{PORTFOLIO}"
+        parent = tracking.start_run(tmp_path, "study", {"role": "study"})
+        write_json(tmp_path / "run.json", {"run_id": parent.run_id})
+        folders = ["--split", "split", "--train-dir", "train", "--thresholds", "thresholds", "--bars", "bars"]
+        evaluate.main([*folders, "--raw", "raw", "--run-file", "run.json", "--out", "study", "--metrics", "study.json"])
+        name = f"diffquant-{cfg.experiment}-{PORTFOLIO}"
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
         logged = parent.client.get_run(parent.run_id).data.metrics
         tags = parent.client.get_run(parent.run_id).data.tags
         headline = tracking.download_artifact(tmp_path, parent.run_id, headline_artifact("portfolio"), tmp_path / "a")
     finally:
         mlflow.set_tracking_uri(None)  # later tests in this process use their own stores
+    assert (tmp_path / "study" / "folds" / data.fold.name / "fold.json").is_file()
     pd.testing.assert_frame_equal(loaded.predict(as_book_input(bars)), out, check_exact=True)
     verdict = json.loads((tmp_path / "study.json").read_text())["registry"]["policies"][PORTFOLIO]
     assert [g["key"] for g in verdict["gates"]] == ["psr", "dsr", "beats_buy_and_hold"]

@@ -214,7 +214,7 @@ def test_an_asset_listed_after_a_fold_is_left_out_and_said_so(raws) -> None:
 
 def test_a_damaged_fold_result_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / FOLD_JSON).write_text('{"name": "2024-04-01"}')
-    with pytest.raises(DataError, match=r"fold\.json: not a fold result .* re-run walkforward/dvc\.yaml:folds"):
+    with pytest.raises(DataError, match=r"fold\.json: not a fold result .* re-run the evaluate stage"):
         load_fold(tmp_path)
 
 

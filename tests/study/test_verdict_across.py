@@ -88,10 +88,10 @@ def test_compare_reads_the_headline_tracks_back_and_runs_spa_across_studies(tmp_
         compare.main(["--out", "compare", "--metrics", "compare.json"])
     finally:
         mlflow.set_tracking_uri(None)
-    studies = pd.read_csv(tmp_path / "compare" / "studies.csv").set_index("run")
+    studies = pd.read_csv(tmp_path / "compare" / "compare.csv").set_index("run")
     assert studies.loc["book", "spa_p_bh"] == pytest.approx(0.02) and studies.loc["single", "spa_p_bh"] == 0.04
     assert math.isnan(studies.loc["old", "spa_p_bh"]) and studies.loc["book", "mcs"] == "policy,buy_and_hold"
-    text = (tmp_path / "compare" / "studies.md").read_text()
+    text = (tmp_path / "compare" / "compare.md").read_text()
     assert "## Across studies" in text and "StepM names `book#" in text  # only the portfolio has an edge
     assert "of the 2 studies' headline books" in text  # the old study has no track to read back
 
