@@ -83,6 +83,7 @@ class PortfolioPolicy(nn.Module):
         d_attn: int = 32,
         n_heads: int = 2,
         neutral: Neutral = "none",
+        beta_window: int = 48,
     ) -> None:
         super().__init__()
         if leverage <= 0:
@@ -91,6 +92,7 @@ class PortfolioPolicy(nn.Module):
         self.context = context
         self.leverage = leverage
         self.neutral = neutral
+        self.beta_window = beta_window  # the engines' beta estimate (``BookSeries.betas``) of a beta-neutral book
         self.decision_every = cfg.decision_every
         self.backbone = build_backbone(cfg, n_features, context)
         h = cfg.head
@@ -205,5 +207,12 @@ def make_policy(cfg: ModelConfig, n_features: int, context: int) -> PolicyNetwor
         return PolicyNetwork(cfg, n_features, context)
     p = cfg.portfolio
     return PortfolioPolicy(
-        cfg, n_features, context, leverage=p.leverage, d_attn=p.d_attn, n_heads=p.n_heads, neutral=p.neutral
+        cfg,
+        n_features,
+        context,
+        leverage=p.leverage,
+        d_attn=p.d_attn,
+        n_heads=p.n_heads,
+        neutral=p.neutral,
+        beta_window=p.beta_window,
     )

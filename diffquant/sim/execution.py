@@ -214,6 +214,34 @@ def band_path_numpy(targets: np.ndarray, width: float) -> np.ndarray:
     return out.reshape(targets.shape)
 
 
+# --- training's path --------------------------------------------------------------------------------------------
+
+
+def execute_decisions(
+    decisions: Tensor,
+    sim: SimConfig,
+    *,
+    period: int = 1,
+    risk: Tensor | None = None,
+    band: float | Tensor = 0.0,
+    leverage: float | None = None,
+) -> Tensor:
+    """Episodes' decisions (B, H) or a book's (B, H, A) -> the positions targeted during each of the H x ``period``
+    bars after them (before the execution lag: ``held_positions``), differentiably: the volatility scale (``risk``
+    per decision, ``sim.vol_target``), a book capped to ``leverage`` again, the band of width ``band`` from a flat
+    book, each decision held ``period`` bars. With every default the decisions come back as they are."""
+    x = decisions
+    if sim.vol_target:
+        if risk is None:
+            raise ValueError("sim.vol_target is set: the episodes need each decision's risk (EpisodeExecution)")
+        x = x * _expand(vol_scale(x, risk, sim.vol_max_scale), x)
+        if leverage is not None and x.dim() == 3:
+            x = cap_gross(x, leverage)
+    if isinstance(band, Tensor) or band > 0:
+        x = band_path(x, band, book=x.dim() == 3)
+    return x.repeat_interleave(period, dim=1) if period > 1 else x
+
+
 # --- the engine's path -----------------------------------------------------------------------------------------
 
 

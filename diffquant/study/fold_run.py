@@ -126,7 +126,7 @@ def fold_works(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> t
         digest = hashlib.sha256("".join(a.model_digest for a in parts).encode()).hexdigest()[:16]
         name, folder = f"{data.fold.name}/{group}", out / "models" / group
         samples = pooled_samples([a.samples for a in parts])
-        books = tuple(a.train_series for a in parts) if cfg_g.model.kind == "portfolio" else ()
+        books = tuple(a.train_series for a in parts)  # a portfolio's episodes, or one asset's at a cadence
         train = TrainingData(samples, tuple(a.val for a in parts), digest, f"fold {name}", books)
         hooks[name, "policy"] = hooks_for(data.fold.name, group, "policy")
         prepare_policies(cfg_g, train, folder / "policy", hooks[name, "policy"])
