@@ -26,8 +26,8 @@ class LearnedBand(nn.Module):
         return self.floor + nn.functional.softplus(self.theta)
 
     def value(self) -> float:
-        """The width as a float (what the walk-forward engine trades)."""
-        return float(self.forward().detach().double())
+        """The width as a float64 (what the walk-forward engine trades): never below the floor."""
+        return self.floor + float(nn.functional.softplus(self.theta.detach().double()))
 
 
 def band_width(model: nn.Module) -> float | None:
