@@ -44,10 +44,13 @@ class Scorer:
     ) -> tuple[WalkForwardResult, dict[str, float]]:
         return self.executed(series, policy_decisions(model, series), hysteresis)
 
-    def constant(self, series: SeriesLike, position: float) -> tuple[WalkForwardResult, dict[str, float]]:
+    def constant(
+        self, series: SeriesLike, position: float, vol_target: float = 0.0
+    ) -> tuple[WalkForwardResult, dict[str, float]]:
         """Buy-and-hold (1.0), flat (0.0) or always-short (-1.0) through the same engine and costs, held as it is
-        (``sim.plain``: no band, no volatility target; ``vol_targeted`` gives its volatility-targeted version)."""
-        return self.plain.positions(series, constant_positions(series, position))
+        (``sim.plain``: no band, no volatility target) or scaled to ``vol_target`` (annual; its targeted version)."""
+        scorer = self.vol_targeted(vol_target) if vol_target else self.plain
+        return scorer.positions(series, constant_positions(series, position))
 
     @property
     def plain(self) -> Scorer:
