@@ -316,7 +316,7 @@ class PortfolioConfig:
     n_heads: int = _f(2, **_range(1))
     # none; dollar: the weights sum to zero; beta: zero beta against the universe's equal-weight return (causal)
     neutral: Neutrality = "none"
-    beta_window: int = _f(48, **_range(2))  # bars in the causal beta estimate (beta only; <= window.context - 1)
+    beta_window: int = _f(0, **_range(0))  # bars in the causal beta estimate (<= window.context - 1); 0: that
 
 
 @dataclass(frozen=True)
@@ -358,7 +358,7 @@ class SimConfig:
     band: float = _f(0.0, **NON_NEGATIVE)  # no-trade band: only a change's part beyond it (sum |dw|) is traded
     band_learned: bool = False  # the band's width is trained with the policy, band being its floor
     vol_target: float = _f(0.0, **_range(0.0, 10.0))  # annualised volatility the book is scaled to; 0: off
-    vol_window: int = _f(48, **_range(2))  # bars in the causal volatility estimate (<= window.context - 1)
+    vol_window: int = _f(0, **_range(0))  # bars in the causal volatility estimate (<= window.context - 1); 0: that
     vol_max_scale: float = _f(2.0, **POSITIVE)  # the volatility scale's cap
 
     @property
@@ -589,16 +589,18 @@ class Config:
                 f"window.horizon ({self.window.horizon}) must exceed sim.execution_lag_bars "
                 f"({self.sim.execution_lag_bars}): no decision would ever earn a return"
             )
-        cfg = dataclasses.replace(self, model=self._execution_model())
+        cfg = self._with_execution()
         market = cfg.features.market
         if not market.channels:
             return cfg
         resolved = dataclasses.replace(market, symbols=expand_symbols(market.symbols) or cfg.data.universe)
         return dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, market=resolved))
 
-    def _execution_model(self) -> ModelConfig:
-        """The execution rules (docs/execution.md), and ``model`` with what the policy takes from ``sim``: the bars
-        between its decisions and its learned band's floor (derived here, so a checkpoint's spec records them)."""
+    def _with_execution(self) -> Config:
+        """The execution rules (docs/execution.md) checked, the estimates' windows resolved (0: window.context - 1,
+        the returns inside the policy's window, as the baselines' lookbacks), and ``model`` with what the policy
+        takes from ``sim``: the bars between its decisions and its learned band's floor (derived here, so a
+        checkpoint's spec records them)."""
         s, ctx = self.sim, self.window.context
         if s.rebalance_at == "funding" and s.rebalance_every != 1:
             raise ConfigError(
@@ -606,17 +608,13 @@ class Config:
                 "cadence itself; set one of them (rebalance_every: 1, or rebalance_at: bars)"
             )
         period = s.decision_period(self.data.timeframe_minutes)
-        if s.vol_target and s.vol_window > ctx - 1:
-            raise ConfigError(
-                f"sim.vol_window ({s.vol_window}) must be at most window.context - 1 = {ctx - 1}: the volatility at "
-                "a decision is estimated from the returns of the bars the policy's window holds"
-            )
         p = self.model.portfolio
-        if p.neutral == "beta" and p.beta_window > ctx - 1:
-            raise ConfigError(
-                f"model.portfolio.beta_window ({p.beta_window}) must be at most window.context - 1 = {ctx - 1}: the "
-                "beta at a decision is estimated from the returns of the bars the policy's window holds"
-            )
+        for key, value in (("sim.vol_window", s.vol_window), ("model.portfolio.beta_window", p.beta_window)):
+            if value > ctx - 1 or value == 1:
+                raise ConfigError(
+                    f"{key} ({value}) must be 2 .. window.context - 1 = {ctx - 1} (or 0 for that): an estimate at a "
+                    "decision reads the returns of the bars the policy's window holds"
+                )
         if p.neutral != "none" and self.model.kind != "portfolio":
             raise ConfigError(
                 f"model.portfolio.neutral is {p.neutral!r} but model.kind is {self.model.kind!r}: only a portfolio's "
@@ -633,7 +631,9 @@ class Config:
                     f"model.{key} ({given}) is derived from sim (rebalance_every, rebalance_at, band, band_learned), "
                     f"which give {derived}; leave it out of the params"
                 )
-        return dataclasses.replace(m, decision_every=period, band_floor=floor)
+        portfolio = dataclasses.replace(p, beta_window=p.beta_window or ctx - 1)
+        model = dataclasses.replace(m, decision_every=period, band_floor=floor, portfolio=portfolio)
+        return dataclasses.replace(self, sim=dataclasses.replace(s, vol_window=s.vol_window or ctx - 1), model=model)
 
     def _validate_families(self) -> None:
         """The feature families' cross-field rules: channels listed once, a market of two or more assets, user

@@ -197,14 +197,14 @@ def band_path(targets: Tensor, width: float | Tensor, book: bool) -> Tensor:
     return torch.stack(held, 1)
 
 
-def band_path_numpy(targets: np.ndarray, width: float) -> np.ndarray:
+def band_path_numpy(targets: np.ndarray, width: float, start: np.ndarray | None = None) -> np.ndarray:
     """``band_path`` of one series (K,) or a book's (K, A), float64, as plain float arithmetic (the engine's path:
-    thousands of decisions); it must equal the torch path (tested)."""
+    thousands of decisions), from a flat book or ``start``; it must equal the torch path (tested)."""
     targets = np.asarray(targets, dtype=np.float64)
     book = targets.ndim == 2
     rows = targets.reshape(len(targets), -1).tolist()
-    out = np.empty((len(rows), len(rows[0]) if rows else 0))
-    prev = [0.0] * out.shape[1]
+    out = np.empty((len(rows), targets.size // max(len(rows), 1)))
+    prev = [0.0] * out.shape[1] if start is None else np.asarray(start, dtype=np.float64).reshape(-1).tolist()
     for k, target in enumerate(rows):
         delta = [x - p for x, p in zip(target, prev, strict=True)]
         sizes = [sum(abs(d) for d in delta)] if book else [abs(d) for d in delta]
@@ -264,6 +264,11 @@ class Execution:
         """The execution ``sim`` configures on bars of ``timeframe_ms``; ``band``: a policy's learned width in
         place of ``sim.band``."""
         minutes = int(timeframe_ms) // 60_000
+        if sim.vol_target and sim.vol_window < 2:
+            raise ValueError(
+                f"sim.vol_window is {sim.vol_window}: give the bars of the volatility estimate (Config.validate "
+                "makes 0 window.context - 1)"
+            )
         width = sim.band if band is None else float(band)
         period = sim.decision_period(minutes)
         return cls(period, width, sim.vol_max_scale, sim.vol_window, sim.vol_target, minutes, leverage)
@@ -286,13 +291,8 @@ class Execution:
         if self.vol_target:
             if returns is None:
                 raise ValueError("a volatility target needs the bars' returns")
-            windows = trailing(np.log1p(np.asarray(returns, dtype=np.float64)), bars[rows], self.vol_window)
-            moment = risk_units(second_moment(windows), self.vol_target, self.timeframe_minutes)
-            w = torch.from_numpy(chosen)
-            chosen = w * _expand(vol_scale(w, torch.from_numpy(moment), self.vol_max_scale), w)
-            if self.leverage is not None and chosen.dim() == 2:  # a scale above 1 may take a book past its cap
-                chosen = cap_gross(chosen, self.leverage)
-            chosen = chosen.numpy()
+            windows = trailing(np.asarray(returns, dtype=np.float64), bars[rows], self.vol_window)
+            chosen = self.scaled(chosen, windows)
         if self.band:
             chosen = band_path_numpy(chosen, self.band)
         src = last_decision(decide)
@@ -300,6 +300,29 @@ class Execution:
         have = src >= 0
         held[have] = chosen[np.searchsorted(rows, src[have])]
         return held, np.where(have, bars[np.maximum(src, 0)], -1)
+
+    def scaled(self, decisions: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Decisions (K,) or (K, A) times their volatility scale, a book capped again; ``windows`` (K, W[, A]): the
+        simple returns of the ``vol_window`` bars up to each decision (``trailing``)."""
+        moment = risk_units(second_moment(np.log1p(windows)), self.vol_target, self.timeframe_minutes)
+        w = torch.from_numpy(np.asarray(decisions, dtype=np.float64))
+        out = w * _expand(vol_scale(w, torch.from_numpy(moment), self.vol_max_scale), w)
+        if self.leverage is not None and out.dim() == 2:  # a scale above 1 may take a book past its cap
+            out = cap_gross(out, self.leverage)
+        return out.numpy()
+
+    def step(self, prev: np.ndarray, decision: np.ndarray, returns: np.ndarray | None) -> np.ndarray:
+        """One decision through the layer, after ``prev`` (what the last decision targeted): the paper traders'
+        path, the arithmetic of ``held`` at one decision bar. ``returns`` (W,) or (W, A): the simple returns of the
+        ``vol_window`` bars up to the decision (read only with a volatility target)."""
+        chosen = np.asarray(decision, dtype=np.float64)[None]
+        if self.vol_target:
+            if returns is None or len(returns) < self.vol_window:
+                raise ValueError(f"a volatility target needs the returns of the last {self.vol_window} bars")
+            chosen = self.scaled(chosen, np.asarray(returns, dtype=np.float64)[None, -self.vol_window :])
+        if self.band:
+            chosen = band_path_numpy(chosen, self.band, prev)
+        return chosen[0]
 
 
 def _expand(scale: Tensor, weights: Tensor) -> Tensor:
