@@ -18,6 +18,8 @@ import pandas as pd
 from diffquant import tracking
 from diffquant.config import Config
 from diffquant.data.contracts import to_ms, validate_bars, validate_funding
+from diffquant.deploy.book_bundle import BookBundle
+from diffquant.deploy.book_paper import Slot, book_slots
 from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.deploy.feeds import Bar, Stale, backfill, binance, replay, replay_bars
 from diffquant.deploy.fold_model import fold_bundle, fold_record, is_fold
@@ -118,7 +120,7 @@ def read_record(path: Path, symbol: str | None) -> pd.DataFrame:
 
 def replay_feed(
     source: ReplaySource,
-    bundle: PolicyBundle,
+    bundle: PolicyBundle | BookBundle,
     lag: int,
     start: pd.Timestamp | None,
     end: pd.Timestamp | None,
@@ -139,6 +141,14 @@ def replay_feed(
     last = len(ms) if end is None else int(np.searchsorted(ms, end.value // 1_000_000))
     bars = replay_bars(source.bars.iloc[first:last], source.funding, bundle.timeframe_minutes)
     return replay(bars, after=after, bars_per_second=bars_per_second)
+
+
+def book_replay_feed(
+    sources: dict[str, ReplaySource], bundle: BookBundle, lag: int, start: pd.Timestamp | None, end: pd.Timestamp | None
+) -> Iterator[Slot]:
+    """Every asset's ``replay_feed`` (its bars of ``[start, end)`` and the warm-up before them) on one clock: the
+    slots a book's paper trader takes (``book_paper.book_slots``)."""
+    return book_slots({s: replay_feed(src, bundle, lag, start, end, None, 0.0) for s, src in sources.items()})
 
 
 def live_feed(

@@ -197,34 +197,79 @@ def _scan(
     """``PolicyHead.step`` per asset and ``book_weights`` per decision slot, as plain float arithmetic (the order of
     ``PolicyHead.scan_numpy``, so one asset gives its numbers exactly), each decision held to the next; logits
     (N, A, 2), present (N, A), decide (N,), beta (N, A) or None."""
-    head, lev = model.head, model.leverage
-    (a_dp, a_dd), (a_gp, a_gd) = head.state.weight.detach().double().cpu().tolist()
-    inv_d, inv_g = 1.0 / head.tau_dir, 1.0 / head.tau_gate
     n, n_assets = present.shape
     rows = logits.tolist()
     raw, gates = np.full((n, n_assets), np.nan), np.full((n, n_assets), np.nan)
-    prev, delta = [0.0] * n_assets, [0.0] * n_assets
+    state = BookState.flat(n_assets)
     for t in range(n):
         if not decide[t]:
             if t:
                 raw[t], gates[t] = raw[t - 1], gates[t - 1]
             continue
-        pos = [0.0] * n_assets
-        have = np.flatnonzero(present[t]).tolist()
-        for a in have:
-            d, g = rows[t][a]
-            gate = 1.0 / (1.0 + math.exp(-(g + a_gp * prev[a] + a_gd * delta[a]) * inv_g))
-            pos[a] = math.tanh((d + a_dp * prev[a] + a_dd * delta[a]) * inv_d) * gate
-            gates[t, a] = gate
-        _neutral_floats(pos, have, model.neutral, None if beta is None else beta[t])
-        scale = lev / max(lev, sum(abs(p) for p in pos))  # cap_gross, in floats
-        for a in range(n_assets):
-            w = pos[a] * scale
-            if present[t, a]:
-                raw[t, a] = w
-            delta[a], prev[a] = w - prev[a], w
+        raw[t], gates[t] = book_step(model, rows[t], present[t], state, None if beta is None else beta[t])
     held_beta = None if beta is None else hold_between(beta, decide)
     return BookDecisions(raw, gates, model.neutral, held_beta, band_width(model))
+
+
+@dataclass
+class BookState:
+    """The portfolio's recursion state between decisions: each asset's last weight and its change."""
+
+    prev: list[float]
+    delta: list[float]
+
+    @classmethod
+    def flat(cls, n_assets: int) -> BookState:
+        return cls([0.0] * n_assets, [0.0] * n_assets)
+
+
+def book_step(
+    model: PortfolioPolicy, logits: list[list[float]], present: np.ndarray, state: BookState, beta: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One decision of the book: ``PolicyHead.step`` per present asset from ``state`` (updated in place), then
+    ``book_weights`` in plain floats; logits (A, 2) as lists, present (A,), beta (A,) or None. Returns the raw
+    weights and gates (A,), NaN where absent. The walk-forward's ``_scan`` and the book's paper trader step here."""
+    head, lev = model.head, model.leverage
+    (a_dp, a_dd), (a_gp, a_gd) = head.state.weight.detach().double().cpu().tolist()
+    inv_d, inv_g = 1.0 / head.tau_dir, 1.0 / head.tau_gate
+    prev, delta = state.prev, state.delta
+    n_assets = len(prev)
+    raw, gates = np.full(n_assets, np.nan), np.full(n_assets, np.nan)
+    pos = [0.0] * n_assets
+    have = np.flatnonzero(present).tolist()
+    for a in have:
+        d, g = logits[a]
+        gate = 1.0 / (1.0 + math.exp(-(g + a_gp * prev[a] + a_gd * delta[a]) * inv_g))
+        pos[a] = math.tanh((d + a_dp * prev[a] + a_dd * delta[a]) * inv_d) * gate
+        gates[a] = gate
+    _neutral_floats(pos, have, model.neutral, beta)
+    scale = lev / max(lev, sum(abs(p) for p in pos))  # cap_gross, in floats
+    for a in range(n_assets):
+        w = pos[a] * scale
+        if present[a]:
+            raw[a] = w
+        delta[a], prev[a] = w - prev[a], w
+    return raw, gates
+
+
+def slot_logits(model: PortfolioPolicy, windows: np.ndarray, present: np.ndarray) -> list[list[float]]:
+    """The head's logits (A, 2) at one slot from each present asset's window (A, ctx, F) (an absent asset's is never
+    read): the encoder, the attention over the present assets and the head, as ``book_decisions`` batches them (a
+    batch of one slot may round the float32 products differently in the last bits)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            have = torch.as_tensor(np.asarray(present, dtype=bool))
+            x = torch.as_tensor(np.asarray(windows, dtype=np.float32)[present]).transpose(1, 2)  # (P, F, ctx)
+            feats = torch.zeros(1, len(present), model.backbone.out_dim)
+            feats[0, have] = backbone_features(model.backbone, x)
+            mixed = model.mix(feats, have[None])[0, have]
+            logits = torch.zeros(len(present), 2, dtype=torch.float64)
+            logits[have] = model.head(mixed).double()
+    finally:
+        model.train(was_training)
+    return logits.tolist()
 
 
 def book_decisions_reference(model: PortfolioPolicy, book: BookSeries) -> BookDecisions:
@@ -266,12 +311,18 @@ def executed_book(decisions: BookDecisions, hysteresis: Hysteresis, leverage: fl
     """Hysteresis per asset on the raw weights (an absent asset is flat), then the book made neutral and capped to
     the leverage again (a hysteresis target can be a larger weight than the one the cap last allowed, and filtering
     each asset on its own undoes the book's neutrality)."""
-    held = torch.from_numpy(np.stack([apply_hysteresis(col, hysteresis) for col in decisions.raw.T], axis=1))
-    if decisions.neutral == "none":
-        return cap_gross(held, leverage).numpy()
-    present = torch.from_numpy(np.isfinite(decisions.raw))
-    beta = None if decisions.beta is None else torch.from_numpy(np.nan_to_num(decisions.beta))
-    return book_weights(held, leverage, decisions.neutral, present, beta).numpy()
+    held = np.stack([apply_hysteresis(col, hysteresis) for col in decisions.raw.T], axis=1)
+    return rebook(held, decisions.raw, decisions.neutral, decisions.beta, leverage)
+
+
+def rebook(held: np.ndarray, raw: np.ndarray, neutral: Neutral, beta: np.ndarray | None, leverage: float) -> np.ndarray:
+    """Weights after hysteresis (..., A) made the book again: neutral over the assets with a raw weight (``raw``
+    finite) and within the leverage (``book_weights``)."""
+    if neutral == "none":
+        return cap_gross(torch.from_numpy(held), leverage).numpy()
+    present = torch.from_numpy(np.isfinite(raw))
+    b = None if beta is None else torch.from_numpy(np.nan_to_num(beta))
+    return book_weights(torch.from_numpy(held), leverage, neutral, present, b).numpy()
 
 
 def walk_forward_book(

@@ -316,7 +316,7 @@ class Execution:
         path, the arithmetic of ``held`` at one decision bar. ``returns`` (W,) or (W, A): the simple returns of the
         ``vol_window`` bars up to the decision (read only with a volatility target)."""
         chosen = np.asarray(decision, dtype=np.float64)[None]
-        if self.vol_target:
+        if self.vol_target and chosen.any():  # a flat decision stays flat at any scale (before a full window)
             if returns is None or len(returns) < self.vol_window:
                 raise ValueError(f"a volatility target needs the returns of the last {self.vol_window} bars")
             chosen = self.scaled(chosen, np.asarray(returns, dtype=np.float64)[None, -self.vol_window :])
