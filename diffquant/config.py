@@ -597,10 +597,11 @@ class Config:
         return dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, market=resolved))
 
     def _with_execution(self) -> Config:
-        """The execution rules (docs/execution.md) checked, the estimates' windows resolved (0: window.context - 1,
-        the returns inside the policy's window, as the baselines' lookbacks), and ``model`` with what the policy
-        takes from ``sim``: the bars between its decisions and its learned band's floor (derived here, so a
-        checkpoint's spec records them)."""
+        """The execution rules (docs/execution.md) checked, ``sim.vol_window`` resolved (0: window.context - 1, the
+        returns inside the policy's window, as the baselines' lookbacks; ``model.portfolio.beta_window`` likewise in
+        ``make_policy``, so the model section stays as given), and ``model`` with what the policy takes from
+        ``sim``: the bars between its decisions and its learned band's floor (derived here, so a checkpoint's spec
+        records them)."""
         s, ctx = self.sim, self.window.context
         if s.rebalance_at == "funding" and s.rebalance_every != 1:
             raise ConfigError(
@@ -631,8 +632,7 @@ class Config:
                     f"model.{key} ({given}) is derived from sim (rebalance_every, rebalance_at, band, band_learned), "
                     f"which give {derived}; leave it out of the params"
                 )
-        portfolio = dataclasses.replace(p, beta_window=p.beta_window or ctx - 1)
-        model = dataclasses.replace(m, decision_every=period, band_floor=floor, portfolio=portfolio)
+        model = dataclasses.replace(m, decision_every=period, band_floor=floor)  # beta_window 0: make_policy
         return dataclasses.replace(self, sim=dataclasses.replace(s, vol_window=s.vol_window or ctx - 1), model=model)
 
     def _validate_families(self) -> None:

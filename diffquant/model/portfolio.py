@@ -214,5 +214,5 @@ def make_policy(cfg: ModelConfig, n_features: int, context: int) -> PolicyNetwor
         d_attn=p.d_attn,
         n_heads=p.n_heads,
         neutral=p.neutral,
-        beta_window=p.beta_window,
+        beta_window=p.beta_window or context - 1,  # 0: the returns inside the window
     )
