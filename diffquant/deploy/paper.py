@@ -217,9 +217,9 @@ class PaperTrader:
         self.tail.append({k: getattr(bar, k) for k in BAR_FIELDS})
         decision: dict[str, Any] = {"run_length": run_length, "raw_position": None, "gate": None}
         if len(self.tail) < self.bundle.min_bars:
-            book = book_position(self.states)
             mode = ("flat" if self.settings.on_gap == "flatten" else "paused") if after_gap else "warmup"
-            decision.update(mode=mode, executed=book)
+            held = mode == "paused" and self.last is not None  # a paused book holds its last target, as executed
+            decision.update(mode=mode, executed=self.last["executed"] if held else book_position(self.states))
         elif not decision_mask(np.array([bar.open_time]), self.tf_ms, self.execution.period)[0]:
             decision.update(mode="holding", executed=0.0 if self.last is None else self.last["executed"])
         else:
