@@ -260,13 +260,16 @@ def slot_logits(model: PortfolioPolicy, windows: np.ndarray, present: np.ndarray
     model.eval()
     try:
         with torch.inference_mode():
-            have = torch.as_tensor(np.asarray(present, dtype=bool))
-            x = torch.as_tensor(np.asarray(windows, dtype=np.float32)[present]).transpose(1, 2)  # (P, F, ctx)
-            feats = torch.zeros(1, len(present), model.backbone.out_dim)
+            dev = next(model.parameters()).device
+            have = torch.as_tensor(np.asarray(present, dtype=bool), device=dev)
+            x = torch.as_tensor(np.asarray(windows, dtype=np.float32)[present], device=dev).transpose(
+                1, 2
+            )  # (P, F, ctx)
+            feats = torch.zeros(1, len(present), model.backbone.out_dim, device=dev)
             feats[0, have] = backbone_features(model.backbone, x)
             mixed = model.mix(feats, have[None])[0, have]
             logits = torch.zeros(len(present), 2, dtype=torch.float64)
-            logits[have] = model.head(mixed).double()
+            logits[have.cpu()] = model.head(mixed).double().cpu()
     finally:
         model.train(was_training)
     return logits.tolist()
