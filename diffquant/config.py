@@ -53,6 +53,8 @@ CoreType = Literal["sharpe", "sortino", "calmar", "cdar"]
 LossType = Literal["sharpe", "sortino", "calmar", "cdar", "hybrid"]
 SERIES_BACKBONES = ("tcn", "vsn_lstm", "linear_attention")  # causal per bar: they also run over a whole series
 ModelKind = Literal["single", "portfolio"]
+Neutrality = Literal["none", "dollar", "beta"]
+RebalanceAt = Literal["bars", "funding"]
 BackboneName = Literal["itransformer", "lstm", "patchtst", "dlinear", "tcn", "vsn_lstm", "linear_attention"]
 
 
@@ -312,6 +314,9 @@ class PortfolioConfig:
     leverage: float = _f(1.0, **POSITIVE)  # bound on the gross exposure sum_i |w_i|, met by construction
     d_attn: int = _f(32, **_range(1))  # width of the cross-asset attention
     n_heads: int = _f(2, **_range(1))
+    # none; dollar: the weights sum to zero; beta: zero beta against the universe's equal-weight return (causal)
+    neutral: Neutrality = "none"
+    beta_window: int = _f(0, **_range(0))  # bars in the causal beta estimate (<= window.context - 1); 0: that
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,10 @@ class ModelConfig:
     # z-scored by the trailing window.context bars, instead of once per window (docs/backbones.md, "Series path").
     series: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
+    # Derived by Config.validate from sim (never a params key): the policy's decisions are this many bars apart
+    # (sim.rebalance_every / rebalance_at), and its no-trade band is learned above this floor (sim.band_learned).
+    decision_every: int = _f(1, **_range(1))
+    band_floor: float | None = _f(None, **NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -342,10 +351,41 @@ class SimConfig:
     impact_eta: float = _f(0.0, **NON_NEGATIVE)
     execution_lag_bars: int = _f(1, **_range(0, 10))
     funding: bool = True
+    # Execution (diffquant.sim.execution, docs/execution.md): every default leaves a book as it was.
+    rebalance_every: int = _f(1, **_range(1))  # bars between decisions, at closes that are multiples of it (epoch)
+    rebalance_at: RebalanceAt = "bars"  # bars: every rebalance_every bars; funding: at the funding stamps
+    funding_hours: int = _f(8, **_range(1, 24))  # rebalance_at funding: the stamps' interval from 00:00 UTC
+    band: float = _f(0.0, **NON_NEGATIVE)  # no-trade band: only a change's part beyond it (sum |dw|) is traded
+    band_learned: bool = False  # the band's width is trained with the policy, band being its floor
+    vol_target: float = _f(0.0, **_range(0.0, 10.0))  # annualised volatility the book is scaled to; 0: off
+    vol_window: int = _f(0, **_range(0))  # bars in the causal volatility estimate (<= window.context - 1); 0: that
+    vol_max_scale: float = _f(2.0, **POSITIVE)  # the volatility scale's cap
 
     @property
     def cost_rate(self) -> float:
         return self.commission + self.slippage
+
+    def decision_period(self, timeframe_minutes: int) -> int:
+        """Bars between decisions: ``rebalance_every``, or the funding interval in bars (``rebalance_at: funding``).
+
+        Raises ``ConfigError`` when the funding interval is not a whole number of bars of ``timeframe_minutes``.
+        """
+        if self.rebalance_at == "bars":
+            return self.rebalance_every
+        minutes = self.funding_hours * 60
+        if minutes % timeframe_minutes:
+            raise ConfigError(
+                f"sim.rebalance_at is 'funding' but the {self.funding_hours}-hour funding interval is not a whole "
+                f"number of {timeframe_minutes}-minute bars; choose a timeframe that divides it or use "
+                "sim.rebalance_every"
+            )
+        return minutes // timeframe_minutes
+
+    @property
+    def plain(self) -> SimConfig:
+        """These costs and this cadence without the band and the volatility target: how a rule baseline that
+        trades its own targets is priced (buy-and-hold, 1/N)."""
+        return dataclasses.replace(self, band=0.0, band_learned=False, vol_target=0.0)
 
 
 @dataclass(frozen=True)
@@ -465,6 +505,10 @@ class BaselineConfig:
     momentum_lookbacks: list[int] = field(default_factory=lambda: [12, 24, 48, 95])  # bars; best on val is kept
     proxy: bool = True  # train the MSE proxy: the same backbone fitted to the next-horizon return
     proxy_batch_windows: int = _f(1536, **_range(1))  # windows per proxy step (= batch_size x horizon by default)
+    # the volatility-targeted buy-and-hold and 1/N: their annual target when sim.vol_target is 0 (else sim's)
+    vol_target: float = _f(0.5, **_range(0.0, 10.0, lo_open=True))
+    carry_assets: int = _f(3, **_range(1))  # cross-sectional carry: long the k lowest funding, short the k highest
+    funding_extreme: float = _f(0.0003, **POSITIVE)  # the funding rule: short above +this per interval, long below -
 
 
 @dataclass(frozen=True)
@@ -545,11 +589,51 @@ class Config:
                 f"window.horizon ({self.window.horizon}) must exceed sim.execution_lag_bars "
                 f"({self.sim.execution_lag_bars}): no decision would ever earn a return"
             )
-        market = self.features.market
+        cfg = self._with_execution()
+        market = cfg.features.market
         if not market.channels:
-            return self
-        resolved = dataclasses.replace(market, symbols=expand_symbols(market.symbols) or self.data.universe)
-        return dataclasses.replace(self, features=dataclasses.replace(self.features, market=resolved))
+            return cfg
+        resolved = dataclasses.replace(market, symbols=expand_symbols(market.symbols) or cfg.data.universe)
+        return dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, market=resolved))
+
+    def _with_execution(self) -> Config:
+        """The execution rules (docs/execution.md) checked, ``sim.vol_window`` resolved (0: window.context - 1, the
+        returns inside the policy's window, as the baselines' lookbacks; ``model.portfolio.beta_window`` likewise in
+        ``make_policy``, so the model section stays as given), and ``model`` with what the policy takes from
+        ``sim``: the bars between its decisions and its learned band's floor (derived here, so a checkpoint's spec
+        records them)."""
+        s, ctx = self.sim, self.window.context
+        if s.rebalance_at == "funding" and s.rebalance_every != 1:
+            raise ConfigError(
+                f"sim.rebalance_every is {s.rebalance_every} but sim.rebalance_at is 'funding', which sets the "
+                "cadence itself; set one of them (rebalance_every: 1, or rebalance_at: bars)"
+            )
+        period = s.decision_period(self.data.timeframe_minutes)
+        p = self.model.portfolio
+        for key, value in (("sim.vol_window", s.vol_window), ("model.portfolio.beta_window", p.beta_window)):
+            if value > ctx - 1 or value == 1:
+                raise ConfigError(
+                    f"{key} ({value}) must be 2 .. window.context - 1 = {ctx - 1} (or 0 for that): an estimate at a "
+                    "decision reads the returns of the bars the policy's window holds"
+                )
+        if p.neutral != "none" and self.model.kind != "portfolio":
+            raise ConfigError(
+                f"model.portfolio.neutral is {p.neutral!r} but model.kind is {self.model.kind!r}: only a portfolio's "
+                "book can be market-neutral; set model.kind to portfolio or neutral to none"
+            )
+        floor = s.band if s.band_learned else None
+        m = self.model
+        for key, given, default, derived in (
+            ("decision_every", m.decision_every, 1, period),
+            ("band_floor", m.band_floor, None, floor),
+        ):
+            if given not in (default, derived):
+                raise ConfigError(
+                    f"model.{key} ({given}) is derived from sim (rebalance_every, rebalance_at, band, band_learned), "
+                    f"which give {derived}; leave it out of the params"
+                )
+        model = dataclasses.replace(m, decision_every=period, band_floor=floor)  # beta_window 0: make_policy
+        return dataclasses.replace(self, sim=dataclasses.replace(s, vol_window=s.vol_window or ctx - 1), model=model)
 
     def _validate_families(self) -> None:
         """The feature families' cross-field rules: channels listed once, a market of two or more assets, user

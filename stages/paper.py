@@ -3,6 +3,7 @@ books them, into a ledger that survives a kill.
 
     python -m stages.paper --model outputs/evaluate/folds/2025-10-01 --symbol BTCUSDT \
         --check outputs/evaluate/folds/2025-10-01
+    python -m stages.paper --model outputs/evaluate/folds/2025-10-01 --check outputs/evaluate/folds/2025-10-01  # a book
     python -m stages.paper --model models:/diffquant-itransformer_hybrid-BTCUSDT@candidate --split backtest
     python -m stages.paper --model models:/diffquant-itransformer_hybrid-BTCUSDT@champion --feed binance
     python -m stages.paper --model outputs/train/pooled/<digest>/seed_42/best.pt --bars my_bars.csv --pace 2
@@ -24,7 +25,8 @@ import pandas as pd
 
 from diffquant import tracking
 from diffquant.config import Config, parse_date
-from diffquant.deploy.fold_model import fold_test_window, is_fold
+from diffquant.deploy.book_paper import compare_book
+from diffquant.deploy.fold_model import fold_book_record, fold_test_window, is_fold
 from diffquant.deploy.paper import PaperSettings
 from diffquant.deploy.paper_session import (
     MlflowSink,
@@ -34,6 +36,7 @@ from diffquant.deploy.paper_session import (
     open_session,
     read_record,
     read_replay,
+    replay_book,
     replay_feed,
     replay_files,
 )
@@ -65,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check", help="an evaluate record CSV, or a fold folder, to compare the ledger with")
     p.add_argument("--tolerance", type=float, default=1e-6, help="--check: largest difference accepted")
     args = p.parse_args(argv)
-    root, cfg = repo_root(), one_asset(load_params(args.params))
+    root, cfg = repo_root(), load_params(args.params)
+    if cfg.model.kind == "portfolio":
+        return _book(args, cfg, root)
+    cfg = one_asset(cfg)
 
     bundle = load_bundle(args.model, cfg, root, args.symbol)
     settings = PaperSettings(bundle.sim, args.on_gap, annualization(bundle.timeframe_minutes, cfg.eval.days_per_year))
@@ -107,6 +113,25 @@ def main(argv: list[str] | None = None) -> None:
             log.error("the ledger differs from %s by more than %g", args.check, args.tolerance)
             sys.exit(1)
         print(f"ledger equals {args.check} within {args.tolerance:g}")
+
+
+def _book(args: argparse.Namespace, cfg: Config, root: Path) -> None:
+    """A portfolio fold's book replayed over its test window, a ledger per asset beside --ledger."""
+    books = replay_book(cfg, root, root / args.model, str(root / args.ledger))
+    log.info(
+        "%d slots of %s booked into one ledger per asset beside %s",
+        len(books[next(iter(books))]),
+        args.model,
+        args.ledger,
+    )
+    if args.check:
+        worst = compare_book(books, fold_book_record(root / args.check))
+        for column, diff in worst.items():
+            print(f"{column:>24}: largest difference {diff:.3e}")
+        if max(worst.values()) > args.tolerance:
+            log.error("the ledgers differ from %s by more than %g", args.check, args.tolerance)
+            sys.exit(1)
+        print(f"ledgers equal {args.check} within {args.tolerance:g}")
 
 
 def _span(cfg: Config, args: argparse.Namespace, root: Path) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:

@@ -36,6 +36,7 @@ from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.walk_forward import encode_windows, policy_decisions
 from diffquant.float_mode import denormals_flushed
 from diffquant.io import read_json, write_json
+from diffquant.model.band import band_width
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
 
@@ -111,6 +112,21 @@ class BundleParts:
         """The columns the input table needs besides the bars: what the feature families read (its schema)."""
         return model_columns(self.features)
 
+    @property
+    def band(self) -> float | None:
+        """The members' mean learned band width (what their book trades), or None when the band is not learned."""
+        widths = [band_width(m.policy) for m in self.members]
+        return None if widths[0] is None else float(np.mean(widths))
+
+    def fingerprint(self) -> str:
+        """sha256 of the manifest and every weight: what a paper ledger is bound to, whatever URI named the model."""
+        digest = hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode())
+        for member in self.members:
+            for name, tensor in member.policy.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def manifest(self) -> dict[str, object]:
         """Everything but the weights, as JSON: members with their hysteresis, features, timeframe, costs."""
         return {
@@ -165,7 +181,9 @@ class PolicyBundle(BundleParts):
         ``positions``: each member's executed position before the first decision (flat by default), as the
         previous call's last ``position_<member>`` columns give them. Returns ``open_time``, ``raw_position`` and
         ``gate`` (the members' means), ``position`` (the book: the mean of the members' executed positions) and
-        ``position_<member>`` for each member.
+        ``position_<member>`` for each member. At a decision cadence (``model.decision_every``) each bar holds its
+        last decision bar's. ``position`` is the book's decision: the execution layer's band and volatility target
+        (``sim``) act after it, where the book is traded (the walk-forward engine, the paper trader).
         """
         series = self.series(bars)
         start = self.context - 1
@@ -238,15 +256,6 @@ class PolicyBundle(BundleParts):
         if len(values) != len(self.members) or not all(np.isfinite(v) and abs(v) <= 1.0 for v in values):
             raise DataError(f"positions {values}: give one executed position in [-1, 1] per member {self.member_names}")
         return values
-
-    def fingerprint(self) -> str:
-        """sha256 of the manifest and every weight: what a paper ledger is bound to, whatever URI named the model."""
-        digest = hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode())
-        for member in self.members:
-            for name, tensor in member.policy.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
 
     @classmethod
     def load(cls, folder: Path) -> PolicyBundle:

@@ -20,8 +20,9 @@ from diffquant.deploy.book_bundle import BookBundle, BookMember
 from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.errors import DataError
 from diffquant.evaluate.tuned import TunedModel
+from diffquant.io import read_parquet
 from diffquant.model.portfolio import PortfolioPolicy
-from diffquant.study.book_run import PORTFOLIO
+from diffquant.study.book_run import PORTFOLIO, WEIGHTS
 from diffquant.study.fold_run import FOLD_JSON, load_fold
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
@@ -83,6 +84,21 @@ def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str,
     book = tuple(BookMember(*m) for m in members)
     symbols = tuple(result.groups[PORTFOLIO])
     return BookBundle(book, symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
+
+
+def fold_book_record(fold_dir: Path) -> dict[str, pd.DataFrame]:
+    """What a portfolio fold's ensemble held and booked per asset and test slot: ``time``, ``position`` (its
+    weight), ``trade`` and ``net`` (``book_run``'s weights table), to check a book's paper ledgers against."""
+    result = load_fold(fold_dir)
+    if PORTFOLIO not in result.entries:
+        raise DataError(f"{fold_dir}: not a portfolio fold (it traded {sorted(result.entries)} one by one)")
+    table = read_parquet(Path(fold_dir) / WEIGHTS, "the folds stage")
+    return {
+        s: pd.DataFrame(
+            {"time": table["time"], "position": table[f"w_{s}"], "trade": table[f"trade_{s}"], "net": table[f"net_{s}"]}
+        )
+        for s in result.groups[PORTFOLIO]
+    }
 
 
 def _seeds(

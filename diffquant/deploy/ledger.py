@@ -28,10 +28,11 @@ BOOK = sa.Table(
     sa.Column("num_trades", sa.Float(53)),
     sa.Column("funding_rate", sa.Float(53), nullable=False),
     sa.Column("missing_before", sa.Integer, nullable=False),  # bars missing between the previous row and this one
-    sa.Column("mode", sa.String(16), nullable=False),  # warmup | trading | flat (after a gap) | paused
+    sa.Column("mode", sa.String(16), nullable=False),  # warmup | trading | holding (no decision bar) | flat | paused
     sa.Column("raw_position", sa.Float(53)),  # the members' mean raw decision at this close (NULL: none taken)
     sa.Column("gate", sa.Float(53)),
-    sa.Column("executed", sa.Float(53), nullable=False),  # the book's decision at this close, after hysteresis
+    # the book's target from this close: its decision after hysteresis and the execution layer (band, volatility)
+    sa.Column("executed", sa.Float(53), nullable=False),
     *(
         sa.Column(c, sa.Float(53), nullable=False)
         for c in ("position", "trade", "gross", "commission", "funding", "net", "equity")

@@ -6,8 +6,11 @@ Per bar ``j`` that passes validation, in one ledger transaction:
    (L = ``sim.execution_lag_bars``; flat before the first decision), priced by the one simulator
    (``simulate(..., exact=True)`` on that single bar, continuing from the previous bar's position): the engine's
    per-bar record, term for term. A bar after missing ones earns no return across them, as in the engine.
-2. **decide** at its close: the features of the last ``min_bars`` consecutive bars, each member's policy continued
-   from its state, its hysteresis, the members' mean (``PolicyBundle.step``).
+2. **decide** at its close, if it is a decision bar of the clock (``sim.rebalance_every`` / ``rebalance_at``; else
+   the book holds its last target): the features of the last ``min_bars`` consecutive bars, each member's policy
+   continued from its state, its hysteresis, the members' mean (``PolicyBundle.step``), then the execution layer
+   (``Execution.step``: the volatility scale from the tail's returns, the no-trade band from the last target), as
+   the engine's ``Execution.held`` does at that bar.
 
 Bad input never reaches the book: a bar with impossible values, one older than the last, or a changed copy of the
 last is refused and logged in ``events``; an identical copy is ignored (logged). Missing bars (a gap) are logged and
@@ -39,6 +42,7 @@ from diffquant.deploy.feeds import Bar, Stale
 from diffquant.deploy.ledger import Ledger, member_states
 from diffquant.errors import ConfigError
 from diffquant.evaluate.metrics import annualization, sharpe
+from diffquant.sim.execution import Execution, decision_mask
 from diffquant.sim.simulator import bar_returns, simulate
 
 log = logging.getLogger("diffquant.paper")
@@ -96,6 +100,7 @@ class PaperTrader:
         self.bundle, self.ledger, self.settings, self.sink = bundle, ledger, settings, sink
         self.tf_ms = bundle.timeframe_minutes * MINUTE_MS
         self.lag = settings.sim.execution_lag_bars
+        self.execution = Execution.of(settings.sim, self.tf_ms, band=bundle.band)
         self.tail: deque[dict[str, Any]] = deque(maxlen=bundle.min_bars)
         self.executed: deque[float] = deque(maxlen=self.lag + 1)  # the book's decisions of the last L + 1 bars
         self.nets: deque[float] = deque(maxlen=settings.sharpe_window)
@@ -212,13 +217,17 @@ class PaperTrader:
         self.tail.append({k: getattr(bar, k) for k in BAR_FIELDS})
         decision: dict[str, Any] = {"run_length": run_length, "raw_position": None, "gate": None}
         if len(self.tail) < self.bundle.min_bars:
-            book = book_position(self.states)
             mode = ("flat" if self.settings.on_gap == "flatten" else "paused") if after_gap else "warmup"
-            decision.update(mode=mode, executed=book)
+            held = mode == "paused" and self.last is not None  # a paused book holds its last target, as executed
+            decision.update(mode=mode, executed=self.last["executed"] if held else book_position(self.states))
+        elif not decision_mask(np.array([bar.open_time]), self.tf_ms, self.execution.period)[0]:
+            decision.update(mode="holding", executed=0.0 if self.last is None else self.last["executed"])
         else:
             step = self.bundle.step(self._tail_frame(), self.states)
             self.states = step.states
-            decision.update(mode="trading", raw_position=step.raw, gate=step.gate, executed=step.position)
+            prev = np.array(0.0 if self.last is None else self.last["executed"])
+            target = float(self.execution.step(prev, np.array(step.position), self._tail_returns()))
+            decision.update(mode="trading", raw_position=step.raw, gate=step.gate, executed=target)
         decision["state"] = json.dumps([s.as_list() for s in self.states])
         return decision
 
@@ -230,6 +239,12 @@ class PaperTrader:
         frame = pd.DataFrame({c: [bar[c] for bar in self.tail] for c in columns})
         frame["open_time"] = from_ms(frame["open_time"].to_numpy())
         return frame
+
+    def _tail_returns(self) -> np.ndarray | None:
+        """The simple returns between the tail's closes (consecutive bars), for the volatility estimate."""
+        if not self.execution.vol_target:
+            return None
+        return bar_returns(np.array([bar["close"] for bar in self.tail], dtype=np.float64))
 
     def _rolling_sharpe(self) -> float | None:
         return sharpe(np.fromiter(self.nets, dtype=np.float64), self.settings.ann) if len(self.nets) > 1 else None

@@ -7,7 +7,7 @@ The model is an MLflow model URI (``models:/diffquant-<experiment>@candidate``, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,15 @@ import pandas as pd
 from diffquant import tracking
 from diffquant.config import Config
 from diffquant.data.contracts import to_ms, validate_bars, validate_funding
+from diffquant.deploy.book_bundle import BookBundle
+from diffquant.deploy.book_paper import BookPaperTrader, Slot, book_slots, ledger_books
 from diffquant.deploy.bundle import Member, PolicyBundle
 from diffquant.deploy.feeds import Bar, Stale, backfill, binance, replay, replay_bars
-from diffquant.deploy.fold_model import fold_bundle, fold_record, is_fold
+from diffquant.deploy.fold_model import fold_book_bundle, fold_bundle, fold_record, fold_test_window, is_fold
 from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import MetricsSink, PaperSettings, PaperTrader
 from diffquant.errors import ConfigError, DataError
+from diffquant.evaluate.metrics import annualization
 from diffquant.io import read_parquet
 from diffquant.train import checkpoint
 
@@ -113,7 +116,7 @@ def read_record(path: Path, symbol: str | None) -> pd.DataFrame:
 
 def replay_feed(
     source: ReplaySource,
-    bundle: PolicyBundle,
+    bundle: PolicyBundle | BookBundle,
     lag: int,
     start: pd.Timestamp | None,
     end: pd.Timestamp | None,
@@ -134,6 +137,45 @@ def replay_feed(
     last = len(ms) if end is None else int(np.searchsorted(ms, end.value // 1_000_000))
     bars = replay_bars(source.bars.iloc[first:last], source.funding, bundle.timeframe_minutes)
     return replay(bars, after=after, bars_per_second=bars_per_second)
+
+
+def book_replay_feed(
+    sources: dict[str, ReplaySource], bundle: BookBundle, lag: int, start: pd.Timestamp | None, end: pd.Timestamp | None
+) -> Iterator[Slot]:
+    """Every asset's ``replay_feed`` (its bars of ``[start, end)`` and the warm-up before them) on one clock: the
+    slots a book's paper trader takes (``book_paper.book_slots``)."""
+    return book_slots({s: replay_feed(src, bundle, lag, start, end, None, 0.0) for s, src in sources.items()})
+
+
+def book_ledgers(ledger: str, symbols: Sequence[str]) -> dict[str, Ledger]:
+    """A book's ledgers: one SQLite file per asset beside ``ledger`` (``<stem>_<SYMBOL><suffix>``; its folder is
+    made)."""
+    if "://" in ledger:
+        raise ConfigError(f"--ledger {ledger}: a book's ledgers are SQLite files, one per asset; give a file path")
+    path = Path(ledger)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return {s: Ledger(str(path.with_name(f"{path.stem}_{s}{path.suffix}"))) for s in symbols}
+
+
+def book_sources(root: Path, symbols: Sequence[str]) -> dict[str, ReplaySource]:
+    """Each asset's bars and funding as the data stages keep them (``replay_files``), what a portfolio fold traded."""
+    return {s: read_replay(*replay_files(root, s, None, None)) for s in symbols}
+
+
+def replay_book(
+    cfg: Config, root: Path, fold_dir: Path, ledger: str, sink: MetricsSink | None = None
+) -> dict[str, pd.DataFrame]:
+    """A portfolio fold's book (``fold_book_bundle``) paper-traded over the fold's test window from every asset's
+    bars, into one new ledger per asset beside ``ledger``; returns each asset's ledger rows."""
+    bundle, _ = fold_book_bundle(cfg, fold_dir)
+    ledgers = book_ledgers(ledger, bundle.symbols)
+    ann = annualization(bundle.timeframe_minutes, cfg.eval.days_per_year)
+    trader = BookPaperTrader(bundle, ledgers, PaperSettings(bundle.sim, ann=ann), sink)
+    trader.start(str(fold_dir))
+    start, end = fold_test_window(fold_dir)
+    lag = bundle.sim.execution_lag_bars
+    trader.run(book_replay_feed(book_sources(root, bundle.symbols), bundle, lag, start, end))
+    return ledger_books(ledgers)
 
 
 def live_feed(

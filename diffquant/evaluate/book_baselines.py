@@ -1,18 +1,31 @@
 """A book's rule baselines, as executed weights (N, A) for :func:`~diffquant.evaluate.book.walk_forward_book`.
 
 Each decides at a slot's close from the assets' own bars up to it, holds a gross exposure of min(1, leverage), and
-(but 1/N) rebalances once a week, at the first slot of each UTC week (Monday 00:00) and at its first decidable slot.
-``lookback`` is in each asset's own bars; the studies use window.context - 1, the returns inside the policy's window,
-so no rule sees more history than the policy. A rule is flat until it can decide (as hysteresis makes the policy
-before its first full window). Weights are held as fractions of equity between rebalances, as the
-simulator prices every book (the drift of a buy-and-hold is not charged as a trade, for the policy neither).
+(but 1/N) rebalances once a week, at the first slot of each UTC week (Monday 00:00) and at its first decidable slot;
+the funding rules rebalance at the funding stamps instead. ``lookback`` is in each asset's own bars; the studies use
+window.context - 1, the returns inside the policy's window, so no rule sees more history than the policy. A rule is
+flat until it can decide (as hysteresis makes the policy before its first full window). Weights are held as
+fractions of equity between rebalances, as the simulator prices every book (the drift of a buy-and-hold is not
+charged as a trade, for the policy neither).
+
+The funding rules read the funding each asset paid over the last funding interval up to the decision's close
+(``funding_paid``: settlements known at that close, nothing later): cross-sectional carry is long the k lowest and
+short the k highest, the funding-extremes rule is short an asset whose funding is at or above +threshold and long
+one at or below -threshold. ``priced_with`` says under which execution each baseline trades; the volatility-targeted
+1/N is 1/N's weights traded with the volatility target.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from diffquant.config import BaselineConfig, SimConfig
 from diffquant.evaluate.book import BookSeries
+from diffquant.sim.execution import decision_mask, hold_between
+
+VOL_TARGETED = ("equal_weight_vt",)  # book baselines traded with the volatility target (``priced_with``)
 
 WEEK_MS = 7 * 24 * 3_600_000
 MONDAY_MS = 4 * 24 * 3_600_000  # the Unix epoch is a Thursday: weeks counted from here start on Mondays
@@ -73,3 +86,68 @@ def cross_sectional_momentum(book: BookSeries, lookback: int, leverage: float) -
     count = np.abs(side).sum(axis=1, keepdims=True)
     target = np.where(count > 0, side * min(1.0, leverage) / np.where(count > 0, count, 1.0), 0.0)
     return _weekly(book, target, ready)
+
+
+def funding_paid(book: BookSeries, hours: int) -> np.ndarray:
+    """(N, A) the funding rate each asset settled over the last ``hours`` up to each slot's close (the sum over its
+    slots in (t - interval, t]: one settlement on an 8-hour schedule, two on a 4-hour one); NaN where the asset has
+    no bar at the slot or fewer bars than the interval holds. Causal: a settlement is known at the close of the bar
+    that holds it."""
+    per = interval_slots(book, hours)
+    funding = np.r_[np.zeros((per - 1, len(book.assets))), book.funding]  # zeros before the first slot
+    paid = np.lib.stride_tricks.sliding_window_view(funding, per, axis=0).sum(axis=-1)  # each window on its own
+    return np.where(book.rows >= per - 1, paid, np.nan)
+
+
+def funding_stamps(book: BookSeries, hours: int) -> np.ndarray:
+    """(N,) bool: the slots closing at a funding stamp (every ``hours`` from 00:00 UTC), where the funding rules
+    rebalance (the clock's decision bars of that period)."""
+    return decision_mask(book.open_time, book.timeframe_ms, interval_slots(book, hours))
+
+
+def interval_slots(book: BookSeries, hours: int) -> int:
+    """Slots in a funding interval of ``hours``; 1 for bars as long as it or longer (every bar holds a stamp)."""
+    return max(1, hours * 60 * 60_000 // book.timeframe_ms)
+
+
+def cross_sectional_carry(book: BookSeries, k: int, leverage: float, hours: int) -> np.ndarray:
+    """Long the ``k`` assets with the lowest funding paid over the last interval, short the ``k`` highest, equal
+    weights with a gross exposure of min(1, L), rebalanced at the funding stamps; with fewer than 2k assets ready,
+    the k' = half of them (ties broken by the assets' order). Dollar-neutral by construction."""
+    paid, stamps = funding_paid(book, hours), funding_stamps(book, hours)
+    gross = min(1.0, leverage)
+    target = np.zeros(paid.shape)
+    for t in np.flatnonzero(stamps):
+        ready = np.flatnonzero(np.isfinite(paid[t]))
+        m = min(k, len(ready) // 2)
+        if m == 0:
+            continue
+        order = ready[np.argsort(paid[t, ready], kind="stable")]
+        target[t, order[:m]] = gross / (2 * m)
+        target[t, order[-m:]] = -gross / (2 * m)
+    return hold_between(target, stamps, before=0.0)
+
+
+def funding_extremes(book: BookSeries, threshold: float, leverage: float, hours: int) -> np.ndarray:
+    """Each ready asset at min(1, L) / (the number ready): short when the funding paid over the last interval is at
+    or above ``threshold``, long at or below -``threshold``, flat between; rebalanced at the funding stamps."""
+    paid, stamps = funding_paid(book, hours), funding_stamps(book, hours)
+    ready = np.isfinite(paid)
+    count = ready.sum(axis=1, keepdims=True)
+    side = np.where(paid >= threshold, -1.0, 0.0) + np.where(paid <= -threshold, 1.0, 0.0)
+    target = np.where(ready & (count > 0), side * min(1.0, leverage) / np.maximum(count, 1), 0.0)
+    return hold_between(target, stamps, before=0.0)
+
+
+def vol_target_of(sim: SimConfig, baselines: BaselineConfig) -> float:
+    """The volatility-targeted baselines' annual target: the policy's (``sim.vol_target``) when it has one, so that
+    both are scaled alike; else ``baselines.vol_target``."""
+    return sim.vol_target or baselines.vol_target
+
+
+def priced_with(name: str, sim: SimConfig, baselines: BaselineConfig) -> SimConfig:
+    """The execution a book baseline trades under: its own targets at the study's cadence and costs, without the
+    policy's band and volatility target (``SimConfig.plain``); the volatility-targeted ones with the target."""
+    if name in VOL_TARGETED:
+        return dataclasses.replace(sim.plain, vol_target=vol_target_of(sim, baselines))
+    return sim.plain

@@ -21,10 +21,16 @@ STUDY_BOOKS = {
         "single_average": ("portfolio", "single_average"),
         "inverse_vol": ("portfolio", "inverse_vol"),
         "xs_momentum": ("portfolio", "xs_momentum"),
+        "hold_1_over_n_vt": ("portfolio", "equal_weight_vt"),
+        "carry": ("portfolio", "carry"),
+        "funding_extremes": ("portfolio", "funding_extremes"),
     },
 }
 STUDY_METRICS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "dsr")
-STUDY_BASELINES = ("hold_1_over_n", "single_average", "inverse_vol", "xs_momentum")
+STUDY_BASELINES = (
+    *("hold_1_over_n", "single_average", "inverse_vol", "xs_momentum"),
+    *("hold_1_over_n_vt", "carry", "funding_extremes"),
+)
 VERDICT_COLUMNS = ("spa_p", "stepm_size", "mde_sharpe")  # the verdict's metrics (``verdict_metric``) shown
 STUDY_COLUMNS = (
     *("run", "dvc_exp", "kind", "scheme", "assets", "backbone", "loss", *(f"lambda_{t}" for t in LAMBDAS)),

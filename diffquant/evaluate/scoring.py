@@ -44,16 +44,30 @@ class Scorer:
     ) -> tuple[WalkForwardResult, dict[str, float]]:
         return self.executed(series, policy_decisions(model, series), hysteresis)
 
-    def constant(self, series: SeriesLike, position: float) -> tuple[WalkForwardResult, dict[str, float]]:
-        """Buy-and-hold (1.0), flat (0.0) or always-short (-1.0) through the same engine and costs."""
-        return self.positions(series, constant_positions(series, position))
+    def constant(
+        self, series: SeriesLike, position: float, vol_target: float = 0.0
+    ) -> tuple[WalkForwardResult, dict[str, float]]:
+        """Buy-and-hold (1.0), flat (0.0) or always-short (-1.0) through the same engine and costs, held as it is
+        (``sim.plain``: no band, no volatility target) or scaled to ``vol_target`` (annual; its targeted version)."""
+        scorer = self.vol_targeted(vol_target) if vol_target else self.plain
+        return scorer.positions(series, constant_positions(series, position))
+
+    @property
+    def plain(self) -> Scorer:
+        """The same scorer without the band and the volatility target (``SimConfig.plain``)."""
+        return replace(self, sim=self.sim.plain)
+
+    def vol_targeted(self, annual: float) -> Scorer:
+        """The same scorer with the book scaled to ``annual`` volatility (no band): a baseline's targeted version."""
+        return replace(self, sim=replace(self.sim.plain, vol_target=annual))
 
     def positions(
         self, series: SeriesLike, executed: np.ndarray, decisions: Decisions | None = None
     ) -> tuple[WalkForwardResult, dict[str, float]]:
-        """Executed decisions (N,) through the engine; ``decisions`` (raw, gate) are only recorded."""
-        raw, gate = (decisions.raw, decisions.gate) if decisions is not None else (None, None)
-        result = walk_forward(series, executed, self.sim, raw, gate)
+        """Executed decisions (N,) through the engine; ``decisions`` (raw, gate) are only recorded, and their
+        learned band width, if any, is the one traded."""
+        raw, gate, band = (None, None, None) if decisions is None else (decisions.raw, decisions.gate, decisions.band)
+        result = walk_forward(series, executed, self.sim, raw, gate, band)
         return result, compute_metrics(result.record, self.timeframe_minutes, self.days_per_year)
 
     def at_cost(self, multiplier: float) -> Scorer:
@@ -67,7 +81,9 @@ class Scorer:
         )
         return replace(self, sim=sim)
 
-    def cost_sweep(self, series: SeriesLike, executed: np.ndarray, multipliers: list[float]) -> dict[str, Any]:
+    def cost_sweep(
+        self, series: SeriesLike, executed: np.ndarray, multipliers: list[float], decisions: Decisions | None = None
+    ) -> dict[str, Any]:
         """The same executed decisions re-scored at each cost multiple, and the break-even cost.
 
         Every bar's net return is linear in the cost multiple m, so the summed net return is S(m) = S(0) - m·C and
@@ -75,7 +91,7 @@ class Scorer:
         per-side cost (commission + slippage) in basis points: what the strategy can pay per unit traded before its
         mean return turns negative. Negative: it loses money before any cost; None: it never trades.
         """
-        scored = {m: self.at_cost(m).positions(series, executed) for m in {*multipliers, 0.0, 1.0}}
+        scored = {m: self.at_cost(m).positions(series, executed, decisions) for m in {*multipliers, 0.0, 1.0}}
         levels = {f"{m:g}x": {k: scored[m][1][k] for k in ("sharpe", "total_return_pct")} for m in multipliers}
         free, full = (float(scored[m][0].record["net"].sum()) for m in (0.0, 1.0))
         paid = free - full

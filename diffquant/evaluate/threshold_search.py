@@ -64,7 +64,8 @@ def search_book(cfg: Config, book: BookSeries, decisions: BookDecisions, scorer:
     leverage = cfg.model.portfolio.leverage
 
     def score(th: Hysteresis) -> dict[str, float]:
-        result = walk_forward_book(book, executed_book(decisions, th, leverage), scorer.sim, decisions.gate, leverage)
+        executed = executed_book(decisions, th, leverage)
+        result = walk_forward_book(book, executed, scorer.sim, decisions.gate, leverage, decisions.band)
         return compute_metrics(result.record, scorer.timeframe_minutes, scorer.days_per_year)
 
     return _search_with(cfg, score, decisions.raw)

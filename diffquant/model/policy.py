@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from diffquant.config import ModelConfig
 from diffquant.model.backbones import build_backbone
+from diffquant.model.band import LearnedBand
 from diffquant.model.dropout import EpisodeDropout, set_episode_length
 from diffquant.model.scan import head_scan
 
@@ -94,9 +95,11 @@ class PolicyHead(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Run the recursion over a sequence: logits (B, H, 2) -> positions (B, H), gates (B, H); starts flat.
 
-        A portfolio passes logits (B, H, A, 2) and ``book``, which turns a step's raw positions (B, A) into the
-        weights held (its exposure limit); the state fed back is then those weights. One asset's recursion is one
-        autograd node (:func:`diffquant.model.scan.head_scan`, the same forward floats as ``scan_loop``).
+        A portfolio passes logits (B, H, A, 2) and ``book``, which turns each step's raw positions (B, A) into the
+        weights held (its neutrality and exposure limit), called once per step in order; the state fed back is then
+        those weights. One asset's
+        recursion is one autograd node (:func:`diffquant.model.scan.head_scan`, the same forward floats as
+        ``scan_loop``).
         """
         if book is None and logits.dim() == 3:
             return head_scan(logits, self.state.weight, self.tau_dir, self.tau_gate, detach_state)
@@ -140,16 +143,24 @@ class PolicyHead(nn.Module):
 
 
 class PolicyNetwork(nn.Module):
-    """features[t-ctx+1 .. t] -> position_t in (-1, 1)."""
+    """features[t-ctx+1 .. t] -> position_t in (-1, 1), one decision every ``decision_every`` bars.
+
+    ``decision_every`` (``model.decision_every``, from ``sim.rebalance_every`` / ``rebalance_at``): the bars between
+    two decisions; the recursion's state is the previous *decision*, so a policy decides at the cadence it was
+    trained at, wherever it runs. ``band`` (with ``model.band_floor``): its learned no-trade band width.
+    """
 
     def __init__(self, cfg: ModelConfig, n_features: int, context: int) -> None:
         super().__init__()
         self.n_features = n_features
         self.context = context
+        self.decision_every = cfg.decision_every
         self.backbone = build_backbone(cfg, n_features, context)
         self.series = cfg.series
         h = cfg.head
         self.head = PolicyHead(self.backbone.out_dim, list(h.dense), h.dropout, h.tau_dir, h.tau_gate, h.gate_bias)
+        if cfg.band_floor is not None:
+            self.band = LearnedBand(cfg.band_floor)
 
     def encode(self, windows: Tensor) -> Tensor:
         """(N, ctx, F) raw feature windows -> (N, 2) state-free logits of each window's last bar."""
@@ -189,16 +200,18 @@ class PolicyNetwork(nn.Module):
     def rollout(self, features: Tensor, horizon: int, full_bptt: bool) -> tuple[Tensor, Tensor]:
         """Decisions for every step of a batch of episodes, the fast way.
 
-        features (B, ctx + H, F) -> positions (B, H), gates (B, H). Decision t is taken at row t + ctx - 1: on the
-        window path it sees rows t .. t + ctx - 1, and all B x H windows go through the backbone in one call; on the
-        series path it sees rows 0 .. t + ctx - 1, and each episode's rows go through the backbone in one causal
-        pass. Only the scalar head recursion loops over t.
+        features (B, ctx + H P, F) -> positions (B, H), gates (B, H), P = ``decision_every``. Decision t is taken at
+        row ctx - 1 + t P: on the window path it sees rows t P .. t P + ctx - 1, and all B x H windows go through the
+        backbone in one call; on the series path it sees rows 0 .. t P + ctx - 1, and each episode's rows go through
+        the backbone in one causal pass. Only the scalar head recursion loops over t.
         """
+        every = self.decision_every
         if self.series:
-            logits = self.encode_series(features[:, : self.context + horizon - 1])[:, self.context - 1 :]
+            rows = features[:, : self.context + (horizon - 1) * every]
+            logits = self.encode_series(rows)[:, self.context - 1 :: every]
             return self.head.scan(logits, detach_state=not full_bptt)
         b = features.shape[0]
-        windows = sliding_windows(features, self.context)[:, :horizon]  # (B, H, F, ctx)
+        windows = sliding_windows(features, self.context)[:, : (horizon - 1) * every + 1 : every]  # (B, H, F, ctx)
         set_episode_length(self, horizon)
         try:
             logits = self.encode_channel_major(windows.reshape(b * horizon, self.n_features, self.context))
@@ -212,11 +225,12 @@ class PolicyNetwork(nn.Module):
         delta = torch.zeros_like(prev)
         positions, gates = [], []
         for t in range(horizon):
+            first = t * self.decision_every  # the window's first row
             if self.series:  # the whole prefix again, one decision kept: plainly causal, plainly slow
-                logits = self.encode_series(features[:, : t + self.context])[:, -1]
+                logits = self.encode_series(features[:, : first + self.context])[:, -1]
                 pos, gate = self.head.step(logits, prev, delta)
             else:
-                pos, gate = self(features[:, t : t + self.context], prev, delta)
+                pos, gate = self(features[:, first : first + self.context], prev, delta)
             positions.append(pos)
             gates.append(gate)
             delta, prev = pos - prev, pos

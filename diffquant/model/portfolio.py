@@ -7,8 +7,10 @@ Each asset's window goes through the single-asset policy's encoder (any backbone
 weights for every asset. An attention layer then lets each asset read the *other* present assets' features (no
 positional encoding: the assets are a set, so permuting them permutes the weights), and the single-asset
 ``PolicyHead`` turns each asset's features plus its own state [prev_weight, prev_delta] into a raw position
-tanh(dir) * sigmoid(gate). ``cap_gross`` scales the raw positions so the gross exposure sum_i |w_i| stays within the
-leverage. Everything but the head's scalar recursion runs batched over B x A x H windows, as in ``PolicyNetwork``.
+tanh(dir) * sigmoid(gate). ``book_weights`` makes the raw positions neutral (``model.portfolio.neutral``) and scales
+them so the gross exposure sum_i |w_i| stays within the leverage (``cap_gross``; both in ``sim.execution``, which the
+engines share). Everything but the head's scalar recursion runs batched over B x A x H windows, as in
+``PolicyNetwork``.
 
 An asset's own features reach its head through the residual, so attention skips the asset itself: a portfolio of one
 asset (or an asset with no other present) gets exactly zero context, and with leverage >= 1 the portfolio of one asset
@@ -22,24 +24,12 @@ from torch import Tensor, nn
 
 from diffquant.config import ModelConfig
 from diffquant.model.backbones import build_backbone
+from diffquant.model.band import LearnedBand
 from diffquant.model.dropout import set_episode_length
 from diffquant.model.policy import PolicyHead, PolicyNetwork, backbone_features, sliding_windows
+from diffquant.sim.execution import Neutral, book_weights, cap_gross, only_present
 
-
-def only_present(x: Tensor, present: Tensor | None) -> Tensor:
-    """``x`` with absent assets' entries exactly 0; ``torch.where``, not ``x * present``, so a NaN there is not read."""
-    return x if present is None else torch.where(present, x, 0.0)
-
-
-def cap_gross(raw: Tensor, leverage: float, present: Tensor | None = None) -> Tensor:
-    """Raw positions (..., A) -> weights with sum_i |w_i| <= leverage; absent assets (``present`` False) get 0.
-
-    w = raw * L / max(L, sum_i |raw_i|): a book within the limit is held as it is (so one asset is untouched), a
-    larger one is scaled down as a whole, keeping the assets' proportions. The scale divides by at least L, and
-    |raw_i| < 1, so values and gradients stay finite at any logits; its kink at sum |raw| = L is a relu's kink.
-    """
-    raw = only_present(raw, present)
-    return raw * (leverage / raw.abs().sum(dim=-1, keepdim=True).clamp_min(leverage))
+__all__ = ["AssetAttention", "PortfolioPolicy", "book_weights", "cap_gross", "make_policy", "only_present"]
 
 
 class AssetAttention(nn.Module):
@@ -74,11 +64,13 @@ class AssetAttention(nn.Module):
 
 
 class PortfolioPolicy(nn.Module):
-    """features of A assets [t-ctx+1 .. t] -> weights_t (A,) with sum_i |w_i| <= leverage.
+    """features of A assets [t-ctx+1 .. t] -> weights_t (A,) with sum_i |w_i| <= leverage, neutral as configured.
 
     ``present`` (B, A) bool marks the assets with data (all by default): an absent asset's window is never read
     (NaN there is fine), it is no attention key, and its weight and gate are exactly 0, so leaving it out of the
-    batch gives the other assets the same weights.
+    batch gives the other assets the same weights. ``beta`` (B, A) per decision: each asset's beta against the
+    universe's equal-weight return (``sim.execution.market_betas``), read only by a beta-neutral book. Decisions are
+    ``decision_every`` bars apart and a learned band width is ``band``, as for ``PolicyNetwork``.
     """
 
     def __init__(
@@ -90,6 +82,8 @@ class PortfolioPolicy(nn.Module):
         leverage: float = 1.0,
         d_attn: int = 32,
         n_heads: int = 2,
+        neutral: Neutral = "none",
+        beta_window: int = 48,
     ) -> None:
         super().__init__()
         if leverage <= 0:
@@ -97,10 +91,19 @@ class PortfolioPolicy(nn.Module):
         self.n_features = n_features
         self.context = context
         self.leverage = leverage
+        self.neutral = neutral
+        self.beta_window = beta_window  # the engines' beta estimate (``BookSeries.betas``) of a beta-neutral book
+        self.decision_every = cfg.decision_every
         self.backbone = build_backbone(cfg, n_features, context)
         h = cfg.head
         self.head = PolicyHead(self.backbone.out_dim, list(h.dense), h.dropout, h.tau_dir, h.tau_gate, h.gate_bias)
         self.attention = AssetAttention(self.backbone.out_dim, d_attn, n_heads)
+        if cfg.band_floor is not None:
+            self.band = LearnedBand(cfg.band_floor)
+
+    def book(self, raw: Tensor, present: Tensor | None, beta: Tensor | None) -> Tensor:
+        """Raw positions (..., A) -> the weights held: neutral, then within the leverage (``book_weights``)."""
+        return book_weights(raw, self.leverage, self.neutral, present, beta)
 
     def mix(self, feats: Tensor, present: Tensor) -> Tensor:
         """Encoder features (N, A, D), present (N, A) -> the features with each asset's context added (N, A, D),
@@ -124,7 +127,12 @@ class PortfolioPolicy(nn.Module):
         return self.head(feats.reshape(b * a * h, -1)).view(b, a, h, 2).transpose(1, 2)
 
     def forward(
-        self, windows: Tensor, prev_weight: Tensor, prev_delta: Tensor, present: Tensor | None = None
+        self,
+        windows: Tensor,
+        prev_weight: Tensor,
+        prev_delta: Tensor,
+        present: Tensor | None = None,
+        beta: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The plain one-step policy: (N, A, ctx, F), state (N, A), (N, A) -> weights (N, A), gates (N, A)."""
         if windows.shape[2:] != (self.context, self.n_features):
@@ -134,37 +142,57 @@ class PortfolioPolicy(nn.Module):
             )
         logits = self.logits(windows.transpose(2, 3).unsqueeze(2), present)[:, 0]  # (N, A, 2)
         raw, gate = self.head.step(logits, prev_weight, prev_delta)
-        return cap_gross(raw, self.leverage, present), only_present(gate, present)
+        return self.book(raw, present, beta), only_present(gate, present)
 
     def rollout(
-        self, features: Tensor, horizon: int, full_bptt: bool, present: Tensor | None = None
+        self,
+        features: Tensor,
+        horizon: int,
+        full_bptt: bool,
+        present: Tensor | None = None,
+        beta: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Weights for every step of a batch of episodes, the fast way.
 
-        features (B, ctx + H, A, F) -> weights (B, H, A), gates (B, H, A). Decision t sees rows t .. t + ctx - 1 of
-        every asset. All B x A x H windows go through the encoder in one call; only the head's recursion (a vector
-        of A per episode) loops over t.
+        features (B, ctx + H P, A, F) -> weights (B, H, A), gates (B, H, A), P = ``decision_every``; ``beta``
+        (B, H, A) per decision. Decision t sees rows t P .. t P + ctx - 1 of every asset. All B x A x H windows go
+        through the encoder in one call; only the head's recursion (a vector of A per episode) loops over t.
         """
         b, _, a, f = features.shape
-        series = features.transpose(1, 2).reshape(b * a, -1, f)  # (B * A, ctx + H, F)
-        windows = sliding_windows(series, self.context)[:, :horizon]  # (B * A, H, F, ctx)
+        every = self.decision_every
+        series = features.transpose(1, 2).reshape(b * a, -1, f)  # (B * A, ctx + H P, F)
+        windows = sliding_windows(series, self.context)[:, : (horizon - 1) * every + 1 : every]  # (B * A, H, F, ctx)
         set_episode_length(self, horizon)
         try:
             logits = self.logits(windows.reshape(b, a, horizon, f, self.context), present)
         finally:
             set_episode_length(self, 1)
-        weights, gates = self.head.scan(logits, not full_bptt, book=lambda raw: cap_gross(raw, self.leverage, present))
+
+        steps = iter(range(horizon))  # ``scan`` calls ``book`` once per step, in order
+
+        def book(raw: Tensor) -> Tensor:
+            t = next(steps)
+            return self.book(raw, present, None if beta is None else beta[:, t])
+
+        weights, gates = self.head.scan(logits, not full_bptt, book=book)
         return weights, only_present(gates, None if present is None else present[:, None])
 
     def rollout_reference(
-        self, features: Tensor, horizon: int, full_bptt: bool, present: Tensor | None = None
+        self,
+        features: Tensor,
+        horizon: int,
+        full_bptt: bool,
+        present: Tensor | None = None,
+        beta: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The plain step-by-step rollout (one encoder call per step) that ``rollout`` must equal."""
         prev = features.new_zeros(features.shape[0], features.shape[2])
         delta = torch.zeros_like(prev)
         weights, gates = [], []
         for t in range(horizon):
-            w, gate = self(features[:, t : t + self.context].transpose(1, 2), prev, delta, present)
+            first = t * self.decision_every
+            window = features[:, first : first + self.context].transpose(1, 2)
+            w, gate = self(window, prev, delta, present, None if beta is None else beta[:, t])
             weights.append(w)
             gates.append(gate)
             delta, prev = w - prev, w
@@ -178,4 +206,13 @@ def make_policy(cfg: ModelConfig, n_features: int, context: int) -> PolicyNetwor
     if cfg.kind == "single":
         return PolicyNetwork(cfg, n_features, context)
     p = cfg.portfolio
-    return PortfolioPolicy(cfg, n_features, context, leverage=p.leverage, d_attn=p.d_attn, n_heads=p.n_heads)
+    return PortfolioPolicy(
+        cfg,
+        n_features,
+        context,
+        leverage=p.leverage,
+        d_attn=p.d_attn,
+        n_heads=p.n_heads,
+        neutral=p.neutral,
+        beta_window=p.beta_window or context - 1,  # 0: the returns inside the window
+    )

@@ -8,6 +8,9 @@ same engine:
 - the portfolio: each seed with its hysteresis tuned on the fold's val book (one set of thresholds for every asset,
   ``search_book``), and their ensemble (the mean of the seeds' executed weights, within the leverage since each is);
 - 1/N, inverse volatility and cross-sectional momentum (lookback window.context - 1 bars, what the policy sees);
+- the volatility-targeted 1/N, cross-sectional funding carry and the funding-extremes rule (``book_baselines``),
+  each rule traded under ``book_baselines.priced_with`` (without the policy's band and target; the targeted 1/N
+  with the target);
 - the single-asset average: each asset's single-asset seed ensemble (its seeds' hysteresis tuned on that asset's
   val, as the single-asset study chooses) held at 1/A of the book; with costs linear in the weights, its return is
   the equal-weight average of the single-asset policies' returns.
@@ -29,7 +32,14 @@ import pandas as pd
 
 from diffquant.config import Config
 from diffquant.evaluate.book import BookResult, BookSeries, book_decisions, executed_book, walk_forward_book
-from diffquant.evaluate.book_baselines import cross_sectional_momentum, equal_weight, inverse_volatility
+from diffquant.evaluate.book_baselines import (
+    cross_sectional_carry,
+    cross_sectional_momentum,
+    equal_weight,
+    funding_extremes,
+    inverse_volatility,
+    priced_with,
+)
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.metrics import compute_metrics
 from diffquant.evaluate.scoring import Scorer
@@ -37,6 +47,7 @@ from diffquant.evaluate.threshold_search import search_book, search_config
 from diffquant.evaluate.tuned import TunedModel
 from diffquant.evaluate.walk_forward import policy_decisions
 from diffquant.io import read_parquet, write_parquet
+from diffquant.model.band import band_width
 from diffquant.model.policy import PolicyNetwork
 from diffquant.model.portfolio import PortfolioPolicy
 from diffquant.study.fold_data import FoldData
@@ -45,7 +56,10 @@ log = logging.getLogger(__name__)
 
 PORTFOLIO = "portfolio"  # the book's name: its group, its track and its entry in a fold's result
 SINGLE_AVERAGE = "single_average"
-BASELINES = ("equal_weight", "inverse_vol", "xs_momentum", SINGLE_AVERAGE)
+BASELINES = (
+    *("equal_weight", "inverse_vol", "xs_momentum", SINGLE_AVERAGE),
+    *("equal_weight_vt", "carry", "funding_extremes"),  # the cost-aware baselines (docs/execution.md)
+)
 BOOKS = (PORTFOLIO, *BASELINES)
 BENCHMARK = "equal_weight"  # what the intervals of a difference are taken against (the others are in the report)
 WEIGHTS = "weights.parquet"
@@ -125,11 +139,14 @@ def single_average_weights(
 
 def baseline_weights(cfg: Config, book: BookSeries) -> dict[str, np.ndarray]:
     """Each rule baseline's executed weights (N, A)."""
-    lookback, leverage = cfg.window.context - 1, cfg.model.portfolio.leverage
+    lookback, leverage, hours = cfg.window.context - 1, cfg.model.portfolio.leverage, cfg.sim.funding_hours
     return {
         "equal_weight": equal_weight(book, leverage),
         "inverse_vol": inverse_volatility(book, lookback, leverage),
         "xs_momentum": cross_sectional_momentum(book, lookback, leverage),
+        "equal_weight_vt": equal_weight(book, leverage),
+        "carry": cross_sectional_carry(book, cfg.baselines.carry_assets, leverage, hours),
+        "funding_extremes": funding_extremes(book, cfg.baselines.funding_extreme, leverage, hours),
     }
 
 
@@ -145,16 +162,23 @@ def trade_book(
         seed: executed_book(book_decisions(model, book), choices.portfolio[seed].hysteresis, leverage)
         for seed, model in models.items()
     }
+    bands = {seed: band_width(model) for seed, model in models.items()}
     singles_weights = single_average_weights(cfg, data, singles, book, choices)
     weights = {
         PORTFOLIO: np.mean(list(executed.values()), axis=0),
         **baseline_weights(cfg, book),
         SINGLE_AVERAGE: singles_weights,
     }
+    learned = [b for b in bands.values() if b is not None]  # the ensemble trades its seeds' mean learned band
+    own = {PORTFOLIO: float(np.mean(learned)) if learned else None}
+    policies = (PORTFOLIO, SINGLE_AVERAGE)  # the rules trade their own targets (``priced_with``)
     results: dict[str, BookResult] = {
-        k: walk_forward_book(book, w, cfg.sim, leverage=leverage) for k, w in weights.items()
+        k: walk_forward_book(
+            book, w, cfg.sim if k in policies else priced_with(k, cfg.sim, cfg.baselines), None, leverage, own.get(k)
+        )
+        for k, w in weights.items()
     }
-    seeds = {s: walk_forward_book(book, w, cfg.sim, leverage=leverage) for s, w in executed.items()}
+    seeds = {s: walk_forward_book(book, w, cfg.sim, None, leverage, bands[s]) for s, w in executed.items()}
     metrics = {k: compute_metrics(r.record, minutes, days) for k, r in results.items()}
     ensemble = results[PORTFOLIO]
     entry: dict[str, Any] = {
@@ -185,7 +209,8 @@ def trade_book(
     per_asset.update({f"trade_{s}": ensemble.assets[s]["trades"] for s in symbols})
     weights_table = pd.DataFrame({"time": ensemble.record["time"], **per_asset})
     log.info(
-        "fold %s: portfolio Sharpe %+.3f | 1/N %+.3f | inverse vol %+.3f | momentum %+.3f | single-asset average %+.3f",
+        "fold %s: portfolio Sharpe %+.3f | 1/N %+.3f | inverse vol %+.3f | momentum %+.3f | single-asset average %+.3f"
+        " | targeted 1/N %+.3f | carry %+.3f | funding extremes %+.3f",
         data.fold.name,
         *(metrics[k]["sharpe"] for k in BOOKS),
     )

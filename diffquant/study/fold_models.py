@@ -85,7 +85,7 @@ class Group:
 
     def training_data(self) -> TrainingData:
         parts = [self.fold.assets[a] for a in self.symbols]
-        books = tuple(a.train_series for a in parts) if self.cfg.model.kind == "portfolio" else ()
+        books = tuple(a.train_series for a in parts)  # a portfolio's episodes, or one asset's at a cadence
         samples = pooled_samples([a.samples for a in parts])
         return TrainingData(samples, tuple(a.val for a in parts), self.digest, f"fold {self.label}", books)
 

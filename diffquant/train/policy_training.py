@@ -24,6 +24,7 @@ from diffquant.compute.units import SeedHooks, Unit
 from diffquant.config import Config, Hysteresis
 from diffquant.data.features import mirror_spec
 from diffquant.data.splits import Samples, Series
+from diffquant.errors import ConfigError
 from diffquant.evaluate.book import BookSeries, book_metrics
 from diffquant.evaluate.scoring import Scorer
 from diffquant.io import write_csv, write_json
@@ -31,8 +32,8 @@ from diffquant.model.policy import PolicyNetwork
 from diffquant.model.portfolio import PortfolioPolicy, make_policy
 from diffquant.sim.losses import Objective
 from diffquant.train import checkpoint, layout
-from diffquant.train.book_episodes import book_episodes
-from diffquant.train.episodes import EpisodeBatch, episodes_from_arrays
+from diffquant.train.book_episodes import book_episodes, clock_episodes
+from diffquant.train.episodes import EpisodeBatch, EpisodeExecution, episodes_from_arrays
 from diffquant.train.resume import ResumeSpec, code_hash, content_hash
 from diffquant.train.trainer import (
     TrainResult,
@@ -66,20 +67,36 @@ class TrainingData:
     val: tuple[Series, ...]
     digest: str = ""  # hash of the inputs: a checkpoint trained on other data is not resumed
     source: str = ""  # where the samples came from, for error messages
-    train_series: tuple[Series, ...] = ()  # a portfolio's: each asset's train range, cut on one clock
+    # each asset's train range: a portfolio's episodes are cut from them on one clock, and so are one asset's at a
+    # decision cadence (sim.rebalance_every / rebalance_at: its episodes are longer than the split's samples)
+    train_series: tuple[Series, ...] = ()
 
     @classmethod
     def load(cls, split_dir: Path) -> TrainingData:
+        """The split stage's train samples and val series, and its train series (the same bars as the samples, so
+        the digest, which names the data a checkpoint was trained on, is that of the samples and val)."""
         paths = [Path(split_dir) / "train.npz", Path(split_dir) / "val.npz"]
-        return cls(Samples.load(paths[0]), (Series.load(paths[1]),), content_hash(paths), str(paths[0]))
+        series = Path(split_dir) / "train_series.npz"
+        train = (Series.load(series),) if series.exists() else ()
+        return cls(Samples.load(paths[0]), (Series.load(paths[1]),), content_hash(paths), str(paths[0]), train)
 
 
 def training_episodes(cfg: Config, data: TrainingData) -> EpisodeBatch:
-    """The episodes ``model.kind`` trains on: one asset's samples (pooled over assets), or a book's on one clock."""
+    """The episodes ``model.kind`` trains on: one asset's samples (pooled over assets), or a book's on one clock;
+    at a decision cadence, one asset's too are cut on the clock from its train series."""
+    execution = EpisodeExecution.of(cfg)
     if cfg.model.kind == "portfolio":
-        return book_episodes(data.train_series, cfg.window)
+        return book_episodes(data.train_series, cfg.window, execution)
+    if execution.period > 1:
+        if not data.train_series:
+            raise ConfigError(
+                f"sim.rebalance_every / rebalance_at give a decision every {execution.period} bars, whose episodes "
+                f"are cut from each asset's train series, and {data.source or 'the training data'} has none; "
+                "re-run the split stage (it writes train_series.npz)"
+            )
+        return clock_episodes(data.train_series, cfg.window, execution)
     s = data.samples
-    return episodes_from_arrays(s.features, s.close, s.funding, cfg.window.context)
+    return episodes_from_arrays(s.features, s.close, s.funding, cfg.window.context, execution)
 
 
 def validation_metrics(
