@@ -13,7 +13,7 @@ from diffquant import tracking
 from diffquant.config import flatten
 from diffquant.evaluate.stats import distribution
 from diffquant.plots import plot_history
-from diffquant.study.fold_data import read_folds
+from diffquant.study.fold_data import read_folds, study_digest
 from diffquant.study.fold_models import keyed_folders, train_groups
 from diffquant.train.layout import HISTORY_PLOT
 from diffquant.train.trainer import resolve_device
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     folds = read_folds(root / args.split)
 
     tags = {"scheme": cfg.folds.scheme, "universe": cfg.train.universe, "symbols": ",".join(cfg.data.universe)}
+    tags |= {"seeds": ",".join(map(str, cfg.train.seeds)), "data_hash": study_digest(folds)}
     runs = tracking.StudyRuns(root, cfg.experiment, flatten(cfg.to_dict()), tags, root / args.run_file)
     outcomes = train_groups(cfg, folds, keyed_folders({"policy": out}), runs.hooks, only=["policy"])
 

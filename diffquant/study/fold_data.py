@@ -138,6 +138,11 @@ def read_folds(split: Path) -> list[FoldData]:
     return folds
 
 
+def study_digest(folds: list[FoldData]) -> str:
+    """sha256 (16 hex) of every fold's every asset's arrays: the data a study ran on, for its run's provenance."""
+    return hashlib.sha256("".join(a.digest for d in folds for a in d.assets.values()).encode()).hexdigest()[:16]
+
+
 def newest_cut(split: Path, symbol: str) -> Path:
     """The folder of ``symbol``'s cut in the newest fold (its ``train.npz``, ``val.npz``): what a hyper-parameter
     search trains and scores on, never a test window."""

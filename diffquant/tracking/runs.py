@@ -327,6 +327,7 @@ class StudyRuns:
         run = start_child(parent, name, tags)
         self.children[key] = run.run_id
         self._save()
+        run.log_params({"seed": tags["seed"]})
         run.log_history(finished)
         return run
 

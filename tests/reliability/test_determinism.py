@@ -43,12 +43,13 @@ def test_same_seed_same_metrics_weights_and_logged_provenance(prepared: Path, tm
     a, b = _train(repo, "a"), _train(repo, "b")
 
     assert read_json(a / "train.json") == read_json(b / "train.json")
-    assert read_json(a / "train/seed_42/history.json") == read_json(b / "train/seed_42/history.json")
+    (seed_a,), (seed_b,) = (list((d / "train" / "pooled").glob("*/seed_42")) for d in (a, b))
+    assert read_json(seed_a / "history.json") == read_json(seed_b / "history.json")
     for name in ("best.pt", "final.pt"):
-        wa, wb = (checkpoint.load(d / "train/seed_42" / name)["model_state"] for d in (a, b))
+        wa, wb = (checkpoint.load(d / name)["model_state"] for d in (seed_a, seed_b))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
 
-    parents = runs(repo, "policy")
+    parents = runs(repo, "study")
     assert {r.info.run_id for r in parents} == {read_json(d / "run.json")["run_id"] for d in (a, b)}
     children = runs(repo, "policy_seed")
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {r.info.run_id for r in parents}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from diffquant.evaluate.metric_names import study_metric, verdict_metric
 from tests.repo_copy import clone_tree, dvc, env, read_json, runs, stage
 
 pytestmark = pytest.mark.slow  # stage processes on a dvc-reproduced repository copy
@@ -127,16 +128,16 @@ def test_two_queued_experiments_land_complete_in_one_store(prepared: Path, tmp_p
     logs = "\n".join(_queue_logs(repo, name) for name in failed)
     assert status.count("Success") == 2, f"{status}\n{logs}"
 
-    found = runs(repo, "policy")
+    found = runs(repo, "study")
     assert sorted(r.data.params["train.lr"] for r in found) == sorted(LRS)
     assert len({r.data.tags.get("dvc_exp_name") for r in found}) == 2
     children = runs(repo, "policy_seed")
     for r in found:
         assert r.info.status == "FINISHED", r.data.params["train.lr"]
-        for key in ("best_val_sharpe_median", "test_sharpe", "backtest_sharpe", "test_proxy_sharpe"):
+        for key in [study_metric("universe", b, "sharpe") for b in ("policy", "proxy")] + [verdict_metric("spa_p")]:
             assert key in r.data.metrics, (r.data.params["train.lr"], key)
         (child,) = [c for c in children if c.data.tags["mlflow.parentRunId"] == r.info.run_id]
-        for key in ("threshold_enter_long", "train_loss", "test_sharpe"):
+        for key in ("train_loss", "best_val_sharpe"):
             assert key in child.data.metrics, (r.data.params["train.lr"], key)
     # the queued runs read their own params and wrote into their temp workspaces, not into this one
     assert not (repo / "outputs" / "train").exists() and not (repo / "outputs" / "mlflow_run.json").exists()
