@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow  # the fold trains a (tiny) portfolio and its sing
 
 def test_paper_trading_a_portfolio_folds_book_books_what_the_fold_booked(raws, first_run, tmp_path) -> None:  # noqa: F811
     cfg, _, folder = first_run
-    for symbol, raw in raws.items():  # the universe stage's files of each asset
-        write_parquet(raw.bars, tmp_path / "data_source" / "universe" / symbol / "bars.parquet")
-        write_parquet(raw.funding, tmp_path / "data_source" / "universe" / symbol / "funding.parquet")
+    for symbol, raw in raws.items():  # the data stages' files of each asset
+        write_parquet(raw.bars, tmp_path / "data_source" / "bars" / symbol / "bars.parquet")
+        write_parquet(raw.funding, tmp_path / "data_source" / "raw" / symbol / "funding.parquet")
     books = replay_book(cfg, tmp_path, folder, str(tmp_path / "paper" / "ledger.db"))
     record = fold_book_record(folder)
     worst = compare_book(books, record)
