@@ -15,10 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from diffquant.config import Config, Hysteresis
-from diffquant.deploy.book_bundle import BookBundle, BookMember
-from diffquant.deploy.bundle import Member, PolicyBundle
+from diffquant.config import Config
+from diffquant.deploy.book_bundle import BookBundle
+from diffquant.deploy.bundle import PolicyBundle
 from diffquant.errors import DataError
+from diffquant.evaluate.member import Member
 from diffquant.evaluate.tuned import TunedModel
 from diffquant.io import read_parquet
 from diffquant.model.portfolio import PortfolioPolicy
@@ -51,7 +52,7 @@ def fold_bundle(cfg: Config, fold_dir: Path, symbol: str) -> tuple[PolicyBundle,
             f"{cfg.eval.checkpoint!r}; give the params the study ran with (--params)"
         )
     members, paths = _seeds(cfg, fold_dir / result.models[group], tuned["policy"], symbol)
-    return PolicyBundle(tuple(Member(*m) for m in members), cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
+    return PolicyBundle(members, cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
 
 
 def fold_test_window(fold_dir: Path) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -78,12 +79,11 @@ def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str,
         raise DataError(f"{fold_dir}: not a portfolio fold (it traded {sorted(result.entries)} one by one)")
     folder = fold_dir / result.models[PORTFOLIO]
     members, paths = _seeds(cfg, folder, result.entries[PORTFOLIO]["tuned"][PORTFOLIO], PORTFOLIO)
-    for name, policy, _ in members:
-        if not isinstance(policy, PortfolioPolicy):
-            raise DataError(f"{paths[name]}: not a portfolio policy; give the study's params (model.kind)")
-    book = tuple(BookMember(*m) for m in members)
+    for member in members:
+        if not isinstance(member.policy, PortfolioPolicy):
+            raise DataError(f"{paths[member.name]}: not a portfolio policy; give the study's params (model.kind)")
     symbols = tuple(result.groups[PORTFOLIO])
-    return BookBundle(book, symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
+    return BookBundle(members, symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
 
 
 def fold_book_record(fold_dir: Path) -> dict[str, pd.DataFrame]:
@@ -103,8 +103,8 @@ def fold_book_record(fold_dir: Path) -> dict[str, pd.DataFrame]:
 
 def _seeds(
     cfg: Config, folder: Path, tuned: dict[str, dict[str, Any]], owner: str
-) -> tuple[list[tuple[str, Any, Hysteresis]], dict[str, Path]]:
-    """A group's seeds (in ``folder``) at ``eval.checkpoint`` as (name, policy, hysteresis ``owner`` chose on val),
+) -> tuple[tuple[Member, ...], dict[str, Path]]:
+    """A group's seeds (in ``folder``) at ``eval.checkpoint``, each with the hysteresis ``owner`` chose on val,
     and their checkpoint files; a seed of the params the fold did not tune is refused."""
     members, paths = [], {}
     for seed in (str(s) for s in cfg.train.seeds):
@@ -112,5 +112,5 @@ def _seeds(
             raise DataError(f"{folder}: no seed {seed} for {owner} (it has {sorted(tuned)}); give the study's params")
         name = f"seed_{seed}"
         paths[name] = checkpoint_path(folder, seed, cfg.eval.checkpoint)
-        members.append((name, checkpoint.load_policy(paths[name]), TunedModel.from_dict(tuned[seed]).hysteresis))
-    return members, paths
+        members.append(Member(name, checkpoint.load_policy(paths[name]), TunedModel.from_dict(tuned[seed]).hysteresis))
+    return tuple(members), paths
