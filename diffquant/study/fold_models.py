@@ -25,9 +25,10 @@ from diffquant.compute.grid import run_grid, with_unit_threads
 from diffquant.compute.units import Kind, Outcome, SeedHooks, Unit, Work
 from diffquant.config import Config
 from diffquant.data.splits import Samples
+from diffquant.evaluate.entries import PORTFOLIO
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
-from diffquant.study.book_run import PORTFOLIO, single_config
+from diffquant.study.book_run import single_config
 from diffquant.study.fold_data import FoldData
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path

@@ -18,12 +18,10 @@ again, so appending a fold or more data after a fold's end runs only what is new
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,40 +32,23 @@ from diffquant.compute.grid import with_unit_threads
 from diffquant.config import Config
 from diffquant.errors import DataError
 from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
+from diffquant.evaluate.entries import PORTFOLIO, AssetEntry, BookChoices, FoldEntry
 from diffquant.evaluate.report import Judge, score_quarter, trials_tried
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_config
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
-from diffquant.io import read_json, read_parquet, write_json, write_parquet
+from diffquant.io import read_json, write_json, write_parquet
 from diffquant.model.portfolio import PortfolioPolicy
-from diffquant.study.book_run import PORTFOLIO, BookChoices, Singles, choose_book, trade_book, write_weights
+from diffquant.study.book_run import Singles, choose_book, trade_book, write_weights
 from diffquant.study.fold_data import AssetFold, FoldData
 from diffquant.study.fold_models import FolderOf, Group, HooksFor, Models, fold_groups, kinds, load_models, train_groups
+from diffquant.study.fold_result import FOLD_JSON, FoldResult, load_fold
 from diffquant.train.resume import code_hash
 
 log = logging.getLogger(__name__)
 
-FOLD_JSON = "fold.json"
-PRODUCER = "evaluate"
 Choices = dict[str, TunedThresholds | BookChoices]  # asset -> its choices on val; a portfolio: its book's
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    """What a fold hands to the study: per asset the judged entry of every book and the per-bar returns."""
-
-    name: str
-    key: str
-    fold: dict[str, str]
-    groups: dict[str, list[str]]  # model group -> the assets it trained on
-    models: dict[str, str]  # model group -> its policy seeds' folder, relative to the fold's folder
-    entries: dict[str, dict[str, Any]]  # asset -> score_quarter's entry (+ "tuned": the val choices)
-    excluded: dict[str, str]
-    returns: dict[str, pd.DataFrame]  # asset -> time + one net-return column per book
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "returns"}
 
 
 def fold_key(cfg: Config, data: FoldData) -> str:
@@ -96,7 +77,7 @@ def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: Models)
 
 def judge_test(
     cfg: Config, scorer: Scorer, asset: AssetFold, models: Models, tuned: TunedThresholds
-) -> tuple[dict[str, Any], pd.DataFrame]:
+) -> tuple[AssetEntry, pd.DataFrame]:
     """evaluate's scoring of the test window: the entry of every book and the per-bar net returns."""
     bars_per_day = 24 * 60 // cfg.data.timeframe_minutes
     bars_per_year = bars_per_day * cfg.eval.days_per_year
@@ -106,18 +87,21 @@ def judge_test(
     decisions: dict[str, dict[str, Decisions]] = {
         k: {s: DECISIONS_OF[k](m, asset.test) for s, m in by_seed.items()} for k, by_seed in models.items()
     }
-    records, entry = score_quarter(judge, decisions, tuned, trials)
-    books = {k: records[k]["ensemble"] for k in decisions} | {b: records[b] for b in ("momentum", "buy_and_hold")}
-    returns = {"time": records["buy_and_hold"].record["time"]}
+    records, quarter = score_quarter(judge, decisions, tuned, trials)
+    groups = records.groups()
+    books = {k: g.ensemble for k, g in groups.items()} | {
+        "momentum": records.momentum,
+        "buy_and_hold": records.buy_and_hold,
+    }
+    returns = {"time": records.buy_and_hold.record["time"]}
     for book, result in books.items():  # each book's net return and its cost, for the stitched cost sweep
         returns[book] = result.record["net"]
         returns[f"{book}_cost"] = result.record["commission"]
-    for kind in decisions:
-        returns.update({f"{kind}_seed_{s}": records[kind][s].record["net"] for s in seeds})
+    for kind, g in groups.items():
+        returns.update({f"{kind}_seed_{s}": g.seeds[s].record["net"] for s in seeds})
     for n in cfg.baselines.momentum_lookbacks:  # every candidate: configurations the study tried (PBO)
         returns[f"momentum_{n}"] = scorer.positions(asset.test, momentum_decisions(asset.test, n))[0].record["net"]
-    entry["tuned"] = tuned.to_dict()
-    entry["trials"] = trials.summary(bars_per_year)
+    entry = AssetEntry.of(quarter, tuned, trials.summary(bars_per_year))
     return entry, pd.DataFrame({k: np.asarray(v) for k, v in returns.items()})
 
 
@@ -147,8 +131,8 @@ def read_choices(folder: Path, data: FoldData, cfg: Config) -> Choices:
         raw = read_json(path, "threshold-opt")
         try:
             return {PORTFOLIO: BookChoices.from_dict(raw)}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{path}: not a portfolio's choices ({exc!r}); re-run threshold-opt") from None
+        except DataError as exc:
+            raise DataError(f"{path}: not a portfolio's choices ({exc}); re-run threshold-opt") from None
     seeds = [str(s) for s in cfg.train.seeds]
     choices: Choices = {}
     for symbol in data.assets:
@@ -227,35 +211,25 @@ def _book_models(groups: list[Group], folder_of: FolderOf) -> tuple[dict[str, Po
 
 def _judge_assets(
     cfg: Config, data: FoldData, groups: list[Group], folder_of: FolderOf, choices: Choices
-) -> tuple[dict[str, dict[str, Any]], dict[str, pd.DataFrame]]:
+) -> tuple[dict[str, FoldEntry], dict[str, pd.DataFrame]]:
     """Each asset's books on test, with its group's models and its choices on val."""
     scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    entries, returns = {}, {}
+    entries: dict[str, FoldEntry] = {}
+    returns = {}
     for group in groups:
         models = load_models(group, folder_of)
         for symbol in group.symbols:
             tuned = choices[symbol]
-            entries[symbol], returns[symbol] = judge_test(group.cfg, scorer, data.assets[symbol], models, tuned)
+            entry, returns[symbol] = judge_test(group.cfg, scorer, data.assets[symbol], models, tuned)
+            entries[symbol] = entry
             log.info(
                 "fold %s %s: policy ensemble Sharpe %+.3f | buy-and-hold %+.3f",
                 data.fold.name,
                 symbol,
-                entries[symbol]["policy"]["ensemble"]["metrics"]["sharpe"],
-                entries[symbol]["buy_and_hold"]["sharpe"],
+                entry.policy.ensemble.metrics["sharpe"],
+                entry.buy_and_hold["sharpe"],
             )
     return entries, returns
-
-
-def load_fold(out: Path) -> FoldResult:
-    """A finished fold's result; ``DataError`` naming the file when it is missing, unreadable or of another layout."""
-    raw = read_json(out / FOLD_JSON, PRODUCER)
-    try:
-        returns = {s: read_parquet(out / "returns" / f"{s}.parquet", PRODUCER) for s in raw["entries"]}
-        return FoldResult(**raw, returns=returns)
-    except (KeyError, TypeError) as exc:
-        raise DataError(
-            f"{out / FOLD_JSON}: not a fold result ({exc}); re-run the {PRODUCER} stage (dvc repro {PRODUCER})"
-        ) from None
 
 
 def _previous(out: Path) -> FoldResult | None:

@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import Config
+from diffquant.evaluate.entries import BOOKS as BOOK_NAMES
+from diffquant.evaluate.entries import PORTFOLIO
 from diffquant.evaluate.metric_names import study_metric
 from diffquant.io import write_csv
 from diffquant.plots import plot_asset_contributions, plot_fold_heatmap, plot_stitched, plot_weight_heatmap
 from diffquant.study.book_report import render_book_report, summarize_book, verdict
-from diffquant.study.book_run import BENCHMARK, PORTFOLIO, stitched_weights
-from diffquant.study.book_run import BOOKS as BOOK_NAMES
-from diffquant.study.fold_run import FoldResult
+from diffquant.study.book_run import BENCHMARK, stitched_weights
+from diffquant.study.fold_result import FoldResult
 from diffquant.study.pooled import BOOKS, UNIVERSE
 from diffquant.study.report import render_report, summarize
 from diffquant.study.verdict import spa_pvalue

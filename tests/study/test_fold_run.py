@@ -27,7 +27,8 @@ from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.metric_names import verdict_metric
 from diffquant.folds import Fold, plan_folds
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import FOLD_JSON, FoldResult, load_fold, run_fold
+from diffquant.study.fold_result import FOLD_JSON, FoldResult, load_fold
+from diffquant.study.fold_run import run_fold
 from diffquant.study.pooled import configurations, stitch, universe_book
 from diffquant.study.study_outputs import write_study
 from diffquant.train import checkpoint
@@ -176,7 +177,7 @@ def test_no_fold_leaks_its_test_period(appended: dict[str, Any], raws, tmp_path:
             a = checkpoint_path(appended["out"] / first.name / "models" / "pooled" / kind, 3, name)
             assert_same_weights(a, checkpoint_path(tmp_path / first.name / "models" / "pooled" / kind, 3, name))
     for symbol in raws:
-        assert leaked.entries[symbol]["tuned"] == original.entries[symbol]["tuned"]  # thresholds, momentum
+        assert leaked.entries[symbol].tuned == original.entries[symbol].tuned  # thresholds, momentum
         assert not leaked.returns[symbol]["buy_and_hold"].equals(original.returns[symbol]["buy_and_hold"])
 
 
