@@ -2,7 +2,8 @@
 figures, with the MLflow metrics, the report body and what the registry gates judge, for either kind of study.
 
 A single-asset study judges the universe book and every asset (``report.summarize``); a portfolio study its one book
-beside the baselines (``book_report.summarize_book``). Nothing here talks to MLflow: the stage logs what it returns.
+beside the baselines (``book_report.summarize_book``); ``StudyKind.judge_study`` (``diffquant.study.kinds``) picks
+which. Nothing here talks to MLflow: the stage logs what it returns.
 """
 
 from __future__ import annotations
@@ -63,14 +64,8 @@ def write_equity(track: pd.DataFrame, book: str, benchmark: str, path: Path) -> 
     write_csv(path, pd.DataFrame({"time": track["time"], **equity}))
 
 
-def write_study(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
-    """The study of ``results`` (the folds in test order, from the fold folders ``folds``), its files in ``out``."""
-    if cfg.model.kind == "portfolio":
-        return _judge_book(cfg, results, folds, out)
-    return _judge_assets(cfg, results, out)
-
-
-def _judge_assets(cfg: Config, results: list[FoldResult], out: Path) -> JudgedStudy:
+def judge_asset_study(cfg: Config, results: list[FoldResult], out: Path) -> JudgedStudy:
+    """A single-asset study of ``results`` (the folds in test order), its files in ``out``."""
     summary, tracks, table = summarize(cfg, results)
     write_csv(out / "folds.csv", table)
     for name, track in tracks.items():
@@ -104,7 +99,9 @@ def _judge_assets(cfg: Config, results: list[FoldResult], out: Path) -> JudgedSt
     )
 
 
-def _judge_book(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
+def judge_book_study(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
+    """A portfolio study of ``results`` (the folds in test order, from the fold folders ``folds``: the book's weights
+    are read there), its files in ``out``."""
     summary, tracks, table = summarize_book(cfg, results)
     weights = stitched_weights(folds)
     write_csv(out / "folds.csv", table)
