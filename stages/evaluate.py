@@ -3,7 +3,7 @@
 Per fold (``diffquant.study.fold_run.judge_fold``): each asset's books (each seed's policy and the seed ensemble,
 the MSE proxy's, momentum, buy-and-hold and flat) with metrics, PSR, DSR (every trial counted), stationary-bootstrap
 intervals and the cost sweep; a portfolio's one book beside its baselines. Written to ``<out>/folds/<fold>/``.
-Then the study (``diffquant.study.study_outputs.write_study``): ``<out>/report.md``, the metrics JSON (the study's
+Then the study (``diffquant.study.kinds.StudyKind.judge_study``): ``<out>/report.md``, the metrics JSON (the study's
 summary), ``folds.csv``, ``tracks/<name>.csv`` (stitched per-bar returns), figures; PBO and the verdict over
 the whole search (SPA, StepM, model confidence set, detectable edge). With ``registry.register``, the newest fold's
 policies (each asset's, or the portfolio's book) become registered models, gated on their stitched tracks
@@ -21,7 +21,7 @@ from diffquant.io import atomic_path
 from diffquant.study.fold_data import read_folds
 from diffquant.study.fold_models import keyed_folders
 from diffquant.study.fold_run import fold_key, judge_fold, read_choices
-from diffquant.study.study_outputs import write_study
+from diffquant.study.kinds import study_kind
 from diffquant.tracking.study_registry import publish_newest_fold
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         folders.append(out / "folds" / data.fold.name)
         key = fold_key(with_unit_threads(cfg), data)
         results.append(judge_fold(cfg, data, folder_of, choices, folders[-1], key))
-    study = write_study(cfg, results, folders, out)
+    study = study_kind(cfg).judge_study(results, folders, out)
     verdicts = judge_tracks(study.gated, cfg.registry, study.benchmark, study.spa_p)
     summary = {**study.summary, "registry": registry_summary(verdicts, results[-1].name)}
     with atomic_path(out / "report.md") as tmp:

@@ -21,7 +21,8 @@ from diffquant.config import Config, Hysteresis
 from diffquant.data.features import feature_names
 from diffquant.data.inputs import read_raw, read_raw_market
 from diffquant.errors import DataError
-from diffquant.evaluate.lookahead import DEFAULT_CUTS, PolicyUnderTest, SourceData, check_lookahead, parse_cuts
+from diffquant.evaluate.lookahead import DEFAULT_CUTS, SourceData, check_lookahead, parse_cuts
+from diffquant.evaluate.member import Member
 from diffquant.evaluate.tuned import TunedThresholds
 from diffquant.io import read_json
 from diffquant.study.fold_data import read_folds
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{asset / 'meta.json'}: the data {what}; re-run the download stage (dvc repro download)")
     data = SourceData(read_raw(asset, "download"), read_raw_market(raw, cfg.features, "download"))
     notes: list[str] = []
-    policies: list[PolicyUnderTest] = []
+    policies: list[Member] = []
     if args.features_only:
         notes.append("policies skipped (--features-only)")
     else:
@@ -104,7 +105,7 @@ def traded_hysteresis(cfg: Config, root: Path, path: Path, seeds: list[int], not
 
 def load_policies(
     cfg: Config, names: list[str], root: Path, models: Path, thresholds: Path, notes: list[str]
-) -> list[PolicyUnderTest]:
+) -> list[Member]:
     """Every seed's policy that has a checkpoint, checked against the current params (a mismatch stops the run).
     ``models`` and ``thresholds`` are relative to ``root`` (the notes name them so)."""
     paths = {s: root / policy_checkpoint(models, s, cfg) for s in cfg.train.seeds}
@@ -118,7 +119,7 @@ def load_policies(
         notes.append(f"seed(s) {[s for s in paths if s not in found]} skipped: no {cfg.eval.checkpoint}.pt")
     expected = checkpoint.policy_spec(cfg.model, names, cfg.window.context)
     hysteresis = traded_hysteresis(cfg, root, thresholds, found, notes)
-    return [PolicyUnderTest(f"seed_{s}", checkpoint.load_policy(paths[s], expected), hysteresis[s]) for s in found]
+    return [Member(f"seed_{s}", checkpoint.load_policy(paths[s], expected), hysteresis[s]) for s in found]
 
 
 if __name__ == "__main__":

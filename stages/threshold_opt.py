@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 
+from diffquant.evaluate.entries import BookChoices
 from diffquant.evaluate.stats import distribution
 from diffquant.evaluate.tuned import TunedThresholds
-from diffquant.study.book_run import BookChoices
 from diffquant.study.fold_data import read_folds
 from diffquant.study.fold_models import fold_groups, keyed_folders
 from diffquant.study.fold_run import Choices, choose_fold, write_choices

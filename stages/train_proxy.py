@@ -16,7 +16,8 @@ from diffquant import tracking
 from diffquant.config import flatten
 from diffquant.evaluate.stats import distribution
 from diffquant.study.fold_data import read_folds
-from diffquant.study.fold_models import keyed_folders, kinds, train_groups
+from diffquant.study.fold_models import keyed_folders, train_groups
+from diffquant.study.kinds import study_kind
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
 log = logging.getLogger("diffquant.stages.train_proxy")
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     root, out = repo_root(), repo_root() / args.out
     cfg = load_params(args.params, args.workers, args.grid_address)
     out.mkdir(parents=True, exist_ok=True)
-    if "proxy" not in kinds(cfg):
+    if "proxy" not in study_kind(cfg).trains():
         write_json(root / args.metrics, {"trained": False})
         log.info("no MSE proxy to train (baselines.proxy: %s, model.kind: %s)", cfg.baselines.proxy, cfg.model.kind)
         return

@@ -18,30 +18,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffquant.config import FeatureConfig, Hysteresis, SimConfig
+from diffquant.config import FeatureConfig, SimConfig
 from diffquant.data.contracts import to_ms
 from diffquant.deploy.bundle import BundleParts, checked_bars, feature_series, read_bundle
 from diffquant.errors import DataError
 from diffquant.evaluate.book import BookSeries, book_decisions, executed_book
+from diffquant.evaluate.member import Member
 from diffquant.float_mode import denormals_flushed
-from diffquant.model.portfolio import PortfolioPolicy
 
 MANIFEST = "book.json"
 SYMBOL = "symbol"  # the input's column naming each row's asset
 
 
 @dataclass(frozen=True)
-class BookMember:
-    """One trained portfolio policy and the hysteresis tuned for it on the fold's val book."""
-
-    name: str
-    policy: PortfolioPolicy
-    hysteresis: Hysteresis
-
-
-@dataclass(frozen=True)
 class BookBundle(BundleParts):
-    members: tuple[BookMember, ...]
+    members: tuple[Member, ...]  # each a PortfolioPolicy with the hysteresis tuned on the fold's val book
     symbols: tuple[str, ...]  # the assets the book trades, in the policy's order
     features: FeatureConfig
     timeframe_minutes: int
@@ -90,7 +81,7 @@ class BookBundle(BundleParts):
     @classmethod
     def load(cls, folder: Path) -> BookBundle:
         manifest, members, settings = read_bundle(folder, MANIFEST, "an MLflow portfolio model (evaluate stage)")
-        return cls(members=tuple(BookMember(*m) for m in members), symbols=tuple(manifest["symbols"]), **settings)
+        return cls(members=members, symbols=tuple(manifest["symbols"]), **settings)
 
 
 def as_book_input(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -33,27 +33,15 @@ from diffquant.data.inputs import inputs_from_table, model_columns
 from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
+from diffquant.evaluate.member import Member
 from diffquant.evaluate.walk_forward import encode_windows, policy_decisions
 from diffquant.float_mode import denormals_flushed
 from diffquant.io import read_json, write_json
 from diffquant.model.band import band_width
-from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
 
 MANIFEST = "bundle.json"
 FUNDING_COLUMN = "funding_rate"  # optional in the input: the rate charged during each bar (the paper trader books it)
-
-
-@dataclass(frozen=True)
-class Member:
-    """One trained policy and the hysteresis tuned for it on val."""
-
-    name: str  # "seed_42"
-    policy: PolicyNetwork
-    hysteresis: Hysteresis
-
-    def __post_init__(self) -> None:
-        self.policy.eval()  # a bundle only decides; switching modes per call costs more than a decision
 
 
 @dataclass(frozen=True)
@@ -88,7 +76,7 @@ class BundleParts:
     """What every bundle (one asset's, a portfolio's) derives from its members and feature pipeline, and how it is
     written: the members' checkpoints beside a JSON manifest. Mixed into the frozen dataclasses below."""
 
-    members: tuple[Any, ...]  # each with .name, .policy, .hysteresis
+    members: tuple[Member, ...]
     features: FeatureConfig
     timeframe_minutes: int
     sim: SimConfig
@@ -145,15 +133,17 @@ class BundleParts:
         return folder
 
 
-def read_bundle(folder: Path, manifest_file: str, producer: str) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
-    """A saved bundle's manifest, its members as (name, policy, hysteresis) and the settings every bundle takes
-    (features, timeframe_minutes, sim) as keyword arguments."""
+def read_bundle(
+    folder: Path, manifest_file: str, producer: str
+) -> tuple[dict[str, Any], tuple[Member, ...], dict[str, Any]]:
+    """A saved bundle's manifest, its members and the settings every bundle takes (features, timeframe_minutes,
+    sim) as keyword arguments."""
     folder = Path(folder)
     manifest = read_json(folder / manifest_file, producer)
-    members = [
-        (m["name"], checkpoint.load_policy(folder / f"{m['name']}.pt"), Hysteresis(**m["hysteresis"]))
+    members = tuple(
+        Member(m["name"], checkpoint.load_policy(folder / f"{m['name']}.pt"), Hysteresis(**m["hysteresis"]))
         for m in manifest["members"]
-    ]
+    )
     settings = {
         "features": build_section(FeatureConfig, manifest["features"], "features"),
         "timeframe_minutes": int(manifest["timeframe_minutes"]),
@@ -260,7 +250,7 @@ class PolicyBundle(BundleParts):
     @classmethod
     def load(cls, folder: Path) -> PolicyBundle:
         _, members, settings = read_bundle(folder, MANIFEST, "an MLflow policy model (evaluate stage)")
-        return cls(members=tuple(Member(*m) for m in members), **settings)
+        return cls(members=members, **settings)
 
 
 def checked_bars(

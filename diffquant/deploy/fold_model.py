@@ -11,19 +11,20 @@ next.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from diffquant.config import Config, Hysteresis
-from diffquant.deploy.book_bundle import BookBundle, BookMember
-from diffquant.deploy.bundle import Member, PolicyBundle
+from diffquant.config import Config
+from diffquant.deploy.book_bundle import BookBundle
+from diffquant.deploy.bundle import PolicyBundle
 from diffquant.errors import DataError
+from diffquant.evaluate.entries import PORTFOLIO
+from diffquant.evaluate.member import Member
 from diffquant.evaluate.tuned import TunedModel
 from diffquant.io import read_parquet
 from diffquant.model.portfolio import PortfolioPolicy
-from diffquant.study.book_run import PORTFOLIO, WEIGHTS
-from diffquant.study.fold_run import FOLD_JSON, load_fold
+from diffquant.study.book_run import WEIGHTS
+from diffquant.study.fold_result import FOLD_JSON, load_fold
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
 
@@ -44,14 +45,14 @@ def fold_bundle(cfg: Config, fold_dir: Path, symbol: str) -> tuple[PolicyBundle,
     if symbol not in result.entries:
         raise DataError(f"{fold_dir}: no asset {symbol!r} in this fold; it traded {sorted(result.entries)}")
     (group,) = [g for g, assets in result.groups.items() if symbol in assets]
-    tuned = result.entries[symbol]["tuned"]
-    if tuned["checkpoint"] != cfg.eval.checkpoint:
+    tuned = result.asset_entries()[symbol].tuned
+    if tuned.checkpoint != cfg.eval.checkpoint:
         raise DataError(
-            f"{fold_dir}: thresholds tuned for {tuned['checkpoint']}.pt but eval.checkpoint is "
+            f"{fold_dir}: thresholds tuned for {tuned.checkpoint}.pt but eval.checkpoint is "
             f"{cfg.eval.checkpoint!r}; give the params the study ran with (--params)"
         )
-    members, paths = _seeds(cfg, fold_dir / result.models[group], tuned["policy"], symbol)
-    return PolicyBundle(tuple(Member(*m) for m in members), cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
+    members, paths = _seeds(cfg, fold_dir / result.models[group], tuned.policy, symbol)
+    return PolicyBundle(members, cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
 
 
 def fold_test_window(fold_dir: Path) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -77,13 +78,12 @@ def fold_book_bundle(cfg: Config, fold_dir: Path) -> tuple[BookBundle, dict[str,
     if PORTFOLIO not in result.entries:
         raise DataError(f"{fold_dir}: not a portfolio fold (it traded {sorted(result.entries)} one by one)")
     folder = fold_dir / result.models[PORTFOLIO]
-    members, paths = _seeds(cfg, folder, result.entries[PORTFOLIO]["tuned"][PORTFOLIO], PORTFOLIO)
-    for name, policy, _ in members:
-        if not isinstance(policy, PortfolioPolicy):
-            raise DataError(f"{paths[name]}: not a portfolio policy; give the study's params (model.kind)")
-    book = tuple(BookMember(*m) for m in members)
+    members, paths = _seeds(cfg, folder, result.book_entry().tuned.portfolio, PORTFOLIO)
+    for member in members:
+        if not isinstance(member.policy, PortfolioPolicy):
+            raise DataError(f"{paths[member.name]}: not a portfolio policy; give the study's params (model.kind)")
     symbols = tuple(result.groups[PORTFOLIO])
-    return BookBundle(book, symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
+    return BookBundle(members, symbols, cfg.features, cfg.data.timeframe_minutes, cfg.sim), paths
 
 
 def fold_book_record(fold_dir: Path) -> dict[str, pd.DataFrame]:
@@ -102,9 +102,9 @@ def fold_book_record(fold_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def _seeds(
-    cfg: Config, folder: Path, tuned: dict[str, dict[str, Any]], owner: str
-) -> tuple[list[tuple[str, Any, Hysteresis]], dict[str, Path]]:
-    """A group's seeds (in ``folder``) at ``eval.checkpoint`` as (name, policy, hysteresis ``owner`` chose on val),
+    cfg: Config, folder: Path, tuned: dict[str, TunedModel], owner: str
+) -> tuple[tuple[Member, ...], dict[str, Path]]:
+    """A group's seeds (in ``folder``) at ``eval.checkpoint``, each with the hysteresis ``owner`` chose on val,
     and their checkpoint files; a seed of the params the fold did not tune is refused."""
     members, paths = [], {}
     for seed in (str(s) for s in cfg.train.seeds):
@@ -112,5 +112,5 @@ def _seeds(
             raise DataError(f"{folder}: no seed {seed} for {owner} (it has {sorted(tuned)}); give the study's params")
         name = f"seed_{seed}"
         paths[name] = checkpoint_path(folder, seed, cfg.eval.checkpoint)
-        members.append((name, checkpoint.load_policy(paths[name]), TunedModel.from_dict(tuned[seed]).hysteresis))
-    return members, paths
+        members.append(Member(name, checkpoint.load_policy(paths[name]), tuned[seed].hysteresis))
+    return tuple(members), paths

@@ -33,17 +33,19 @@ def registered_name(experiment: str) -> str:
     return f"diffquant-{experiment}"
 
 
-def judge_gates(ensemble: dict[str, Any], cfg: RegistryConfig) -> list[Gate]:
-    """The champion's gates on a book's significance entry (its stitched track's numbers)."""
-    sig = ensemble["significance"]
+def judge_gates(
+    psr: float | None, dsr: float | None, minus_benchmark_low: float | None, cfg: RegistryConfig
+) -> list[Gate]:
+    """The champion's gates on a book's PSR, DSR and the low end of its Sharpe-minus-benchmark interval (a policy's
+    stitched track, in ``study.json``)."""
 
     def gate(key: str, label: str, value: float | None, threshold: float) -> Gate:
         return Gate(key, label, value, threshold, value is not None and value > threshold)
 
-    gates = [gate("psr", "PSR", sig["psr"], cfg.min_psr), gate("dsr", "DSR", sig["dsr"], cfg.min_dsr)]
+    gates = [gate("psr", "PSR", psr, cfg.min_psr), gate("dsr", "DSR", dsr, cfg.min_dsr)]
     if cfg.beat_buy_and_hold:
-        low = sig["sharpe_minus_benchmark_ci_low"]
-        gates.append(gate("beats_buy_and_hold", "Sharpe minus buy-and-hold, 95% interval low", low, 0.0))
+        label = "Sharpe minus buy-and-hold, 95% interval low"
+        gates.append(gate("beats_buy_and_hold", label, minus_benchmark_low, 0.0))
     return gates
 
 
@@ -64,7 +66,7 @@ def judge_tracks(
     search (its universe book, or the portfolio's), one number for the study (None, not computable, fails)."""
     verdicts = {}
     for name, entry in gated.items():
-        gates = judge_gates({"significance": entry}, cfg)
+        gates = judge_gates(entry["psr"], entry["dsr"], entry["sharpe_minus_benchmark_ci_low"], cfg)
         if benchmark is not None:
             label = f"Sharpe minus {benchmark}'s, 95% interval low"
             gates = [replace(g, label=label) if g.key == "beats_buy_and_hold" else g for g in gates]

@@ -20,12 +20,13 @@ from diffquant.config import Config
 from diffquant.data.contracts import to_ms, validate_bars, validate_funding
 from diffquant.deploy.book_bundle import BookBundle
 from diffquant.deploy.book_paper import BookPaperTrader, Slot, book_slots, ledger_books
-from diffquant.deploy.bundle import Member, PolicyBundle
+from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.feeds import Bar, Stale, backfill, binance, replay, replay_bars
 from diffquant.deploy.fold_model import fold_book_bundle, fold_bundle, fold_record, fold_test_window, is_fold
 from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import MetricsSink, PaperSettings, PaperTrader
 from diffquant.errors import ConfigError, DataError
+from diffquant.evaluate.member import Member
 from diffquant.evaluate.metrics import annualization
 from diffquant.io import read_parquet
 from diffquant.train import checkpoint

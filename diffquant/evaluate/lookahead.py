@@ -44,8 +44,8 @@ from diffquant.data.sources import RawData
 from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
+from diffquant.evaluate.member import Member
 from diffquant.evaluate.walk_forward import Decisions, policy_decisions, walk_forward
-from diffquant.model.policy import PolicyNetwork
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,6 @@ FeatureBuilder = Callable[[SourceData], pd.DataFrame]
 
 VARIANTS = ("altered", "truncated")
 DEFAULT_CUTS = 5
-
-
-@dataclass(frozen=True)
-class PolicyUnderTest:
-    """A trained policy and the hysteresis it trades with; ``name`` appears in the report (e.g. ``seed_42``)."""
-
-    name: str
-    model: PolicyNetwork
-    hysteresis: Hysteresis
 
 
 @dataclass(frozen=True)
@@ -213,7 +204,7 @@ def default_cuts(
 def check_lookahead(
     data: SourceData,
     cfg: Config,
-    policies: Sequence[PolicyUnderTest] = (),
+    policies: Sequence[Member] = (),
     cuts: Sequence[int] | None = None,
     *,
     build: FeatureBuilder | None = None,
@@ -414,19 +405,17 @@ def compare_tables(original: pd.DataFrame, variant: pd.DataFrame, cut: int, tf: 
     return checks
 
 
-def compare_policy(
-    policy: PolicyUnderTest, original: pd.DataFrame, altered: pd.DataFrame, cut: int, cfg: Config
-) -> list[Check]:
+def compare_policy(member: Member, original: pd.DataFrame, altered: pd.DataFrame, cut: int, cfg: Config) -> list[Check]:
     """A policy end to end on the original and the altered feature table: decisions, hysteresis, walk-forward."""
     tf = cfg.data.timeframe_minutes * MINUTE_MS
-    runs = [_policy_run(policy, table, cfg) for table in (original, altered)]
+    runs = [_policy_run(member, table, cfg) for table in (original, altered)]
     (ta, ra), (tb, rb) = runs
     iso, rows = _iso(cut), _shared_known_rows(ta, tb, cut, tf)
     if rows is None:  # the feature check has already reported different row sets
-        return [Check(iso, "altered", f"{policy.name} decisions (rows differ, not compared)", 0, 0)]
+        return [Check(iso, "altered", f"{member.name} decisions (rows differ, not compared)", 0, 0)]
     times = ta[rows]
     checks = [
-        _compare(iso, "altered", f"{policy.name} {what}", times, cut, tf, ra[key][rows], rb[key][rows])
+        _compare(iso, "altered", f"{member.name} {what}", times, cut, tf, ra[key][rows], rb[key][rows])
         for key, what in (("raw", "raw decision"), ("gate", "gate"), ("executed", "executed position (hysteresis)"))
     ]
     wa, wb = ra["record"], rb["record"]
@@ -436,7 +425,7 @@ def compare_policy(
             _compare(
                 iso,
                 "altered",
-                f"{policy.name} {what}",
+                f"{member.name} {what}",
                 to_ms(wa["time"])[known],
                 cut,
                 tf,
@@ -447,12 +436,12 @@ def compare_policy(
     return checks
 
 
-def _policy_run(policy: PolicyUnderTest, table: pd.DataFrame, cfg: Config) -> tuple[np.ndarray, dict[str, Any]]:
+def _policy_run(member: Member, table: pd.DataFrame, cfg: Config) -> tuple[np.ndarray, dict[str, Any]]:
     """Open times (ms) and the policy's raw/gate/executed per bar of ``table`` plus its walk-forward record."""
     names = feature_columns(table)
-    if len(names) != policy.model.n_features:
+    if len(names) != member.policy.n_features:
         raise ConfigError(
-            f"{policy.name} takes {policy.model.n_features} features but the feature table has {len(names)} "
+            f"{member.name} takes {member.policy.n_features} features but the feature table has {len(names)} "
             f"({', '.join(names)}); the policy was trained with other features"
         )
     ms = to_ms(table["open_time"])
@@ -462,12 +451,12 @@ def _policy_run(policy: PolicyUnderTest, table: pd.DataFrame, cfg: Config) -> tu
         close=np.array(table["close"], dtype=np.float64),  # copies: pandas may hand out read-only views
         funding=np.array(table["funding_rate"], dtype=np.float64),
         open_time=ms,
-        start=policy.model.context + cfg.sim.execution_lag_bars,
+        start=member.policy.context + cfg.sim.execution_lag_bars,
         timeframe_ms=tf,
         feature_names=names,
     )
-    decisions = policy_decisions(policy.model, series)
-    executed = executed_positions(decisions, policy.hysteresis)
+    decisions = policy_decisions(member.policy, series)
+    executed = executed_positions(decisions, member.hysteresis)
     record = walk_forward(series, executed, cfg.sim, decisions.raw, decisions.gate).record
     return ms, {"raw": decisions.raw, "gate": decisions.gate, "executed": executed, "record": record}
 

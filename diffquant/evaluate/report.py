@@ -8,13 +8,13 @@ positions as one book (trades net out between seeds, so it is cheaper than five 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
 from diffquant.evaluate.baselines import momentum_decisions
+from diffquant.evaluate.entries import BookEntry, CostSweep, GroupEntry, QuarterEntry, Significance
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.stats import distribution, null_max_sharpe, significance
@@ -55,35 +55,58 @@ class Judge:
 
     def book(
         self, executed: np.ndarray, decisions: Decisions | None = None, null_sharpe: float | None = None
-    ) -> tuple[WalkForwardResult, dict[str, Any]]:
-        """One book: its walk-forward record and {metrics, significance, costs}."""
+    ) -> tuple[WalkForwardResult, BookEntry]:
+        """One book: its walk-forward record and its entry (metrics, significance, costs)."""
         result, metrics = self.scorer.positions(self.series, executed, decisions)
         benchmark_net = self.benchmark[0].record["net"].to_numpy()
         signif = significance(
             result.record["net"].to_numpy(), benchmark_net, self.bars_per_year, self.mean_block, self.seed, null_sharpe
         )
         costs = self.scorer.cost_sweep(self.series, executed, self.cost_multipliers)
-        return result, {"metrics": metrics, "significance": signif, "costs": costs}
+        return result, BookEntry(metrics, Significance(**signif), CostSweep(**costs))
+
+
+@dataclass(frozen=True)
+class GroupRecords:
+    """A seed group's walk-forward records: each seed's book and the ensemble's."""
+
+    seeds: dict[str, WalkForwardResult]
+    ensemble: WalkForwardResult
+
+    def books(self) -> dict[str, WalkForwardResult]:
+        """Every book of the group by name: each seed, then ``"ensemble"``."""
+        return {**self.seeds, "ensemble": self.ensemble}
+
+
+@dataclass(frozen=True)
+class QuarterRecords:
+    """The walk-forward records of a quarter's books (``QuarterEntry``'s, flat aside)."""
+
+    policy: GroupRecords
+    proxy: GroupRecords | None
+    momentum: WalkForwardResult
+    buy_and_hold: WalkForwardResult
+
+    def groups(self) -> dict[str, GroupRecords]:
+        """The seed groups traded: the policy's, and the proxy's when it was."""
+        return {"policy": self.policy} | ({} if self.proxy is None else {"proxy": self.proxy})
 
 
 def group(
     judge: Judge, executed: dict[str, np.ndarray], decisions: dict[str, Decisions], null_sharpe: float | None
-) -> tuple[dict[str, WalkForwardResult], dict[str, Any]]:
-    """Every seed's book, the distribution of their metrics over seeds, and the ensemble book.
-
-    Returns the records (per seed and ``"ensemble"``) and {"seeds": {seed: entry}, "distribution": {metric: ...},
-    "ensemble": entry}; a seed's entry keeps ``SEED_METRICS`` only.
-    """
+) -> tuple[GroupRecords, GroupEntry]:
+    """Every seed's book, the distribution of their metrics over seeds, and the ensemble book: their records and
+    the group's entry (a seed's entry keeps ``SEED_METRICS`` only)."""
     records, seeds = {}, {}
     for seed, ex in executed.items():
         records[seed], entry = judge.book(ex, decisions[seed], null_sharpe)
-        seeds[seed] = {**entry, "metrics": {k: entry["metrics"][k] for k in SEED_METRICS}}
-    spread = {k: distribution([s["metrics"][k] for s in seeds.values()]) for k in ("sharpe", "total_return_pct")}
-    break_even = [s["costs"]["break_even_bps"] for s in seeds.values() if s["costs"]["break_even_bps"] is not None]
+        seeds[seed] = replace(entry, metrics={k: entry.metrics[k] for k in SEED_METRICS})
+    spread = {k: distribution([s.metrics[k] for s in seeds.values()]) for k in ("sharpe", "total_return_pct")}
+    break_even = [s.costs.break_even_bps for s in seeds.values() if s.costs.break_even_bps is not None]
     if break_even:  # a seed that never trades has none
         spread["break_even_bps"] = distribution(break_even)
-    records["ensemble"], ensemble = judge.book(np.mean(list(executed.values()), axis=0), None, null_sharpe)
-    return records, {"seeds": seeds, "distribution": spread, "ensemble": ensemble}
+    ensemble_record, ensemble = judge.book(np.mean(list(executed.values()), axis=0), None, null_sharpe)
+    return GroupRecords(records, ensemble_record), GroupEntry(seeds, spread, ensemble)
 
 
 @dataclass(frozen=True)
@@ -124,18 +147,19 @@ def trials_tried(
 
 def score_quarter(
     judge: Judge, decisions: dict[str, dict[str, Decisions]], tuned: TunedThresholds, trials: Trials
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[QuarterRecords, QuarterEntry]:
     """Every book of one quarter: each kind's seeds (raw decisions through their tuned hysteresis) with their spread
-    and ensemble, momentum (its tuned lookback), buy-and-hold and flat. Returns the records and the entry of
-    ``evaluate.json``."""
-    records: dict[str, Any] = {}
-    entry: dict[str, Any] = {}
+    and ensemble, momentum (its tuned lookback), buy-and-hold and flat. Returns the records and the entry (a fold's
+    ``fold.json`` keeps it per asset)."""
+    records: dict[str, GroupRecords] = {}
+    groups: dict[str, GroupEntry] = {}
     for kind, by_seed in decisions.items():
         executed = {s: apply_hysteresis(d.raw, tuned.kind(kind)[s].hysteresis) for s, d in by_seed.items()}
-        records[kind], entry[kind] = group(judge, executed, by_seed, trials.null_sharpe[kind])
-    records["momentum"], entry["momentum"] = judge.book(
+        records[kind], groups[kind] = group(judge, executed, by_seed, trials.null_sharpe[kind])
+    momentum_record, momentum = judge.book(
         momentum_decisions(judge.series, tuned.momentum.lookback), None, trials.null_sharpe["momentum"]
     )
-    records["buy_and_hold"], entry["buy_and_hold"] = judge.benchmark
-    entry["flat"] = judge.scorer.constant(judge.series, 0.0)[1]
-    return records, entry
+    hold_record, buy_and_hold = judge.benchmark
+    flat = judge.scorer.constant(judge.series, 0.0)[1]
+    quarter_records = QuarterRecords(records["policy"], records.get("proxy"), momentum_record, hold_record)
+    return quarter_records, QuarterEntry(groups["policy"], groups.get("proxy"), momentum, buy_and_hold, flat)

@@ -19,6 +19,10 @@ PRODUCER = "threshold-opt"
 MODEL_KINDS = ("policy", "proxy")
 
 
+def _key(at: str, key: str) -> str:
+    return f"{at}.{key}" if at else key
+
+
 @dataclass(frozen=True)
 class TunedModel:
     """One model's hysteresis, chosen on val, and the search that chose it."""
@@ -36,9 +40,13 @@ class TunedModel:
         return {**record.pop("hysteresis"), **record}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TunedModel:
-        h = Hysteresis(**{f.name: float(d[f.name]) for f in fields(Hysteresis)})
-        rest = {f.name: d[f.name] for f in fields(cls) if f.name != "hysteresis"}
+    def from_dict(cls, d: Any, at: str = "") -> TunedModel:
+        """A ``to_dict`` record; a ``DataError`` naming ``at`` (where it sits in its file) if it is not one."""
+        try:
+            h = Hysteresis(**{f.name: float(d[f.name]) for f in fields(Hysteresis)})
+            rest = {f.name: d[f.name] for f in fields(cls) if f.name != "hysteresis"}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"entry {at!r} is missing or malformed ({type(exc).__name__}: {exc})") from None
         return cls(hysteresis=h, **rest)
 
 
@@ -70,26 +78,31 @@ class TunedThresholds:
         }
 
     @classmethod
-    def load(cls, path: Path) -> TunedThresholds:
-        """Read an asset's thresholds file; a missing or malformed entry is a ``DataError`` naming file and key."""
-        raw = read_json(path, PRODUCER)
+    def from_dict(cls, raw: Any, at: str = "") -> TunedThresholds:
+        """The thresholds of a ``to_dict`` record; a missing or malformed entry is a ``DataError`` naming its key
+        (under ``at``, where the record sits in its file)."""
         key = "checkpoint"
         try:
             checkpoint = str(raw[key])
             models = {}
             for kind in MODEL_KINDS:
-                models[kind] = {}
+                key, models[kind] = kind, {}
                 for seed, entry in raw[kind].items():
-                    key = f"{kind}.{seed}"
-                    models[kind][seed] = TunedModel.from_dict(entry)
+                    models[kind][seed] = TunedModel.from_dict(entry, _key(at, f"{kind}.{seed}"))
             key = "momentum"
             momentum = MomentumChoice(**raw[key])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise DataError(
-                f"{path}: entry {key!r} is missing or malformed ({type(exc).__name__}: {exc}); "
-                f"re-run the {PRODUCER} stage (dvc repro -f {PRODUCER})"
-            ) from None
+            raise DataError(f"entry {_key(at, key)!r} is missing or malformed ({type(exc).__name__}: {exc})") from None
         return cls(checkpoint, models["policy"], models["proxy"], momentum)
+
+    @classmethod
+    def load(cls, path: Path) -> TunedThresholds:
+        """Read an asset's thresholds file; a missing or malformed entry is a ``DataError`` naming file and key."""
+        raw = read_json(path, PRODUCER)
+        try:
+            return cls.from_dict(raw)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}; re-run the {PRODUCER} stage (dvc repro -f {PRODUCER})") from None
 
     def require(self, path: Path, checkpoint: str, kinds: list[str], seeds: list[str]) -> None:
         """Refuse thresholds tuned for another checkpoint or lacking a model that is to be traded."""

@@ -14,10 +14,11 @@ import pandas as pd
 
 from diffquant.config import Config
 from diffquant.evaluate.compare import to_markdown
+from diffquant.evaluate.entries import BASELINES, BOOKS, PORTFOLIO
 from diffquant.evaluate.metrics import sharpe
 from diffquant.evaluate.stats import bootstrap_sharpe_ci
-from diffquant.study.book_run import BASELINES, BENCHMARK, BOOKS, PORTFOLIO
-from diffquant.study.fold_run import FoldResult
+from diffquant.study.book_run import BENCHMARK
+from diffquant.study.fold_result import FoldResult
 from diffquant.study.pooled import judge_track, pbo, stitch, trials_of, verdict_of
 from diffquant.study.verdict_report import Labels, verdict_markdown
 
@@ -28,15 +29,15 @@ def book_fold_table(results: list[FoldResult]) -> pd.DataFrame:
     """One row per fold: each book's test Sharpe."""
     rows = []
     for result in results:
-        e = result.entries[PORTFOLIO]
-        row = {"fold": result.name, PORTFOLIO: e[PORTFOLIO]["ensemble"]["metrics"]["sharpe"]}
-        rows.append(row | {b: e[b]["metrics"]["sharpe"] for b in BASELINES})
+        e = result.book_entry()
+        row = {"fold": result.name, PORTFOLIO: e.ensemble["sharpe"]}
+        rows.append(row | {b: e.baselines[b]["sharpe"] for b in BASELINES})
     return pd.DataFrame(rows)
 
 
 def asset_table(results: list[FoldResult]) -> pd.DataFrame:
     """Per asset over the folds: its summed contribution to the book's net return (%), mean turnover, mean |w|."""
-    rows = [{"fold": r.name, "asset": s, **v} for r in results for s, v in r.entries[PORTFOLIO]["assets"].items()]
+    rows = [{"fold": r.name, "asset": s, **v} for r in results for s, v in r.book_entry().assets.items()]
     table = pd.DataFrame(rows).groupby("asset", sort=False)
     return table.agg(
         contribution_pct=("contribution_pct", "sum"),

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,11 +38,11 @@ from diffquant.evaluate.book_baselines import (
     inverse_volatility,
     priced_with,
 )
+from diffquant.evaluate.entries import BASELINES, BOOKS, PORTFOLIO, SINGLE_AVERAGE, BookChoices, PortfolioEntry
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.metrics import compute_metrics
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_book, search_config
-from diffquant.evaluate.tuned import TunedModel
 from diffquant.evaluate.walk_forward import policy_decisions
 from diffquant.io import read_parquet, write_parquet
 from diffquant.model.band import band_width
@@ -54,13 +52,6 @@ from diffquant.study.fold_data import FoldData
 
 log = logging.getLogger(__name__)
 
-PORTFOLIO = "portfolio"  # the book's name: its group, its track and its entry in a fold's result
-SINGLE_AVERAGE = "single_average"
-BASELINES = (
-    *("equal_weight", "inverse_vol", "xs_momentum", SINGLE_AVERAGE),
-    *("equal_weight_vt", "carry", "funding_extremes"),  # the cost-aware baselines (docs/execution.md)
-)
-BOOKS = (PORTFOLIO, *BASELINES)
 BENCHMARK = "equal_weight"  # what the intervals of a difference are taken against (the others are in the report)
 WEIGHTS = "weights.parquet"
 
@@ -76,28 +67,6 @@ def single_config(cfg: Config) -> Config:
         model=dataclasses.replace(cfg.model, kind="single"),
         baselines=dataclasses.replace(cfg.baselines, proxy=False),
     )
-
-
-@dataclass(frozen=True)
-class BookChoices:
-    """What a portfolio fold chooses on its val window (threshold-opt): each seed's book hysteresis (one set for every
-    asset, ``search_book``) and, for the single-asset average, each asset's seeds' hysteresis on that asset's val."""
-
-    portfolio: dict[str, TunedModel]  # seed -> its book's thresholds
-    singles: dict[str, dict[str, TunedModel]]  # asset -> seed -> its single-asset policy's thresholds
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            PORTFOLIO: {s: t.to_dict() for s, t in self.portfolio.items()},
-            SINGLE_AVERAGE: {a: {s: t.to_dict() for s, t in by_seed.items()} for a, by_seed in self.singles.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BookChoices:
-        singles = {
-            a: {s: TunedModel.from_dict(t) for s, t in by_seed.items()} for a, by_seed in d[SINGLE_AVERAGE].items()
-        }
-        return cls({s: TunedModel.from_dict(t) for s, t in d[PORTFOLIO].items()}, singles)
 
 
 def choose_book(cfg: Config, data: FoldData, models: dict[str, PortfolioPolicy], singles: Singles) -> BookChoices:
@@ -152,7 +121,7 @@ def baseline_weights(cfg: Config, book: BookSeries) -> dict[str, np.ndarray]:
 
 def trade_book(
     cfg: Config, data: FoldData, models: dict[str, PortfolioPolicy], singles: Singles, choices: BookChoices
-) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+) -> tuple[PortfolioEntry, pd.DataFrame, pd.DataFrame]:
     """The test window traded with the choices made on val: the fold's entry, its per-bar returns (one column per
     configuration, costs beside the books) and the ensemble's weights and per-asset net returns per bar."""
     symbols = list(data.assets)
@@ -181,16 +150,14 @@ def trade_book(
     seeds = {s: walk_forward_book(book, w, cfg.sim, None, leverage, bands[s]) for s, w in executed.items()}
     metrics = {k: compute_metrics(r.record, minutes, days) for k, r in results.items()}
     ensemble = results[PORTFOLIO]
-    entry: dict[str, Any] = {
-        PORTFOLIO: {
-            "ensemble": {"metrics": metrics[PORTFOLIO]},
-            "seeds": {s: compute_metrics(r.record, minutes, days) for s, r in seeds.items()},
-        },
-        **{k: {"metrics": metrics[k]} for k in BASELINES},
+    entry = PortfolioEntry(
+        ensemble=metrics[PORTFOLIO],
+        seeds={s: compute_metrics(r.record, minutes, days) for s, r in seeds.items()},
+        baselines={k: metrics[k] for k in BASELINES},
         # the configurations tried on val to arrive at the portfolio: every threshold trial of every seed
-        "trials": {f"{PORTFOLIO}_n": sum(t.trials for t in choices.portfolio.values())},
-        "tuned": choices.to_dict(),
-        "assets": {
+        trials={f"{PORTFOLIO}_n": sum(t.trials for t in choices.portfolio.values())},
+        tuned=choices,
+        assets={
             s: {
                 "contribution_pct": 100.0 * float(a["net"].sum()),
                 "turnover": float(np.abs(a["trades"]).mean()),
@@ -198,7 +165,7 @@ def trade_book(
             }
             for s, a in ensemble.assets.items()
         },
-    }
+    )
     returns = {"time": ensemble.record["time"]}
     for k, r in results.items():
         returns[k] = r.record["net"]

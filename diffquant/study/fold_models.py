@@ -2,8 +2,9 @@
 
 ``train.universe: pooled`` trains one policy (and one MSE proxy) per seed on the samples of every asset of a fold,
 ``per_asset`` one per asset and seed; a portfolio (``model.kind: portfolio``) trains one book over every asset, beside
-the single-asset policies of the same settings (its single-asset-average baseline). Every seed of every group of
-every fold is a unit of the grid runner, so ``train.workers`` processes (or Ray) share the whole study.
+the single-asset policies of the same settings (its single-asset-average baseline): the study's kind
+(``kinds.study_kind``) says which groups and what each trains. Every seed of every group of every fold is a unit of
+the grid runner, so ``train.workers`` processes (or Ray) share the whole study.
 
 Where a group trains is given by ``folder_of(group, kind)``. The chain's train stages use :func:`keyed_folders`:
 ``<root>/<group>/<digest>``, the digest hashing the train and val arrays the group learns from and is selected on,
@@ -25,10 +26,9 @@ from diffquant.compute.grid import run_grid, with_unit_threads
 from diffquant.compute.units import Kind, Outcome, SeedHooks, Unit, Work
 from diffquant.config import Config
 from diffquant.data.splits import Samples
-from diffquant.model.forecaster import Forecaster
-from diffquant.model.policy import PolicyNetwork
-from diffquant.study.book_run import PORTFOLIO, single_config
+from diffquant.study.asset_run import Models
 from diffquant.study.fold_data import FoldData
+from diffquant.study.kinds import study_kind
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
 from diffquant.train.policy_training import TrainingData, policy_works, prepare_policies
@@ -36,24 +36,6 @@ from diffquant.train.proxy_training import prepare_proxies, proxy_works
 
 HooksFor = Callable[[str, str, str], SeedHooks]  # (fold, group, kind) -> hooks of that group's seeds
 FolderOf = Callable[["Group", str], Path]  # (group, kind) -> the folder its seeds train into
-Models = dict[str, dict[str, PolicyNetwork | Forecaster]]  # kind -> seed -> the model at eval.checkpoint
-
-
-def kinds(cfg: Config) -> list[Kind]:
-    """The models a group trains: the policy, and the MSE proxy when asked (a single-asset model's baseline)."""
-    return ["policy", "proxy"] if cfg.baselines.proxy and cfg.model.kind == "single" else ["policy"]
-
-
-def model_groups(cfg: Config, assets: list[str]) -> dict[str, list[str]]:
-    """Which assets each model trains on: a single-asset policy per ``train.universe``; a portfolio holds them all,
-    beside those single-asset policies (its single-asset-average baseline)."""
-    singles = {"pooled": assets} if cfg.train.universe == "pooled" else {a: [a] for a in assets}
-    return {PORTFOLIO: assets, **singles} if cfg.model.kind == "portfolio" else singles
-
-
-def group_config(cfg: Config, group: str) -> Config:
-    """The config a model group trains with: its own, or a portfolio's single-asset baseline's."""
-    return single_config(cfg) if cfg.model.kind == "portfolio" and group != PORTFOLIO else cfg
 
 
 def pooled_samples(parts: list[Samples]) -> Samples:
@@ -91,7 +73,9 @@ class Group:
 
 
 def fold_groups(cfg: Config, data: FoldData) -> list[Group]:
-    return [Group(data, g, tuple(s), group_config(cfg, g)) for g, s in model_groups(cfg, list(data.assets)).items()]
+    """The fold's model groups, as its study kind groups its assets."""
+    kind = study_kind(cfg)
+    return [Group(data, g, tuple(s), kind.group_config(g)) for g, s in kind.model_groups(list(data.assets)).items()]
 
 
 def keyed_folders(roots: dict[str, Path]) -> FolderOf:
@@ -122,7 +106,7 @@ def train_groups(
     seen: set[Path] = set()
     for data in folds:
         for group in fold_groups(cfg, data):
-            for kind in [k for k in kinds(group.cfg) if not only or k in only]:
+            for kind in [k for k in study_kind(group.cfg).trains() if not only or k in only]:
                 folder = folder_of(group, kind)
                 if folder in seen:
                     continue
@@ -145,5 +129,5 @@ def load_models(group: Group, folder_of: FolderOf) -> Models:
             str(s): load[k](checkpoint_path(folder_of(group, k), s, cfg.eval.checkpoint), expected)
             for s in cfg.train.seeds
         }
-        for k in kinds(cfg)
+        for k in study_kind(cfg).trains()
     }

@@ -18,56 +18,24 @@ again, so appending a fold or more data after a fold's end runs only what is new
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
 
 from diffquant.compute.grid import with_unit_threads
 from diffquant.config import Config
 from diffquant.errors import DataError
-from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
-from diffquant.evaluate.report import Judge, score_quarter, trials_tried
-from diffquant.evaluate.scoring import Scorer
-from diffquant.evaluate.threshold_search import search_config
-from diffquant.evaluate.tuned import TunedThresholds
-from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
-from diffquant.io import read_json, read_parquet, write_json, write_parquet
-from diffquant.model.portfolio import PortfolioPolicy
-from diffquant.study.book_run import PORTFOLIO, BookChoices, Singles, choose_book, trade_book, write_weights
-from diffquant.study.fold_data import AssetFold, FoldData
-from diffquant.study.fold_models import FolderOf, Group, HooksFor, Models, fold_groups, kinds, load_models, train_groups
+from diffquant.io import write_json, write_parquet
+from diffquant.study.asset_run import Models
+from diffquant.study.fold_data import FoldData
+from diffquant.study.fold_models import FolderOf, Group, HooksFor, fold_groups, load_models, train_groups
+from diffquant.study.fold_result import FOLD_JSON, FoldResult, load_fold
+from diffquant.study.kinds import Choices, study_kind
 from diffquant.train.resume import code_hash
 
 log = logging.getLogger(__name__)
-
-FOLD_JSON = "fold.json"
-PRODUCER = "evaluate"
-Choices = dict[str, TunedThresholds | BookChoices]  # asset -> its choices on val; a portfolio: its book's
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    """What a fold hands to the study: per asset the judged entry of every book and the per-bar returns."""
-
-    name: str
-    key: str
-    fold: dict[str, str]
-    groups: dict[str, list[str]]  # model group -> the assets it trained on
-    models: dict[str, str]  # model group -> its policy seeds' folder, relative to the fold's folder
-    entries: dict[str, dict[str, Any]]  # asset -> score_quarter's entry (+ "tuned": the val choices)
-    excluded: dict[str, str]
-    returns: dict[str, pd.DataFrame]  # asset -> time + one net-return column per book
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "returns"}
 
 
 def fold_key(cfg: Config, data: FoldData) -> str:
@@ -83,55 +51,10 @@ def fold_key(cfg: Config, data: FoldData) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: Models) -> TunedThresholds:
-    """threshold-opt's choices for one asset: each model's hysteresis and the momentum lookback, on val only."""
-    tuned: dict[str, dict[str, Any]] = {"policy": {}, "proxy": {}}
-    for kind, by_seed in models.items():
-        for seed, model in by_seed.items():
-            decisions = DECISIONS_OF[kind](model, asset.val)
-            tuned[kind][seed] = search_config(cfg, asset.val, decisions, scorer).tuned()
-    momentum, _ = choose_momentum(asset.val, cfg.baselines.momentum_lookbacks, scorer)
-    return TunedThresholds(cfg.eval.checkpoint, tuned["policy"], tuned["proxy"], momentum)
-
-
-def judge_test(
-    cfg: Config, scorer: Scorer, asset: AssetFold, models: Models, tuned: TunedThresholds
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """evaluate's scoring of the test window: the entry of every book and the per-bar net returns."""
-    bars_per_day = 24 * 60 // cfg.data.timeframe_minutes
-    bars_per_year = bars_per_day * cfg.eval.days_per_year
-    seeds = [str(s) for s in cfg.train.seeds]
-    trials = trials_tried(tuned, kinds(cfg), seeds, cfg.thresholds.trials, cfg.eval.prior_trials, bars_per_year)
-    judge = Judge(scorer, asset.test, bars_per_year, bars_per_day, cfg.seed, list(cfg.eval.cost_multipliers))
-    decisions: dict[str, dict[str, Decisions]] = {
-        k: {s: DECISIONS_OF[k](m, asset.test) for s, m in by_seed.items()} for k, by_seed in models.items()
-    }
-    records, entry = score_quarter(judge, decisions, tuned, trials)
-    books = {k: records[k]["ensemble"] for k in decisions} | {b: records[b] for b in ("momentum", "buy_and_hold")}
-    returns = {"time": records["buy_and_hold"].record["time"]}
-    for book, result in books.items():  # each book's net return and its cost, for the stitched cost sweep
-        returns[book] = result.record["net"]
-        returns[f"{book}_cost"] = result.record["commission"]
-    for kind in decisions:
-        returns.update({f"{kind}_seed_{s}": records[kind][s].record["net"] for s in seeds})
-    for n in cfg.baselines.momentum_lookbacks:  # every candidate: configurations the study tried (PBO)
-        returns[f"momentum_{n}"] = scorer.positions(asset.test, momentum_decisions(asset.test, n))[0].record["net"]
-    entry["tuned"] = tuned.to_dict()
-    entry["trials"] = trials.summary(bars_per_year)
-    return entry, pd.DataFrame({k: np.asarray(v) for k, v in returns.items()})
-
-
 def choose_fold(cfg: Config, data: FoldData, folder_of: FolderOf) -> Choices:
     """threshold-opt of one fold: each asset's choices on its val window (a portfolio: its book's)."""
     groups = fold_groups(cfg, data)
-    if cfg.model.kind == "portfolio":
-        return {PORTFOLIO: choose_book(cfg, data, *_book_models(groups, folder_of))}
-    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    choices: Choices = {}
-    for group in groups:
-        models = load_models(group, folder_of)
-        choices |= {s: choose_on_val(group.cfg, scorer, data.assets[s], models) for s in group.symbols}
-    return choices
+    return study_kind(cfg).choose(data, _members(groups), _models(groups, folder_of))
 
 
 def write_choices(folder: Path, choices: Choices) -> None:
@@ -142,32 +65,14 @@ def write_choices(folder: Path, choices: Choices) -> None:
 
 def read_choices(folder: Path, data: FoldData, cfg: Config) -> Choices:
     """What :func:`write_choices` wrote for the fold ``data``, checked against the params it is traded with."""
-    if cfg.model.kind == "portfolio":
-        path = folder / f"{PORTFOLIO}.json"
-        raw = read_json(path, "threshold-opt")
-        try:
-            return {PORTFOLIO: BookChoices.from_dict(raw)}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{path}: not a portfolio's choices ({exc!r}); re-run threshold-opt") from None
-    seeds = [str(s) for s in cfg.train.seeds]
-    choices: Choices = {}
-    for symbol in data.assets:
-        path = folder / f"{symbol}.json"
-        choices[symbol] = TunedThresholds.load(path)
-        choices[symbol].require(path, cfg.eval.checkpoint, kinds(cfg), seeds)
-    return choices
+    return study_kind(cfg).read_choices(folder, data)
 
 
 def judge_fold(cfg: Config, data: FoldData, folder_of: FolderOf, choices: Choices, out: Path, key: str) -> FoldResult:
     """A trained fold's books on test with its choices on val, per asset (a portfolio's: its one book,
     ``book_run.trade_book``); written to ``out`` (``fold.json`` last)."""
     groups = fold_groups(cfg, data)
-    if cfg.model.kind == "portfolio":
-        entry, table, weights = trade_book(cfg, data, *_book_models(groups, folder_of), choices[PORTFOLIO])
-        entries, returns = {PORTFOLIO: entry}, {PORTFOLIO: table}
-        write_weights(out, weights)
-    else:
-        entries, returns = _judge_assets(cfg, data, groups, folder_of, choices)
+    entries, returns = study_kind(cfg).judge(data, _members(groups), _models(groups, folder_of), choices, out)
     result = FoldResult(
         name=data.fold.name,
         key=key,
@@ -215,47 +120,13 @@ def run_fold(cfg: Config, data: FoldData, out: Path, hooks_for: HooksFor) -> Fol
     return run_folds(cfg, [(data, out)], hooks_for)[0]
 
 
-def _book_models(groups: list[Group], folder_of: FolderOf) -> tuple[dict[str, PortfolioPolicy], Singles]:
-    """A portfolio fold's book seeds, and each asset's single-asset seeds (its single-asset-average baseline)."""
-    (book,) = [g for g in groups if g.name == PORTFOLIO]
-    singles: Singles = {}
-    for group in [g for g in groups if g.name != PORTFOLIO]:
-        by_seed = load_models(group, folder_of)["policy"]
-        singles.update({symbol: by_seed for symbol in group.symbols})
-    return load_models(book, folder_of)["policy"], singles
+def _members(groups: list[Group]) -> dict[str, list[str]]:
+    return {g.name: list(g.symbols) for g in groups}
 
 
-def _judge_assets(
-    cfg: Config, data: FoldData, groups: list[Group], folder_of: FolderOf, choices: Choices
-) -> tuple[dict[str, dict[str, Any]], dict[str, pd.DataFrame]]:
-    """Each asset's books on test, with its group's models and its choices on val."""
-    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
-    entries, returns = {}, {}
-    for group in groups:
-        models = load_models(group, folder_of)
-        for symbol in group.symbols:
-            tuned = choices[symbol]
-            entries[symbol], returns[symbol] = judge_test(group.cfg, scorer, data.assets[symbol], models, tuned)
-            log.info(
-                "fold %s %s: policy ensemble Sharpe %+.3f | buy-and-hold %+.3f",
-                data.fold.name,
-                symbol,
-                entries[symbol]["policy"]["ensemble"]["metrics"]["sharpe"],
-                entries[symbol]["buy_and_hold"]["sharpe"],
-            )
-    return entries, returns
-
-
-def load_fold(out: Path) -> FoldResult:
-    """A finished fold's result; ``DataError`` naming the file when it is missing, unreadable or of another layout."""
-    raw = read_json(out / FOLD_JSON, PRODUCER)
-    try:
-        returns = {s: read_parquet(out / "returns" / f"{s}.parquet", PRODUCER) for s in raw["entries"]}
-        return FoldResult(**raw, returns=returns)
-    except (KeyError, TypeError) as exc:
-        raise DataError(
-            f"{out / FOLD_JSON}: not a fold result ({exc}); re-run the {PRODUCER} stage (dvc repro {PRODUCER})"
-        ) from None
+def _models(groups: list[Group], folder_of: FolderOf) -> dict[str, Models]:
+    """Each group's trained seeds at ``eval.checkpoint``, by group name."""
+    return {g.name: load_models(g, folder_of) for g in groups}
 
 
 def _previous(out: Path) -> FoldResult | None:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from diffquant.evaluate.metrics import max_drawdown, sharpe
 from diffquant.evaluate.stats import null_max_sharpe, significance
-from diffquant.study.fold_run import FoldResult
+from diffquant.study.fold_result import FoldResult
 from diffquant.study.pbo import probability_of_backtest_overfitting
 from diffquant.study.pooled_stats import pooled_sharpe_difference
 from diffquant.study.verdict import N_BOOT, Paired, Setting, study_verdict
@@ -97,7 +97,7 @@ def trials_of(results: list[FoldResult], symbols: list[str]) -> dict[str, int]:
     for result in results:
         for symbol in symbols:
             if symbol in result.entries:
-                trials = result.entries[symbol]["trials"]
+                trials = result.entries[symbol].trials
                 for key in [k for k in trials if k.endswith("_n")]:
                     total[key[:-2]] = total.get(key[:-2], 0) + int(trials[key])
     return total
@@ -157,12 +157,12 @@ def fold_table(results: list[FoldResult]) -> pd.DataFrame:
     """One row per asset and fold: each book's test Sharpe and the policy minus buy-and-hold."""
     rows = []
     for result in results:
-        for symbol, e in result.entries.items():
-            row = {"fold": result.name, "asset": symbol, "policy": e["policy"]["ensemble"]["metrics"]["sharpe"]}
-            if "proxy" in e:
-                row["proxy"] = e["proxy"]["ensemble"]["metrics"]["sharpe"]
-            row["momentum"] = e["momentum"]["metrics"]["sharpe"]
-            row["buy_and_hold"] = e["buy_and_hold"]["sharpe"]
+        for symbol, e in result.asset_entries().items():
+            row = {"fold": result.name, "asset": symbol, "policy": e.policy.ensemble.metrics["sharpe"]}
+            if e.proxy is not None:
+                row["proxy"] = e.proxy.ensemble.metrics["sharpe"]
+            row["momentum"] = e.momentum.metrics["sharpe"]
+            row["buy_and_hold"] = e.buy_and_hold["sharpe"]
             row["policy_minus_bh"] = row["policy"] - row["buy_and_hold"]
             rows.append(row)
     return pd.DataFrame(rows)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from diffquant.config import Config
 from diffquant.evaluate.compare import to_markdown
-from diffquant.study.fold_run import FoldResult
+from diffquant.study.fold_result import FoldResult
 from diffquant.study.pooled import (
     BOOKS,
     UNIVERSE,

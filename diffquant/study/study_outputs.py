@@ -2,7 +2,8 @@
 figures, with the MLflow metrics, the report body and what the registry gates judge, for either kind of study.
 
 A single-asset study judges the universe book and every asset (``report.summarize``); a portfolio study its one book
-beside the baselines (``book_report.summarize_book``). Nothing here talks to MLflow: the stage logs what it returns.
+beside the baselines (``book_report.summarize_book``); ``StudyKind.judge_study`` (``diffquant.study.kinds``) picks
+which. Nothing here talks to MLflow: the stage logs what it returns.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import Config
+from diffquant.evaluate.entries import BOOKS as BOOK_NAMES
+from diffquant.evaluate.entries import PORTFOLIO
 from diffquant.evaluate.metric_names import study_metric
 from diffquant.io import write_csv
 from diffquant.plots import plot_asset_contributions, plot_fold_heatmap, plot_stitched, plot_weight_heatmap
 from diffquant.study.book_report import render_book_report, summarize_book, verdict
-from diffquant.study.book_run import BENCHMARK, PORTFOLIO, stitched_weights
-from diffquant.study.book_run import BOOKS as BOOK_NAMES
-from diffquant.study.fold_run import FoldResult
+from diffquant.study.book_run import BENCHMARK, stitched_weights
+from diffquant.study.fold_result import FoldResult
 from diffquant.study.pooled import BOOKS, UNIVERSE
 from diffquant.study.report import render_report, summarize
 from diffquant.study.verdict import spa_pvalue
@@ -62,14 +64,8 @@ def write_equity(track: pd.DataFrame, book: str, benchmark: str, path: Path) -> 
     write_csv(path, pd.DataFrame({"time": track["time"], **equity}))
 
 
-def write_study(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
-    """The study of ``results`` (the folds in test order, from the fold folders ``folds``), its files in ``out``."""
-    if cfg.model.kind == "portfolio":
-        return _judge_book(cfg, results, folds, out)
-    return _judge_assets(cfg, results, out)
-
-
-def _judge_assets(cfg: Config, results: list[FoldResult], out: Path) -> JudgedStudy:
+def judge_asset_study(cfg: Config, results: list[FoldResult], out: Path) -> JudgedStudy:
+    """A single-asset study of ``results`` (the folds in test order), its files in ``out``."""
     summary, tracks, table = summarize(cfg, results)
     write_csv(out / "folds.csv", table)
     for name, track in tracks.items():
@@ -103,7 +99,9 @@ def _judge_assets(cfg: Config, results: list[FoldResult], out: Path) -> JudgedSt
     )
 
 
-def _judge_book(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
+def judge_book_study(cfg: Config, results: list[FoldResult], folds: list[Path], out: Path) -> JudgedStudy:
+    """A portfolio study of ``results`` (the folds in test order, from the fold folders ``folds``: the book's weights
+    are read there), its files in ``out``."""
     summary, tracks, table = summarize_book(cfg, results)
     weights = stitched_weights(folds)
     write_csv(out / "folds.csv", table)

@@ -37,7 +37,8 @@ from diffquant.evaluate.stats import null_max_sharpe, probabilistic_sharpe_ratio
 from diffquant.folds import plan_folds
 from diffquant.io import write_json
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import FoldResult, run_folds
+from diffquant.study.fold_result import FoldResult
+from diffquant.study.fold_run import run_folds
 from diffquant.study.pooled import UNIVERSE, pbo
 from diffquant.study.report import summarize
 from diffquant.study.verdict import MCS_SIZE, NOT_COMPUTABLE, Setting, distinct, search_tests
@@ -106,15 +107,13 @@ class Configuration:
 
 def val_score(results: list[FoldResult]) -> float:
     """The ranking score of phase one: median over asset-folds and policy seeds of the tuned val Sharpe."""
-    scores = [
-        float(t["val_sharpe"]) for r in results for e in r.entries.values() for t in e["tuned"]["policy"].values()
-    ]
+    scores = [float(t.val_sharpe) for r in results for e in r.asset_entries().values() for t in e.tuned.policy.values()]
     return float(np.median(scores))
 
 
 def turnover(results: list[FoldResult]) -> float:
     """Mean |change of the seed ensemble's executed position| per bar and asset, over every asset-fold's bars."""
-    metrics = [e["policy"]["ensemble"]["metrics"] for r in results for e in r.entries.values()]
+    metrics = [e.policy.ensemble.metrics for r in results for e in r.asset_entries().values()]
     bars = np.array([m["n_bars"] for m in metrics])
     return float(np.dot([m["turnover"] for m in metrics], bars) / bars.sum())
 

@@ -17,8 +17,8 @@ from diffquant.deploy.book_bundle import BookBundle, as_book_input
 from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.fold_model import fold_book_bundle, fold_bundle, fold_test_window
 from diffquant.deploy.gates import Verdicts, model_key
+from diffquant.evaluate.entries import PORTFOLIO
 from diffquant.io import sha256
-from diffquant.study.book_run import PORTFOLIO
 from diffquant.tracking.models import log_policy_model
 from diffquant.tracking.registry import log_datasets, register
 from diffquant.tracking.runs import Run

@@ -21,7 +21,8 @@ from diffquant.compute.reporting import GridError
 from diffquant.config import Config, TrainConfig
 from diffquant.folds import plan_folds
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import FOLD_JSON, run_folds
+from diffquant.study.fold_result import FOLD_JSON
+from diffquant.study.fold_run import run_folds
 from diffquant.train import checkpoint
 from tests.compute.grid_units import Recorder, Stopper, scripted, tiny_config, tiny_works
 from tests.repo_copy import REPO

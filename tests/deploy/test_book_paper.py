@@ -17,13 +17,14 @@ from diffquant.data.contracts import to_ms
 from diffquant.data.sources import RawData
 from diffquant.data.splits import Series
 from diffquant.data.universe import asset_features
-from diffquant.deploy.book_bundle import BookBundle, BookMember
+from diffquant.deploy.book_bundle import BookBundle
 from diffquant.deploy.book_paper import BookPaperTrader, Slot, compare_book, ledger_books
 from diffquant.deploy.feeds import Bar
 from diffquant.deploy.ledger import Ledger, LedgerError
 from diffquant.deploy.paper import PaperSettings
 from diffquant.deploy.paper_session import ReplaySource, book_replay_feed
 from diffquant.evaluate.book import BookSeries, book_decisions, executed_book, walk_forward_book
+from diffquant.evaluate.member import Member
 from diffquant.model.portfolio import make_policy
 from diffquant.sim.execution import decision_mask
 from tests.study.test_fold_run import raw_until, tiny
@@ -55,7 +56,7 @@ def bundle_of(cfg: Config, n_features: int) -> BookBundle:
         with torch.no_grad():
             nn.init.normal_(policy.attention.out.weight, std=0.5)  # context from the other assets, as trained
             policy.head.logits.bias.copy_(torch.tensor([0.0, 1.5]))  # open gates: a book that trades
-        members.append(BookMember(f"seed_{seed}", policy.eval(), h))
+        members.append(Member(f"seed_{seed}", policy.eval(), h))
     return BookBundle(tuple(members), SYMBOLS, cfg.features, cfg.data.timeframe_minutes, cfg.sim)
 
 

@@ -24,11 +24,12 @@ from diffquant.data.contracts import to_ms
 from diffquant.data.features import FEATURE_PREFIX, feature_columns, features_from_inputs, warmup_bars
 from diffquant.data.inputs import model_columns, model_table, stage_inputs
 from diffquant.data.universe import universe_features
-from diffquant.deploy.book_bundle import BookBundle, BookMember, as_book_input
-from diffquant.deploy.bundle import Member, PolicyBundle
+from diffquant.deploy.book_bundle import BookBundle, as_book_input
+from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import PaperSettings, PaperTrader
 from diffquant.errors import ConfigError, DataError
+from diffquant.evaluate.member import Member
 from diffquant.folds import plan_folds
 from diffquant.io import read_parquet
 from diffquant.model.policy import PolicyNetwork
@@ -176,9 +177,7 @@ def test_a_portfolio_book_reads_the_same_columns_per_asset(stage_out: tuple[Path
     names = feature_columns(stage_table(out, "BTCUSDT"))
     torch.manual_seed(0)
     policy = PortfolioPolicy(build_section(ModelConfig, TINY, "model"), len(names), CTX)
-    book = BookBundle(
-        (BookMember("seed_0", policy, cfg.eval.hysteresis),), tuple(SYMBOLS), cfg.features, 60, SimConfig()
-    )
+    book = BookBundle((Member("seed_0", policy, cfg.eval.hysteresis),), tuple(SYMBOLS), cfg.features, 60, SimConfig())
     tables = {s: inputs_of(out, s, cfg).tail(600) for s in SYMBOLS}
     series = book.book_series(as_book_input(tables))
     w = warmup_bars(cfg.features, 60)

@@ -18,13 +18,14 @@ from diffquant.config import Config, FeatureConfig, Hysteresis, ModelConfig, Sim
 from diffquant.data.contracts import to_ms
 from diffquant.data.features import build_features, feature_columns
 from diffquant.data.splits import Series
-from diffquant.deploy.bundle import Member, PolicyBundle
+from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.feeds import Bar, Stale, replay_bars
 from diffquant.deploy.ledger import Ledger, LedgerError
 from diffquant.deploy.paper import PaperSettings, PaperTrader
 from diffquant.deploy.paper_session import ReplaySource, compare_with_record, load_bundle, read_record, replay_feed
 from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
+from diffquant.evaluate.member import Member
 from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint

@@ -16,11 +16,12 @@ from diffquant.config import FeatureConfig, ModelConfig, SimConfig, build_sectio
 from diffquant.data.contracts import to_ms
 from diffquant.data.features import build_features, feature_columns
 from diffquant.data.splits import Series
-from diffquant.deploy.bundle import Member, PolicyBundle
+from diffquant.deploy.bundle import PolicyBundle
 from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import PaperSettings, PaperTrader
 from diffquant.deploy.paper_session import ReplaySource, compare_with_record, replay_feed
 from diffquant.evaluate.hysteresis import apply_hysteresis
+from diffquant.evaluate.member import Member
 from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.execution import decision_mask

@@ -19,7 +19,8 @@ from diffquant.config import Config, FeatureConfig, Hysteresis, ModelConfig, loa
 from diffquant.data.sources import RawData
 from diffquant.errors import ConfigError
 from diffquant.evaluate import lookahead
-from diffquant.evaluate.lookahead import PolicyUnderTest, SourceData, check_lookahead, parse_cuts, pipeline_builder
+from diffquant.evaluate.lookahead import SourceData, check_lookahead, parse_cuts, pipeline_builder
+from diffquant.evaluate.member import Member
 from diffquant.io import write_parquet
 from diffquant.model.policy import PolicyNetwork
 from diffquant.train import checkpoint
@@ -57,10 +58,10 @@ def source(bars: pd.DataFrame, funding: pd.DataFrame) -> SourceData:
     return SourceData(RawData(bars, funding, {"source_minutes": 5, "symbol": "BTCUSDT"}))
 
 
-def policy(n_features: int, cls: type[PolicyNetwork] = PolicyNetwork, name: str = "untrained") -> PolicyUnderTest:
+def policy(n_features: int, cls: type[PolicyNetwork] = PolicyNetwork, name: str = "untrained") -> Member:
     """A small untrained policy (its decisions are as sensitive to its inputs as a trained one's)."""
     torch.manual_seed(0)
-    return PolicyUnderTest(name, cls(TINY_MODEL, n_features, CTX), Hysteresis(0.02, 0.02, 0.01, 0.0))
+    return Member(name, cls(TINY_MODEL, n_features, CTX), Hysteresis(0.02, 0.02, 0.01, 0.0))
 
 
 @pytest.mark.parametrize("preset", ["ohlc", "ohlcv", "full"])

@@ -21,7 +21,8 @@ from diffquant.data.contracts import to_ms
 from diffquant.data.families import FAMILIES, FeatureInputs
 from diffquant.data.features import feature_columns
 from diffquant.evaluate import lookahead
-from diffquant.evaluate.lookahead import PolicyUnderTest, SourceData, check_lookahead
+from diffquant.evaluate.lookahead import SourceData, check_lookahead
+from diffquant.evaluate.member import Member
 from diffquant.model.policy import PolicyNetwork
 from stages import download
 from stages import lookahead as stage
@@ -65,9 +66,9 @@ def data() -> SourceData:
     return SourceData(raw, {s: raw if s == "ETHUSDT" else r for s, r in market.items()})
 
 
-def policy(n_features: int) -> PolicyUnderTest:
+def policy(n_features: int) -> Member:
     torch.manual_seed(0)
-    return PolicyUnderTest("untrained", PolicyNetwork(TINY_MODEL, n_features, CTX), Hysteresis(0.02, 0.02, 0.01, 0.0))
+    return Member("untrained", PolicyNetwork(TINY_MODEL, n_features, CTX), Hysteresis(0.02, 0.02, 0.01, 0.0))
 
 
 NEW = ("funding_", "premium_", "market_", "user_")

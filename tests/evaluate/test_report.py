@@ -36,17 +36,17 @@ def test_group_scores_each_seed_their_spread_and_the_ensemble_book() -> None:
     records, entry = group(judge, executed, decisions, null_sharpe=0.01)
 
     sharpes = [scorer.positions(series, executed[s])[1]["sharpe"] for s in executed]
-    assert [entry["seeds"][s]["metrics"]["sharpe"] for s in executed] == pytest.approx(sharpes)
-    assert entry["distribution"]["sharpe"]["median"] == pytest.approx(np.median(sharpes))
-    assert entry["distribution"]["sharpe"]["min"] == pytest.approx(min(sharpes))
+    assert [entry.seeds[s].metrics["sharpe"] for s in executed] == pytest.approx(sharpes)
+    assert entry.distribution["sharpe"]["median"] == pytest.approx(np.median(sharpes))
+    assert entry.distribution["sharpe"]["min"] == pytest.approx(min(sharpes))
     mean_position = np.mean(list(executed.values()), axis=0)
     ensemble = scorer.positions(series, mean_position)[1]
-    assert entry["ensemble"]["metrics"]["sharpe"] == pytest.approx(ensemble["sharpe"])
+    assert entry.ensemble.metrics["sharpe"] == pytest.approx(ensemble["sharpe"])
     # trades of opposite sign net out inside the ensemble: it pays less than the seeds' average
-    assert ensemble["commission_pct"] < np.mean([entry["seeds"][s]["metrics"]["commission_pct"] for s in executed])
-    assert records["ensemble"].record["position"].to_numpy() == pytest.approx(mean_position[series.start - 2 : -2])
-    sig = entry["ensemble"]["significance"]
-    assert sig["dsr"] < sig["psr"]  # a positive null Sharpe can only lower the probability
+    assert ensemble["commission_pct"] < np.mean([entry.seeds[s].metrics["commission_pct"] for s in executed])
+    assert records.ensemble.record["position"].to_numpy() == pytest.approx(mean_position[series.start - 2 : -2])
+    sig = entry.ensemble.significance
+    assert sig.dsr < sig.psr  # a positive null Sharpe can only lower the probability
 
 
 def test_trials_counted_are_seeds_times_threshold_trials_plus_prior_ones() -> None:

@@ -23,6 +23,7 @@ from diffquant.deploy.book_bundle import as_book_input
 from diffquant.deploy.fold_model import fold_book_bundle, fold_test_window
 from diffquant.evaluate.book import BookSeries, book_decisions, book_metrics
 from diffquant.evaluate.compare import headline_artifact
+from diffquant.evaluate.entries import BASELINES, PORTFOLIO, SINGLE_AVERAGE
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.metric_names import study_metric, verdict_metric
 from diffquant.evaluate.scoring import Scorer
@@ -31,10 +32,11 @@ from diffquant.evaluate.walk_forward import policy_decisions, walk_forward
 from diffquant.folds import plan_folds
 from diffquant.io import write_json, write_parquet
 from diffquant.study.book_report import render_book_report, summarize_book
-from diffquant.study.book_run import BASELINES, PORTFOLIO, SINGLE_AVERAGE, BookChoices, single_config, stitched_weights
+from diffquant.study.book_run import single_config, stitched_weights
 from diffquant.study.fold_data import fold_data, write_folds
 from diffquant.study.fold_models import fold_groups, load_models
-from diffquant.study.fold_run import FOLD_JSON, load_fold, run_folds, write_choices
+from diffquant.study.fold_result import FOLD_JSON, load_fold
+from diffquant.study.fold_run import run_folds, write_choices
 from diffquant.train.layout import checkpoint_path
 from diffquant.train.policy_training import TrainingData, resume_spec
 from stages import evaluate
@@ -77,11 +79,11 @@ def test_a_portfolio_fold_study_runs_end_to_end_and_is_deterministic(raws, first
     cfg, result, folder = first_run
     both = ["BTCUSDT", "ETHUSDT"]
     assert result.groups == {PORTFOLIO: both, "pooled": both} and list(result.entries) == [PORTFOLIO]
-    entry = result.entries[PORTFOLIO]
+    entry = result.book_entry()
     # each seed's thresholds were searched on val: every trial counts towards the portfolio's DSR
-    assert set(entry["tuned"][PORTFOLIO]) == {"3"}
-    assert entry["trials"][f"{PORTFOLIO}_n"] == cfg.thresholds.trials + 1
-    assert set(BASELINES) <= set(entry) and set(entry["assets"]) == {"BTCUSDT", "ETHUSDT"}
+    assert set(entry.tuned.portfolio) == {"3"}
+    assert entry.trials[f"{PORTFOLIO}_n"] == cfg.thresholds.trials + 1
+    assert list(entry.baselines) == list(BASELINES) and set(entry.assets) == {"BTCUSDT", "ETHUSDT"}
     table = result.returns[PORTFOLIO]
     assert {PORTFOLIO, f"{PORTFOLIO}_seed_3", *BASELINES} <= set(table.columns)
     assert np.isfinite(table.drop(columns="time").to_numpy()).all()
@@ -137,7 +139,7 @@ def test_the_single_asset_average_is_the_mean_of_the_single_asset_policies(raws,
         for seed, model in models.items():
             chosen = search_config(single, asset.val, policy_decisions(model, asset.val), scorer).best
             executed.append(apply_hysteresis(policy_decisions(model, asset.test).raw, chosen))
-            assert result.entries[PORTFOLIO]["tuned"][SINGLE_AVERAGE][symbol][seed]["enter_long"] == chosen.enter_long
+            assert result.book_entry().tuned.singles[symbol][seed].hysteresis.enter_long == chosen.enter_long
         nets.append(walk_forward(asset.test, np.mean(executed, axis=0), cfg.sim).record["net"].to_numpy())
     np.testing.assert_allclose(result.returns[PORTFOLIO][SINGLE_AVERAGE], np.mean(nets, axis=0), rtol=0, atol=1e-15)
 
@@ -169,7 +171,7 @@ def test_the_book_s_thresholds_are_searched_on_its_val_book(raws, first_run):
     assert first["rebalances"] == configured["rebalances"]
     if first["feasible"]:
         assert found.metrics[cfg.thresholds.objective] >= configured[cfg.thresholds.objective]
-    assert result.entries[PORTFOLIO]["tuned"][PORTFOLIO]["3"]["enter_long"] == found.best.enter_long
+    assert result.book_entry().tuned.portfolio["3"].hysteresis.enter_long == found.best.enter_long
 
 
 def test_the_folds_book_as_a_model_gives_the_weights_it_held(raws, first_run, tmp_path, monkeypatch):
@@ -204,7 +206,7 @@ def test_the_folds_book_as_a_model_gives_the_weights_it_held(raws, first_run, tm
     write_folds([data], tmp_path / "split")
     for group in fold_groups(cfg, data):
         shutil.copytree(folder / "models" / group.name / "policy", tmp_path / "train" / group.name / group.digest)
-    choices = {PORTFOLIO: BookChoices.from_dict(result.entries[PORTFOLIO]["tuned"])}
+    choices = {PORTFOLIO: result.book_entry().tuned}
     write_choices(tmp_path / "thresholds" / data.fold.name, choices)
     try:
         parent = tracking.start_run(tmp_path, "study", {"role": "study"})

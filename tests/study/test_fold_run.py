@@ -27,9 +27,10 @@ from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.metric_names import verdict_metric
 from diffquant.folds import Fold, plan_folds
 from diffquant.study.fold_data import fold_data
-from diffquant.study.fold_run import FOLD_JSON, FoldResult, load_fold, run_fold
+from diffquant.study.fold_result import FOLD_JSON, FoldResult, load_fold
+from diffquant.study.fold_run import run_fold
+from diffquant.study.kinds import study_kind
 from diffquant.study.pooled import configurations, stitch, universe_book
-from diffquant.study.study_outputs import write_study
 from diffquant.train import checkpoint
 from diffquant.train.layout import checkpoint_path
 from tests.repo_copy import REPO, deep_update
@@ -137,7 +138,7 @@ def test_the_study_of_the_folds_judges_the_whole_search_in_its_verdict(appended:
     """The study stage's library entry on the two folds: the report's Verdict section, study.json's verdict, its
     MLflow metrics and tags, and the universe track among the artifacts (what compare reads back)."""
     cfg, out = appended["cfg"], appended["out"]
-    study = write_study(cfg, appended["both"], [out / f.name for f in appended["folds"]], tmp_path)
+    study = study_kind(cfg).judge_study(appended["both"], [out / f.name for f in appended["folds"]], tmp_path)
     verdict = study.summary["verdict"]
     assert verdict["benchmark"] == "buy_and_hold" and verdict["copies"]["policy_seed_3"] == "policy"  # one seed
     universe = pd.read_csv(tmp_path / "tracks" / "universe.csv")
@@ -176,7 +177,7 @@ def test_no_fold_leaks_its_test_period(appended: dict[str, Any], raws, tmp_path:
             a = checkpoint_path(appended["out"] / first.name / "models" / "pooled" / kind, 3, name)
             assert_same_weights(a, checkpoint_path(tmp_path / first.name / "models" / "pooled" / kind, 3, name))
     for symbol in raws:
-        assert leaked.entries[symbol]["tuned"] == original.entries[symbol]["tuned"]  # thresholds, momentum
+        assert leaked.entries[symbol].tuned == original.entries[symbol].tuned  # thresholds, momentum
         assert not leaked.returns[symbol]["buy_and_hold"].equals(original.returns[symbol]["buy_and_hold"])
 
 
