@@ -107,12 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%d bars in %s; equity %.6f", len(book), ledger, book["equity"].iloc[-1] if len(book) else 1.0)
     if args.check:
         worst = compare_with_record(book, read_record(root / args.check, args.symbol))
-        for column, diff in worst.items():
-            print(f"{column:>12}: largest difference {diff:.3e}")
-        if max(worst.values()) > args.tolerance:
-            log.error("the ledger differs from %s by more than %g", args.check, args.tolerance)
-            sys.exit(1)
-        print(f"ledger equals {args.check} within {args.tolerance:g}")
+        report_check(worst, 12, args, ("the ledger differs", "ledger equals"))
 
 
 def _book(args: argparse.Namespace, cfg: Config, root: Path) -> None:
@@ -126,12 +121,17 @@ def _book(args: argparse.Namespace, cfg: Config, root: Path) -> None:
     )
     if args.check:
         worst = compare_book(books, fold_book_record(root / args.check))
-        for column, diff in worst.items():
-            print(f"{column:>24}: largest difference {diff:.3e}")
-        if max(worst.values()) > args.tolerance:
-            log.error("the ledgers differ from %s by more than %g", args.check, args.tolerance)
-            sys.exit(1)
-        print(f"ledgers equal {args.check} within {args.tolerance:g}")
+        report_check(worst, 24, args, ("the ledgers differ", "ledgers equal"))
+
+
+def report_check(worst: dict[str, float], width: int, args: argparse.Namespace, words: tuple[str, str]) -> None:
+    """Print the largest difference per column; exit 1 beyond ``--tolerance``, else say the ledger(s) equal."""
+    for column, diff in worst.items():
+        print(f"{column:>{width}}: largest difference {diff:.3e}")
+    if max(worst.values()) > args.tolerance:
+        log.error("%s from %s by more than %g", words[0], args.check, args.tolerance)
+        sys.exit(1)
+    print(f"{words[1]} {args.check} within {args.tolerance:g}")
 
 
 def _span(cfg: Config, args: argparse.Namespace, root: Path) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:

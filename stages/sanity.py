@@ -6,10 +6,11 @@ import logging
 
 import torch
 
+from diffquant.data.splits import Samples
 from diffquant.errors import DiffQuantError
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
-from diffquant.study.fold_data import read_folds
+from diffquant.study.fold_data import newest_cut
 from diffquant.train.sanity import run_checks
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
@@ -27,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     root = repo_root()
     cfg = load_params(args.params)
-    first = read_folds(root / args.split)[0]
-    n_features = len(next(iter(first.assets.values())).samples.feature_names)
+    cut = newest_cut(root / args.split, cfg.data.universe[0])  # one cut's channels: every fold has the same
+    n_features = len(Samples.load(cut / "train.npz").feature_names)
 
     torch.manual_seed(cfg.seed)
     model = PolicyNetwork(cfg.model, n_features, cfg.window.context)
