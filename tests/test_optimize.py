@@ -25,6 +25,8 @@ from diffquant import search
 from diffquant.config import flatten, from_dict, load
 from diffquant.data.splits import Samples, Series
 from diffquant.errors import ConfigError
+from diffquant.io import write_json
+from diffquant.study.fold_data import PLAN_JSON
 from diffquant.train.policy_training import TrainingData
 from tests.postgres import postgres
 
@@ -57,6 +59,11 @@ def _walk(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray,
     return 30_000 * np.cumprod(1 + returns, axis=-1), features
 
 
+def _cut(project: Path) -> Path:
+    """The split stage's layout, one fold of one asset: what ``stages.optimize`` finds as the newest cut."""
+    return project / "split" / "fold" / from_dict(TINY).data.universe[0]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project folder: tiny params.yaml and a synthetic split (TRAIN_SAMPLES train samples, a 200-bar val quarter).
@@ -67,13 +74,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("project")
     rng = np.random.default_rng(0)
     close, features = _walk(rng, (TRAIN_SAMPLES, CTX + H))
+    cut = _cut(root)
     Samples(features, close, 1e-5 * rng.standard_normal(close.shape), np.arange(TRAIN_SAMPLES), NAMES).save(
-        root / "split" / "train.npz"
+        cut / "train.npz"
     )
     n = CTX + 1 + 200
     close, features = _walk(rng, (n,))
     open_time = 1_735_689_600_000 + TF_MS * np.arange(n, dtype=np.int64)
-    Series(features, close, np.zeros(n), open_time, CTX + 1, TF_MS, NAMES).save(root / "split" / "val.npz")
+    Series(features, close, np.zeros(n), open_time, CTX + 1, TF_MS, NAMES).save(cut / "val.npz")
+    write_json(root / "split" / PLAN_JSON, {"folds": [{"name": "fold", "assets": [cut.name]}]})
     (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
     return root
 
@@ -135,7 +144,7 @@ def _check_study(project: Path, storage: str, name: str, n_trials: int, n_proces
 def _assert_reproducible(project: Path, trials: list) -> None:
     """Re-train completed trials here, in this process and in another order: the same value, bit for bit."""
     cfg = load(project / "params.yaml")
-    data = TrainingData.load(project / "split")
+    data = TrainingData.load(_cut(project))
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done
     torch.set_flush_denormal(True)  # as run_stage sets it in the workers
@@ -196,7 +205,7 @@ def test_two_machines_on_postgresql(project: Path) -> None:
 @pytest.mark.slow  # trains trials of three epochs, here and on two worker processes
 def test_objective_is_the_selected_checkpoint_and_reports_feed_the_pruner_which_stops_the_unit(project: Path) -> None:
     cfg = load(project / "params.yaml")
-    data = TrainingData.load(project / "split")
+    data = TrainingData.load(_cut(project))
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     assert search.run_search(study, cfg, data, 2, 3, None, "here") == 2
     for t in study.trials:
@@ -268,7 +277,7 @@ def test_write_params_keeps_a_comment_in_its_column(tmp_path: Path) -> None:
 
 def test_a_study_refuses_trials_of_another_setup(project: Path) -> None:
     cfg = load(project / "params.yaml")
-    files = [project / "split" / "train.npz", project / "split" / "val.npz"]
+    files = [_cut(project) / "train.npz", _cut(project) / "val.npz"]
     study = optuna.create_study(direction="maximize")
     search.check_setup(study, search.setup(cfg, 2, files))
     search.check_setup(

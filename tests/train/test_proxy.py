@@ -121,7 +121,8 @@ def test_proxy_weights_ignore_the_loss_and_the_costs(prepared: Path, tmp_path: P
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         done = stage("train_proxy", root)
         assert done.returncode == 0, done.stderr[-3000:]
-        outs.append(checkpoint.load(root / "outputs" / "proxy" / "seed_42" / "best.pt")["model_state"])
+        (best,) = (root / "outputs" / "proxy").glob("*/*/seed_42/best.pt")  # <group>/<data digest>/seed_42
+        outs.append(checkpoint.load(best)["model_state"])
     assert outs[0].keys() == outs[1].keys()
     for key in outs[0]:
         torch.testing.assert_close(outs[0][key], outs[1][key], rtol=0, atol=0)
