@@ -31,6 +31,7 @@ import datetime as dt
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,13 +40,14 @@ import pandas as pd
 from diffquant.config import Config, Hysteresis
 from diffquant.data.contracts import MINUTE_MS, from_ms, to_ms, validate_bars, validate_funding
 from diffquant.data.features import FEATURE_PREFIX, feature_columns, features_from_inputs
-from diffquant.data.inputs import at_timeframe, feature_inputs, market_bars
+from diffquant.data.inputs import at_timeframe, feature_inputs, market_bars, read_raw, read_raw_market
 from diffquant.data.sources import RawData
 from diffquant.data.splits import Series
 from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.hysteresis import apply_hysteresis
 from diffquant.evaluate.member import Member
 from diffquant.evaluate.walk_forward import Decisions, policy_decisions, walk_forward
+from diffquant.io import read_json
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,20 @@ class SourceData:
 
     raw: RawData
     market: dict[str, RawData] = field(default_factory=dict)
+
+
+def read_source_data(raw: Path, cfg: Config) -> SourceData:
+    """The download stage's files of the params' asset (and the market's), refused when they were downloaded with
+    another ``data.source`` or ``data.symbol``."""
+    asset = raw / cfg.data.universe[0]
+    meta = read_json(asset / "meta.json", "download")
+    stale = [f"data.{k}" for k, want in (("source", cfg.data.source), ("symbol", asset.name)) if meta.get(k) != want]
+    if stale:
+        raise DataError(
+            f"{asset / 'meta.json'}: the data was downloaded with other {', '.join(stale)}; re-run the download "
+            "stage (dvc repro download)"
+        )
+    return SourceData(read_raw(asset, "download"), read_raw_market(raw, cfg.features, "download"))
 
 
 FeatureBuilder = Callable[[SourceData], pd.DataFrame]

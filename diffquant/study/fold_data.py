@@ -121,21 +121,37 @@ def write_folds(folds: list[FoldData], out: Path) -> None:
 
 def read_folds(split: Path) -> list[FoldData]:
     """What :func:`write_folds` wrote; ``DataError`` naming the file when it is missing or of another layout."""
+    return [_read_fold(split, entry) for entry in _plan(split)]
+
+
+def read_newest_fold(split: Path) -> FoldData:
+    """The last fold of the plan only (what a command that trades or checks the newest models needs)."""
+    plan = _plan(split)
+    if not plan:
+        raise DataError(f"{split / PLAN_JSON}: the plan holds no fold; re-run the split stage (dvc repro split)")
+    return _read_fold(split, plan[-1])
+
+
+def _plan(split: Path) -> list[dict]:
     plan = read_json(split / PLAN_JSON, "split")
+    plan = plan.get("folds") if isinstance(plan, dict) else None
+    if not isinstance(plan, list):
+        raise DataError(f"{split / PLAN_JSON}: not a fold plan (no 'folds' list); re-run the split stage (dvc repro)")
+    return plan
+
+
+def _read_fold(split: Path, entry: dict) -> FoldData:
     try:
-        folds = []
-        for entry in plan["folds"]:
-            fold = Fold.from_describe(entry)
-            assets = {}
-            for symbol in entry["assets"]:
-                folder = split / fold.name / symbol
-                assets[symbol] = AssetFold(**{n: t.load(folder / f"{stem}.npz") for n, (stem, t) in RECORDS.items()})
-            folds.append(FoldData(fold, assets, dict(entry["excluded"])))
+        fold = Fold.from_describe(entry)
+        assets = {}
+        for symbol in entry["assets"]:
+            folder = split / fold.name / symbol
+            assets[symbol] = AssetFold(**{n: t.load(folder / f"{stem}.npz") for n, (stem, t) in RECORDS.items()})
+        return FoldData(fold, assets, dict(entry["excluded"]))
     except (KeyError, TypeError) as exc:
         raise DataError(
             f"{split / PLAN_JSON}: not a fold plan ({exc!r}); re-run the split stage (dvc repro split)"
         ) from None
-    return folds
 
 
 def study_digest(folds: list[FoldData]) -> str:
@@ -146,8 +162,7 @@ def study_digest(folds: list[FoldData]) -> str:
 def newest_cut(split: Path, symbol: str) -> Path:
     """The folder of ``symbol``'s cut in the newest fold (its ``train.npz``, ``val.npz``): what a hyper-parameter
     search trains and scores on, never a test window."""
-    plan = read_json(split / PLAN_JSON, "split")
-    holding = [f["name"] for f in plan.get("folds", []) if symbol in f.get("assets", [])]
+    holding = [f["name"] for f in _plan(split) if symbol in f.get("assets", [])]
     if not holding:
         raise DataError(f"{split / PLAN_JSON}: no fold holds {symbol}; re-run the split stage (dvc repro split)")
     return split / holding[-1] / symbol

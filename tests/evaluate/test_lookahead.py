@@ -23,6 +23,7 @@ from diffquant.evaluate.lookahead import SourceData, check_lookahead, parse_cuts
 from diffquant.evaluate.member import Member
 from diffquant.io import write_parquet
 from diffquant.model.policy import PolicyNetwork
+from diffquant.study.newest_policies import policy_checkpoint
 from diffquant.train import checkpoint
 from stages import lookahead as stage
 from stages._cli import run_stage
@@ -183,7 +184,7 @@ def workspace(tmp_path: Path, real: tuple[pd.DataFrame, pd.DataFrame], monkeypat
     torch.manual_seed(0)
     model = PolicyNetwork(cfg.model, 6, CTX)
     spec = checkpoint.policy_spec(cfg.model, ["open", "high", "low", "close", "volume", "rolling_vol"], CTX)
-    path = stage.policy_checkpoint(tmp_path / "models", cfg.train.seeds[0], cfg)
+    path = policy_checkpoint(tmp_path / "models", cfg.train.seeds[0], cfg)
     checkpoint.save(path, {"spec": {"policy": spec}, "model_state": model.state_dict()})
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("DVC_STAGE", raising=False)

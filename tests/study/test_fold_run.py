@@ -6,6 +6,7 @@ it."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from diffquant.deploy.paper_session import ReplaySource, compare_with_record, re
 from diffquant.errors import ConfigError, DataError
 from diffquant.evaluate.metric_names import verdict_metric
 from diffquant.folds import Fold, plan_folds
-from diffquant.study.fold_data import fold_data
+from diffquant.study.fold_data import cut_folds, fold_data, newest_cut, read_folds, read_newest_fold, write_folds
 from diffquant.study.fold_result import FOLD_JSON, FoldResult, load_fold
 from diffquant.study.fold_run import run_fold
 from diffquant.study.kinds import study_kind
@@ -237,3 +238,19 @@ def test_paper_trading_a_folds_policy_books_what_the_fold_booked(appended: dict[
         assert (record["commission"] > 0).sum() > 2, symbol  # the policy traded: hysteresis and costs are exercised
     with pytest.raises(DataError, match=r"no asset 'SOLUSDT' in this fold; it traded \['BTCUSDT', 'ETHUSDT'\]"):
         fold_bundle(cfg, fold_dir, "SOLUSDT")
+
+
+def test_the_split_s_files_read_back_whole_and_the_newest_fold_alone(raws, tmp_path: Path) -> None:
+    cfg = tiny()
+    written = cut_folds(cfg, tables(cfg, raws))
+    write_folds(written, tmp_path)
+    for a, b in zip(read_folds(tmp_path), written, strict=True):
+        assert (a.fold, list(a.assets), a.excluded) == (b.fold, list(b.assets), b.excluded)
+        assert [x.digest for x in a.assets.values()] == [x.digest for x in b.assets.values()]
+    shutil.rmtree(tmp_path / written[0].fold.name)  # the newest fold is read without the others' files
+    newest = read_newest_fold(tmp_path)
+    assert newest.fold == written[-1].fold and newest.assets["ETHUSDT"].digest == written[-1].assets["ETHUSDT"].digest
+    assert newest_cut(tmp_path, "BTCUSDT") == tmp_path / written[-1].fold.name / "BTCUSDT"
+    (tmp_path / "plan.json").write_text("[]")
+    with pytest.raises(DataError, match=r"plan\.json: not a fold plan"):
+        read_newest_fold(tmp_path)
