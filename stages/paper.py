@@ -19,31 +19,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-import pandas as pd
-
-from diffquant import tracking
-from diffquant.config import Config, parse_date
 from diffquant.deploy.book_paper import compare_book
-from diffquant.deploy.fold_model import fold_book_record, fold_test_window, is_fold
-from diffquant.deploy.paper import PaperSettings
-from diffquant.deploy.paper_session import (
-    MlflowSink,
-    compare_with_record,
-    live_feed,
-    load_bundle,
-    open_session,
-    read_record,
-    read_replay,
-    replay_book,
-    replay_feed,
-    replay_files,
-)
-from diffquant.evaluate.metrics import annualization
+from diffquant.deploy.fold_model import fold_book_record
+from diffquant.deploy.paper_session import PaperRequest, compare_with_record, read_record, replay_book, trade_paper
 from stages._cli import load_params, one_asset, parser, repo_root, run_stage
 
 log = logging.getLogger("diffquant.stages.paper")
+ASSET_WORDS, BOOK_WORDS = ("the ledger differs", "ledger equals"), ("the ledgers differ", "ledgers equal")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,59 +52,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tolerance", type=float, default=1e-6, help="--check: largest difference accepted")
     args = p.parse_args(argv)
     root, cfg = repo_root(), load_params(args.params)
-    if cfg.model.kind == "portfolio":
-        return _book(args, cfg, root)
-    cfg = one_asset(cfg)
-
-    bundle = load_bundle(args.model, cfg, root, args.symbol)
-    settings = PaperSettings(bundle.sim, args.on_gap, annualization(bundle.timeframe_minutes, cfg.eval.days_per_year))
-    if "://" not in args.ledger:
-        (root / args.ledger).parent.mkdir(parents=True, exist_ok=True)
-    ledger = args.ledger if "://" in args.ledger else str(root / args.ledger)
-    run = None
-    if not args.no_mlflow:
-        tags = {"role": "paper", "paper.model": args.model, "paper.feed": args.feed, "paper.ledger": ledger}
-        run = tracking.start_run(root, f"paper {args.model}", tags)
-    trader, after = open_session(bundle, ledger, settings, args.model, MlflowSink(run) if run else None)
-    lag = bundle.sim.execution_lag_bars
-    status = "FAILED"
-    try:
-        if args.feed == "replay":
-            start, end = _span(cfg, args, root)
-            bars, funding = replay_files(root, args.symbol or cfg.data.universe[0], args.bars, args.funding)
-            source = read_replay(bars, funding)
-            feed = replay_feed(source, bundle, lag, start, end, after, args.pace)
-        else:
-            symbol = args.symbol or cfg.data.symbol
-            feed = live_feed(args.ws_url, args.rest_url, symbol, bundle, lag, after, args.grace)
-        trader.run(feed)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        log.info("stopped; run the same command again to resume from %s", ledger)
-    finally:
-        if run is not None:
-            trader.sink.flush()
-            run.finish(status)
-    book = trader.ledger.book()
-    log.info("%d bars in %s; equity %.6f", len(book), ledger, book["equity"].iloc[-1] if len(book) else 1.0)
+    if cfg.model.kind == "portfolio":  # a portfolio fold's book over its test window, a ledger per asset
+        books = replay_book(cfg, root, root / args.model, str(root / args.ledger))
+        log.info(
+            "%d slots of %s booked, one ledger per asset beside %s",
+            len(next(iter(books.values()))),
+            args.model,
+            args.ledger,
+        )
+        if args.check:
+            report_check(compare_book(books, fold_book_record(root / args.check)), 24, args, BOOK_WORDS)
+        return
+    options = {k: v for k, v in vars(args).items() if k in PaperRequest.__dataclass_fields__}
+    book = trade_paper(one_asset(cfg), root, PaperRequest(**options, mlflow=not args.no_mlflow))
     if args.check:
-        worst = compare_with_record(book, read_record(root / args.check, args.symbol))
-        report_check(worst, 12, args, ("the ledger differs", "ledger equals"))
-
-
-def _book(args: argparse.Namespace, cfg: Config, root: Path) -> None:
-    """A portfolio fold's book replayed over its test window, a ledger per asset beside --ledger."""
-    books = replay_book(cfg, root, root / args.model, str(root / args.ledger))
-    log.info(
-        "%d slots of %s booked into one ledger per asset beside %s",
-        len(books[next(iter(books))]),
-        args.model,
-        args.ledger,
-    )
-    if args.check:
-        worst = compare_book(books, fold_book_record(root / args.check))
-        report_check(worst, 24, args, ("the ledgers differ", "ledgers equal"))
+        report_check(compare_with_record(book, read_record(root / args.check, args.symbol)), 12, args, ASSET_WORDS)
 
 
 def report_check(worst: dict[str, float], width: int, args: argparse.Namespace, words: tuple[str, str]) -> None:
@@ -132,19 +77,6 @@ def report_check(worst: dict[str, float], width: int, args: argparse.Namespace, 
         log.error("%s from %s by more than %g", words[0], args.check, args.tolerance)
         sys.exit(1)
     print(f"{words[1]} {args.check} within {args.tolerance:g}")
-
-
-def _span(cfg: Config, args: argparse.Namespace, root: Path) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
-    """Replay bounds: --split's quarter of params.yaml, --start / --end, or a fold model's test window."""
-    if args.split:
-        start, end = cfg.split.boundaries()[args.split]
-        return pd.Timestamp(start), pd.Timestamp(end)
-    if not (args.start or args.end) and is_fold(root / args.model):
-        return fold_test_window(root / args.model)
-    return (
-        pd.Timestamp(parse_date(args.start, "--start")) if args.start else None,
-        pd.Timestamp(parse_date(args.end, "--end")) if args.end else None,
-    )
 
 
 if __name__ == "__main__":

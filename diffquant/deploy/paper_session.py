@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from diffquant import tracking
-from diffquant.config import Config
+from diffquant.config import Config, parse_date
 from diffquant.data.contracts import to_ms, validate_bars, validate_funding
 from diffquant.deploy.book_bundle import BookBundle
 from diffquant.deploy.book_paper import BookPaperTrader, Slot, book_slots, ledger_books
@@ -206,3 +206,73 @@ def open_session(
     """A trader on its ledger, resumed when the ledger holds rows; returns it and the last booked bar."""
     trader = PaperTrader(bundle, Ledger(ledger_url), settings, sink)
     return trader, trader.start(model)
+
+
+@dataclass(frozen=True)
+class PaperRequest:
+    """What one single-asset paper session trades, from where, into which ledger (the paper command's options)."""
+
+    model: str
+    ledger: str  # a SQLite file relative to the project, or a SQLAlchemy URL
+    feed: str = "replay"  # replay | binance
+    symbol: str | None = None  # a fold's asset; binance: the symbol (default: data.symbol)
+    bars: str | None = None  # replay: a bars file (default: the data stages' of the asset)
+    funding: str | None = None  # replay: funding events ('' none)
+    split: str | None = None  # replay: that quarter of ``split:``
+    start: str | None = None  # replay: the first bar the book may hold a position (UTC)
+    end: str | None = None  # replay: stop before this bar (UTC)
+    pace: float = 0.0  # replay: bars per second (0: full speed)
+    ws_url: str = "wss://fstream.binance.com"
+    rest_url: str = "https://fapi.binance.com"
+    grace: float = 120.0  # binance: seconds past a timeframe before 'stale'
+    on_gap: str = "flatten"
+    mlflow: bool = True  # live metrics in an MLflow run
+
+
+def replay_span(cfg: Config, root: Path, req: PaperRequest) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """Replay bounds: ``req.split``'s quarter of the params, ``start`` / ``end``, or a fold model's test window."""
+    if req.split:
+        start, end = cfg.split.boundaries()[req.split]
+        return pd.Timestamp(start), pd.Timestamp(end)
+    if not (req.start or req.end) and is_fold(root / req.model):
+        return fold_test_window(root / req.model)
+    return (
+        pd.Timestamp(parse_date(req.start, "--start")) if req.start else None,
+        pd.Timestamp(parse_date(req.end, "--end")) if req.end else None,
+    )
+
+
+def trade_paper(cfg: Config, root: Path, req: PaperRequest) -> pd.DataFrame:
+    """One session of one asset's model: resumes the ledger, trades the feed until it ends (or Ctrl-C), records
+    the run in MLflow, and returns every row the ledger holds."""
+    bundle = load_bundle(req.model, cfg, root, req.symbol)
+    settings = PaperSettings(bundle.sim, req.on_gap, annualization(bundle.timeframe_minutes, cfg.eval.days_per_year))
+    ledger = req.ledger if "://" in req.ledger else str(root / req.ledger)
+    if "://" not in req.ledger:
+        Path(ledger).parent.mkdir(parents=True, exist_ok=True)
+    run = None
+    if req.mlflow:
+        tags = {"role": "paper", "paper.model": req.model, "paper.feed": req.feed, "paper.ledger": ledger}
+        run = tracking.start_run(root, f"paper {req.model}", tags)
+    trader, after = open_session(bundle, ledger, settings, req.model, MlflowSink(run) if run else None)
+    lag = bundle.sim.execution_lag_bars
+    status = "FAILED"
+    try:
+        if req.feed == "replay":
+            start, end = replay_span(cfg, root, req)
+            source = read_replay(*replay_files(root, req.symbol or cfg.data.universe[0], req.bars, req.funding))
+            feed = replay_feed(source, bundle, lag, start, end, after, req.pace)
+        else:
+            feed = live_feed(req.ws_url, req.rest_url, req.symbol or cfg.data.symbol, bundle, lag, after, req.grace)
+        trader.run(feed)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        log.info("stopped; run the same command again to resume from %s", ledger)
+    finally:
+        if run is not None:
+            trader.sink.flush()
+            run.finish(status)
+    book = trader.ledger.book()
+    log.info("%d bars in %s; equity %.6f", len(book), ledger, book["equity"].iloc[-1] if len(book) else 1.0)
+    return book

@@ -1,8 +1,8 @@
 """Hyper-parameter search over training: an Optuna study on a shared storage, its trials trained by the grid runner.
 
-``objective``: the search space and what one trial is; ``search``: the ask-train-tell rounds through the grid;
-``study``: storage, study, sampler, pruner, summary; ``params_file``: the best values back into params.yaml.
-``stages/optimize.py`` is the command.
+``objective``: the search space and what one trial is; ``rounds``: the ask-train-tell rounds through the grid;
+``storage``: storage, study, sampler, pruner, summary; ``session``: one command's session on a study;
+``params_file``: the best values back into params.yaml. ``stages/optimize.py`` is the command.
 """
 
 from diffquant.search.objective import (
