@@ -90,7 +90,8 @@ def test_a_study_on_ray_with_a_unit_killed_mid_unit_equals_the_one_worker_run(
 
 def test_a_unit_that_raises_is_not_retried_and_the_units_not_yet_started_never_start(tmp_path: Path) -> None:
     log: list[tuple[str, str, Any]] = []
-    works = scripted([1], ending="raise", trace=str(tmp_path)) + scripted(range(2, 9), seconds=1.0, trace=str(tmp_path))
+    # the others run 4 s each: long enough that a loaded machine's driver sees the failure before a second one starts
+    works = scripted([1], ending="raise", trace=str(tmp_path)) + scripted(range(2, 9), seconds=4.0, trace=str(tmp_path))
     with pytest.raises(ValueError, match="policy/seed_1 is broken") as raised:
         run_grid(works, lambda unit: Recorder(log, "g"), ON_RAY)
     assert any(n.startswith("raised while training unit policy/seed_1 on ") for n in raised.value.__notes__)
