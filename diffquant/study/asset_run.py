@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 
 from diffquant.config import Config
-from diffquant.evaluate.baselines import choose_momentum, momentum_decisions
+from diffquant.evaluate.baselines import choose_momentum, funding_extreme_decisions, momentum_decisions
+from diffquant.evaluate.book_baselines import vol_target_of
 from diffquant.evaluate.entries import AssetEntry
 from diffquant.evaluate.report import Judge, score_quarter, trials_tried
 from diffquant.evaluate.scoring import Scorer
 from diffquant.evaluate.threshold_search import search_config
 from diffquant.evaluate.tuned import TunedThresholds
-from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions
+from diffquant.evaluate.walk_forward import DECISIONS_OF, Decisions, WalkForwardResult
 from diffquant.model.forecaster import Forecaster
 from diffquant.model.policy import PolicyNetwork
 from diffquant.study.fold_data import AssetFold
@@ -31,6 +32,17 @@ def choose_on_val(cfg: Config, scorer: Scorer, asset: AssetFold, models: Models)
             tuned[kind][seed] = search_config(cfg, asset.val, decisions, scorer).tuned()
     momentum, _ = choose_momentum(asset.val, cfg.baselines.momentum_lookbacks, scorer)
     return TunedThresholds(cfg.eval.checkpoint, tuned["policy"], tuned["proxy"], momentum)
+
+
+def rule_baselines(cfg: Config, scorer: Scorer, asset: AssetFold) -> dict[str, WalkForwardResult]:
+    """The test window's rule baselines a skeptic asks for beside buy-and-hold, priced as the portfolio's are
+    (``book_baselines.priced_with``): buy-and-hold scaled to the volatility target (the policy's, else
+    ``baselines.vol_target``), and the funding-extremes rule (short at high funding, long at low, at the stamps)."""
+    rule = funding_extreme_decisions(asset.test, cfg.baselines.funding_extreme, cfg.sim.funding_hours)
+    return {
+        "buy_and_hold_vt": scorer.constant(asset.test, 1.0, vol_target_of(cfg.sim, cfg.baselines))[0],
+        "funding_extremes": scorer.plain.positions(asset.test, rule)[0],
+    }
 
 
 def judge_test(
@@ -50,6 +62,7 @@ def judge_test(
     books = {k: g.ensemble for k, g in groups.items()} | {
         "momentum": records.momentum,
         "buy_and_hold": records.buy_and_hold,
+        **rule_baselines(cfg, scorer, asset),
     }
     returns = {"time": records.buy_and_hold.record["time"]}
     for book, result in books.items():  # each book's net return and its cost, for the stitched cost sweep

@@ -31,7 +31,8 @@ from diffquant.study.pbo import probability_of_backtest_overfitting
 from diffquant.study.pooled_stats import pooled_sharpe_difference
 from diffquant.study.verdict import N_BOOT, Paired, Setting, study_verdict
 
-BOOKS = ("policy", "proxy", "momentum", "buy_and_hold")  # the books every report line shows, when present
+# the books every report line shows, when present: the models, momentum, buy-and-hold and the rule baselines
+BOOKS = ("policy", "proxy", "momentum", "buy_and_hold", "buy_and_hold_vt", "funding_extremes")
 UNIVERSE = "universe"
 
 

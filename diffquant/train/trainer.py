@@ -244,7 +244,8 @@ def fit_task(
                 )
         history.append(record)
         checkpoint.save(out_dir / LAST, _state(model, opt, sched, epoch + 1, history, spec, best_epoch, best_score))
-        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{record.get('val_sharpe', float('nan')):.2f}")
+        checked = {k: f"{record[k]:.4g}" for k in ("val_sharpe", "val_mse") if k in record}  # the policy's, the proxy's
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", **checked)
         if on_epoch is not None:
             on_epoch(record)
         if val is not None and on_check is not None:

@@ -25,7 +25,9 @@ from diffquant.deploy.ledger import Ledger
 from diffquant.deploy.paper import PaperSettings, PaperTrader
 from diffquant.deploy.paper_session import ReplaySource, compare_with_record, replay_feed
 from diffquant.errors import ConfigError, DataError
+from diffquant.evaluate.baselines import funding_extreme_decisions
 from diffquant.evaluate.metric_names import verdict_metric
+from diffquant.evaluate.scoring import Scorer
 from diffquant.folds import Fold, plan_folds
 from diffquant.study.fold_data import cut_folds, fold_data, newest_cut, read_folds, read_newest_fold, write_folds
 from diffquant.study.fold_result import FOLD_JSON, FoldResult, load_fold
@@ -108,7 +110,15 @@ def appended(raws: dict[str, RawData], tmp_path_factory: pytest.TempPathFactory)
     (alone,) = run_plan(cfg, raws, out, [first])
     stamp = (out / first.name / FOLD_JSON).stat().st_mtime_ns
     both = run_plan(cfg, raws, out)
-    return {"cfg": cfg, "out": out, "alone": alone, "both": both, "stamp": stamp, "folds": (first, second)}
+    return {
+        "cfg": cfg,
+        "out": out,
+        "alone": alone,
+        "both": both,
+        "stamp": stamp,
+        "folds": (first, second),
+        "raws": raws,
+    }
 
 
 def test_appending_a_fold_runs_only_that_fold(appended: dict[str, Any]) -> None:
@@ -129,6 +139,18 @@ def test_stitched_track_is_the_folds_tracks_end_to_end(appended: dict[str, Any])
         cfg = appended["cfg"]
         firsts = track.groupby("fold")["buy_and_hold_cost"].first().to_numpy()
         np.testing.assert_allclose(firsts, cfg.sim.cost_rate, rtol=1e-6)
+    # the rule baselines beside buy-and-hold: the engine's books of their own decisions, nothing else
+    cfg = appended["cfg"]
+    first = appended["folds"][0]
+    test = fold_data(first, tables(cfg, appended["raws"]), cfg).assets["ETHUSDT"].test
+    scorer = Scorer(cfg.sim, cfg.data.timeframe_minutes, cfg.eval.days_per_year)
+    hold_vt = scorer.constant(test, 1.0, cfg.baselines.vol_target)[0].record
+    rule = scorer.positions(test, funding_extreme_decisions(test, cfg.baselines.funding_extreme, 8))[0].record
+    track = tracks["ETHUSDT"][tracks["ETHUSDT"]["fold"] == first.name]
+    np.testing.assert_array_equal(track["buy_and_hold_vt"].to_numpy(), hold_vt["net"])
+    np.testing.assert_array_equal(track["funding_extremes_cost"].to_numpy(), rule["commission"])
+    assert not np.array_equal(hold_vt["net"], track["buy_and_hold"].to_numpy())  # the target scaled it
+    assert (rule["trade"] != 0).any()  # the rule traded in that quarter
     book = universe_book(tracks)
     row = len(book) // 2
     assert book["policy"].iloc[row] == pytest.approx(np.mean([t["policy"].iloc[row] for t in tracks.values()]))
