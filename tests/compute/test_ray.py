@@ -99,7 +99,9 @@ def test_a_unit_that_raises_is_not_retried_and_the_units_not_yet_started_never_s
     started = {name for kind, name, _ in log if kind == "started"}
     ended = {name for kind, name, _ in log if kind in ("finished", "failed")}
     assert ("failed", "g/1", "ValueError") in log
-    assert started == ended and 2 <= len(started) <= 3  # the running one finished; the others never started
+    # the ones running when the failure was seen finished (on a loaded machine the second slot may not have started
+    # one yet); of the eight, the others never started
+    assert started == ended and "g/1" in started and len(started) <= 3
     assert len(list(tmp_path.iterdir())) == len(started)
 
 
