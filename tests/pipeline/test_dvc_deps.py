@@ -36,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
+from diffquant.config import from_dict
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("diffquant", "stages")  # project code; any other import is third party or the standard library
 OUTPUT_FLAGS = frozenset({"--out", "--metrics"})
@@ -273,6 +275,34 @@ def _mutated(tmp_path: Path, change) -> dict[str, list[str]]:
     path = tmp_path / "dvc.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return dvc_problems(path)
+
+
+# sim settings the model's spec is derived from (its cadence, a learned band's floor), and ones it is not
+SIM_VARIANTS = (
+    {"rebalance_every": 4},
+    {"rebalance_at": "funding"},
+    {"rebalance_at": "funding", "funding_hours": 4},
+    {"band": 0.05, "band_learned": True},
+    {"commission": 0.001},
+    {"vol_target": 0.5},
+)
+
+
+def test_every_stage_that_keeps_a_network_lists_the_sim_keys_its_model_spec_is_derived_from() -> None:
+    """A checkpoint's spec holds the validated ``model`` section, which ``sim`` settings derive parts of: a stage
+    that did not list them would stay "up to date" under a changed cadence and hand on a network of the old one."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    moving = set()
+    for variant in SIM_VARIANTS:
+        changed = {**base, "sim": {**base["sim"], **variant}}
+        if from_dict(changed).model != from_dict(base).model:
+            moving |= {f"sim.{k}" for k in variant}
+    assert {"sim.rebalance_every", "sim.rebalance_at", "sim.band"} <= moving and "sim.commission" not in moving
+    for name in ("train", "train-proxy"):
+        listed = {p for p in stages[name]["params"] if isinstance(p, str)}
+        missing = [k for k in sorted(moving) if k not in listed and "sim" not in listed]
+        assert not missing, f"dvc.yaml stage {name} keeps a network but does not list {missing} in params"
 
 
 def _train(stages: dict[str, Any]) -> dict[str, Any]:
