@@ -11,6 +11,7 @@ from diffquant.errors import DiffQuantError
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.study.fold_data import newest_cut
+from diffquant.train.episodes import EpisodeExecution
 from diffquant.train.sanity import run_checks
 from stages._cli import load_params, parser, repo_root, run_stage, write_json
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(cfg.seed)
     model = PolicyNetwork(cfg.model, n_features, cfg.window.context)
-    checks = run_checks(model, Objective(cfg.loss, cfg.sim.smooth_abs_eps), cfg.sim, cfg.window.horizon, cfg.seed)
+    objective = Objective(cfg.loss, cfg.sim.smooth_abs_eps)
+    checks = run_checks(model, objective, cfg.sim, cfg.window.horizon, cfg.seed, execution=EpisodeExecution.of(cfg))
     write_json(root / args.out, {c["name"]: {"passed": c["passed"], "value": c["value"]} for c in checks})
     for c in checks:
         log.info("%s %s: %s", "PASS" if c["passed"] else "FAIL", c["name"], c["detail"])

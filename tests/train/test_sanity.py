@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from diffquant.config import Config
+from diffquant.config import Config, from_dict
 from diffquant.model.policy import PolicyNetwork
 from diffquant.sim.losses import Objective
 from diffquant.train import sanity
+from diffquant.train.episodes import EpisodeExecution
 
 CFG = Config()
 H = CFG.window.horizon
@@ -93,3 +94,26 @@ def test_signal_use_is_learnt_with_regime_weighting(regime):
     objective = Objective(dataclasses.replace(CFG.loss, **regime), CFG.sim.smooth_abs_eps)
     result = sanity.signal_use(primary_model(), objective, CFG.sim, H, torch.Generator().manual_seed(45), steps=40)
     assert result.passed and result.value > 1.0, result
+
+
+def test_the_checks_run_at_a_decision_cadence_with_band_and_volatility_target():
+    """At 8-hourly decisions (1-hour bars) an episode holds ``horizon`` decisions over context + 8 H bars, the
+    volatility target reads its per-decision estimates and the band trades the excess: every check runs there and
+    passes, and the planted edge (one sign per holding period) is learnt at the cadence."""
+    cfg = from_dict(
+        {
+            "data": {"timeframe_minutes": 60},
+            "sim": {"rebalance_at": "funding", "band": 0.05, "vol_target": 0.5, "vol_window": 0},
+        }
+    )
+    execution = EpisodeExecution.of(cfg)
+    assert execution.period == 8 and execution.vol_target == 0.5
+    torch.manual_seed(42)
+    model = PolicyNetwork(cfg.model, 6, cfg.window.context)
+    objective = Objective(cfg.loss, cfg.sim.smooth_abs_eps)
+    results = sanity.run_checks(model, objective, cfg.sim, H, seed=42, signal_steps=40, execution=execution)
+    assert all(r["passed"] for r in results), results
+    untrained = sanity.signal_use(
+        model, objective, cfg.sim, H, torch.Generator().manual_seed(45), steps=0, execution=execution
+    )
+    assert not untrained.passed, untrained
