@@ -52,6 +52,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def json_digest(value: Any) -> str:
+    """The first 16 hex digits of the sha256 of ``value`` as sorted-key JSON: a short key for a configuration."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def verify_sha256(path: Path, expected: str) -> None:
     actual = sha256(path)
     if actual != expected:

@@ -43,3 +43,27 @@ def test_the_statistics_libraries_versions_are_run_tags() -> None:
     versions = tracking.library_versions()
     assert versions["version.arch"] == metadata.version("arch")
     assert versions["version.statsmodels"] == metadata.version("statsmodels")
+
+
+def test_a_study_reopens_its_own_recorded_run_and_another_experiment_opens_a_new_one(tmp_path, monkeypatch) -> None:
+    """A killed train stage restarted with the same params continues its parent run; the next experiment in the same
+    workspace, whose units come from the model cache (they resume too), must not write into the previous one's."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_file = tmp_path / "outputs" / "mlflow_run.json"
+
+    def parent(params: dict) -> str:
+        runs = tracking.StudyRuns(tmp_path, "study", params, {}, run_file)
+        runs.resuming = True  # as when a group's seeds resume from last.pt
+        runs.child("f/g/policy/seed_1", "f g policy seed 1", {"seed": "1"}, [])
+        return runs.parent.run_id
+
+    try:
+        first = parent({"model.kind": "single", "train.epochs": 10})
+        assert parent({"model.kind": "single", "train.epochs": 10}) == first  # the same study, restarted
+        second = parent({"model.kind": "portfolio", "train.epochs": 10})
+        assert second != first  # another experiment: its own parent run
+        assert tracking.read_run_id(run_file) == second  # evaluate logs into the new one
+        assert parent({"model.kind": "single", "train.epochs": 10}) not in (first, second)  # only the last is resumed
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -9,7 +9,6 @@ are proposed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import socket
@@ -22,6 +21,7 @@ import optuna
 
 from diffquant.config import WHERE_UNITS_RUN, Config, flatten
 from diffquant.errors import DiffQuantError
+from diffquant.io import json_digest
 from diffquant.search.objective import search_space
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attribute: the MLflow run the trials are nested under
@@ -129,7 +129,7 @@ def setup(cfg: Config, epochs: int, data_files: list[Path]) -> dict[str, Any]:
         "space": [[d.key, d.low, d.high, d.log] for d in space],
         "epochs": epochs,
         "seed": cfg.seed,
-        "params_sha256": hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "params_sha256": json_digest(fixed),
         "data_sha256": data.hexdigest()[:16],
     }
 

@@ -18,8 +18,6 @@ again, so appending a fold or more data after a fold's end runs only what is new
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 from diffquant.compute.grid import with_unit_threads
 from diffquant.config import Config
 from diffquant.errors import DataError
-from diffquant.io import write_json, write_parquet
+from diffquant.io import json_digest, write_json, write_parquet
 from diffquant.study.asset_run import Models
 from diffquant.study.fold_data import FoldData
 from diffquant.study.fold_models import FolderOf, Group, HooksFor, fold_groups, load_models, train_groups
@@ -48,7 +46,7 @@ def fold_key(cfg: Config, data: FoldData) -> str:
         "data": {s: a.digest for s, a in data.assets.items()},
         "code": code_hash(),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(payload)
 
 
 def choose_fold(cfg: Config, data: FoldData, folder_of: FolderOf) -> Choices:

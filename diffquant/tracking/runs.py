@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from diffquant.errors import DiffQuantError
+from diffquant.io import json_digest
 
 EXPERIMENT = "diffquant"
 # MLflow 3 opens an experiment without this tag in its GenAI view; this one opens on the model-training runs table
@@ -268,8 +269,10 @@ class StudyRuns:
 
     The parent's id and its children's go to ``run_file``: evaluate logs the study's results into that parent, and a
     train stage restarted after a kill (some group ``begin``-s resuming) continues the runs recorded there, logging
-    only the epochs they lack. Without a run file, or with nothing to resume, every start opens new runs (a resumed
-    seed's earlier epochs are then carried into its new child).
+    only the epochs they lack. The record carries a digest of the params: another experiment in the same workspace
+    whose units come from the model cache (they "resume" too) opens its own runs instead of writing into the last
+    experiment's. Without a run file, or with nothing to resume, every start opens new runs (a resumed seed's
+    earlier epochs are then carried into its new child).
     """
 
     def __init__(
@@ -305,12 +308,19 @@ class StudyRuns:
         if not (self.resuming and self.run_file is not None and self.run_file.exists()):
             return None
         recorded = json.loads(self.run_file.read_text())
+        if recorded.get("params") != json_digest(self.params):
+            return None
         return recorded if isinstance(recorded.get("children"), dict) else None
 
     def _save(self) -> None:
         if self.run_file is None:
             return
-        record = {"run_id": self.parent.run_id, "experiment": self.run_name, "children": self.children}
+        record = {
+            "run_id": self.parent.run_id,
+            "experiment": self.run_name,
+            "params": json_digest(self.params),
+            "children": self.children,
+        }
         self.run_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.run_file.with_name(self.run_file.name + ".tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
